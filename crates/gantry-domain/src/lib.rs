@@ -1,0 +1,11 @@
+//! Gantry's domain: the types and rules every other crate agrees on.
+//!
+//! This crate does no IO and has no async: it parses input into types that
+//! cannot hold invalid values ("parse, don't validate") and answers questions
+//! such as "does this role grant that one".
+
+mod name;
+mod role;
+
+pub use name::{Name, NameError, Slug};
+pub use role::{Grant, Role, RoleParseError, allows};

@@ -1,0 +1,370 @@
+//! A durable, lease-based job queue in the application database.
+//!
+//! - [`enqueue`] runs inside the caller's [`Tx`], so a job exists exactly when
+//!   the change that caused it is committed. An optional idempotency key is
+//!   unique across all jobs ever enqueued.
+//! - [`claim`] hands one due job to one claimer with a lease: a single
+//!   `UPDATE … WHERE id = (SELECT … LIMIT 1 [FOR UPDATE SKIP LOCKED])`, which
+//!   SQLite runs as one writer transaction and PostgreSQL without blocking
+//!   other claimers.
+//! - The claimer renews the lease with [`heartbeat`] and ends it with
+//!   [`complete`] or [`fail`]; every one of these checks the lease token, so
+//!   a claimer whose lease lapsed cannot touch a job claimed by another.
+//! - [`reap`] puts jobs whose lease lapsed back in the queue.
+//! - [`claim_or_wait`] sleeps until a commit enqueues work (a local signal,
+//!   and `LISTEN/NOTIFY` across PostgreSQL servers) or a retry falls due.
+//!
+//! Jobs carry ids, not copies of data, and handlers must be safe to run
+//! twice: a claimer that dies after its work but before [`complete`] leaves a
+//! job that will be claimed again.
+
+use std::time::Duration;
+
+use sqlx::{Executor, FromRow};
+
+use crate::store::JOBS_CHANNEL;
+use crate::{Backend, Conn, Millis, Store, StoreError, Tx};
+
+/// The first retry waits this long; each later one twice as long as the last.
+pub const BACKOFF_BASE: Duration = Duration::from_secs(2);
+/// No retry waits longer than this.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(15 * 60);
+
+/// The wait before the retry that follows failed attempt number `attempt`
+/// (1 for the first attempt).
+pub fn backoff(attempt: u32) -> Duration {
+    let exponent = attempt.saturating_sub(1).min(20);
+    BACKOFF_BASE.saturating_mul(1 << exponent).min(BACKOFF_MAX)
+}
+
+#[derive(Clone, Debug)]
+pub struct NewJob<'a> {
+    /// The job's type, a stable name such as `process_delivery`.
+    pub kind: &'a str,
+    /// The job's arguments: ids, not copies of data.
+    pub payload: serde_json::Value,
+    /// Refuses a second job with the same key.
+    pub idempotency_key: Option<&'a str>,
+    pub max_attempts: u32,
+    /// When the job becomes due; now if `None`.
+    pub run_at: Option<Millis>,
+}
+
+impl<'a> NewJob<'a> {
+    pub fn new(kind: &'a str, payload: serde_json::Value) -> Self {
+        Self { kind, payload, idempotency_key: None, max_attempts: 10, run_at: None }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnqueueError {
+    #[error("a job with idempotency key {0:?} was already enqueued")]
+    Duplicate(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Proof of a claim: the job and the token of this claim's lease.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    pub job_id: i64,
+    pub token: String,
+    /// Which attempt this is, from 1.
+    pub attempt: u32,
+    pub max_attempts: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct ClaimedJob {
+    pub kind: String,
+    pub payload: serde_json::Value,
+    pub lease: Lease,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    #[error("the lease on job {0} lapsed or was taken over; stop working on it")]
+    Lost(i64),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<sqlx::Error> for LeaseError {
+    fn from(err: sqlx::Error) -> Self {
+        Self::Store(err.into())
+    }
+}
+
+/// What became of a failed attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failed {
+    /// Queued again, due at this time.
+    Retry(Millis),
+    /// Out of attempts; the job stays `dead` with its last error.
+    Dead,
+}
+
+/// A job as stored, for inspection.
+#[derive(Clone, Debug, PartialEq, Eq, FromRow)]
+pub struct JobRow {
+    pub id: i64,
+    pub kind: String,
+    pub payload: String,
+    pub idempotency_key: Option<String>,
+    pub state: String,
+    pub attempts: i64,
+    pub max_attempts: i64,
+    pub run_at: i64,
+    pub lease_owner: Option<String>,
+    pub lease_expires_at: Option<i64>,
+    pub last_error: Option<String>,
+}
+
+/// Adds a job to the queue as part of `tx`.
+pub async fn enqueue(tx: &mut Tx, job: &NewJob<'_>, now: Millis) -> Result<i64, EnqueueError> {
+    let backend = tx.backend();
+    let row: Option<(i64,)> = sqlx::query_as(
+        "INSERT INTO jobs (kind, payload, idempotency_key, state, attempts, max_attempts, run_at, created_at, updated_at) \
+         VALUES ($1, $2, $3, 'queued', 0, $4, $5, $6, $6) \
+         ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
+    )
+    .bind(job.kind)
+    .bind(job.payload.to_string())
+    .bind(job.idempotency_key)
+    .bind(i64::from(job.max_attempts.max(1)))
+    .bind(job.run_at.unwrap_or(now).0)
+    .bind(now.0)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(StoreError::from)?;
+    let Some((id,)) = row else {
+        return Err(EnqueueError::Duplicate(job.idempotency_key.unwrap_or_default().to_owned()));
+    };
+    if backend == Backend::Postgres && !tx.enqueued {
+        // Delivered to listeners when the transaction commits.
+        tx.execute(format!("NOTIFY {JOBS_CHANNEL}").as_str()).await.map_err(StoreError::from)?;
+    }
+    tx.enqueued = true;
+    Ok(id)
+}
+
+/// Claims the oldest due job of one of `kinds`, leased to `owner` for
+/// `lease_for`.
+pub async fn claim(
+    store: &Store,
+    kinds: &[&str],
+    owner: &str,
+    lease_for: Duration,
+    now: Millis,
+) -> Result<Option<ClaimedJob>, StoreError> {
+    let lock = match store.backend() {
+        Backend::Postgres => "FOR UPDATE SKIP LOCKED",
+        Backend::Sqlite => "",
+    };
+    let sql = format!(
+        "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_owner = $1, lease_token = $2, \
+             lease_expires_at = $3, updated_at = $4 \
+         WHERE id = (SELECT id FROM jobs WHERE state = 'queued' AND run_at <= $4 AND kind IN ({kinds}) \
+                     ORDER BY run_at, id LIMIT 1 {lock}) \
+         RETURNING id, kind, payload, attempts, max_attempts",
+        kinds = placeholders(5, kinds.len()),
+    );
+    let token = uuid_like_token();
+    let mut query = sqlx::query_as::<_, (i64, String, String, i64, i64)>(&sql)
+        .bind(owner)
+        .bind(&token)
+        .bind(now.plus(lease_for).0)
+        .bind(now.0);
+    for kind in kinds {
+        query = query.bind(*kind);
+    }
+    let Some((job_id, kind, payload, attempts, max_attempts)) = query.fetch_optional(store.pool()).await? else {
+        return Ok(None);
+    };
+    Ok(Some(ClaimedJob {
+        kind,
+        // The payload was written by `enqueue` from a `Value`.
+        payload: serde_json::from_str(&payload).unwrap_or(serde_json::Value::Null),
+        lease: Lease {
+            job_id,
+            token,
+            attempt: u32::try_from(attempts).unwrap_or(u32::MAX),
+            max_attempts: u32::try_from(max_attempts).unwrap_or(u32::MAX),
+        },
+    }))
+}
+
+/// Extends the lease to `lease_for` from `now`.
+pub async fn heartbeat(store: &Store, lease: &Lease, lease_for: Duration, now: Millis) -> Result<(), LeaseError> {
+    let done = sqlx::query(
+        "UPDATE jobs SET lease_expires_at = $1, updated_at = $2 \
+         WHERE id = $3 AND lease_token = $4 AND state = 'running'",
+    )
+    .bind(now.plus(lease_for).0)
+    .bind(now.0)
+    .bind(lease.job_id)
+    .bind(&lease.token)
+    .execute(store.pool())
+    .await?;
+    lease_held(done.rows_affected(), lease)
+}
+
+/// Marks the job done.
+pub async fn complete(store: &Store, lease: &Lease, now: Millis) -> Result<(), LeaseError> {
+    let done = sqlx::query(
+        "UPDATE jobs SET state = 'done', lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, \
+             updated_at = $1 \
+         WHERE id = $2 AND lease_token = $3 AND state = 'running'",
+    )
+    .bind(now.0)
+    .bind(lease.job_id)
+    .bind(&lease.token)
+    .execute(store.pool())
+    .await?;
+    lease_held(done.rows_affected(), lease)
+}
+
+/// Records a failed attempt: the job is queued again after [`backoff`], or
+/// becomes `dead` when it has used all its attempts.
+pub async fn fail(store: &Store, lease: &Lease, error: &str, now: Millis) -> Result<Failed, LeaseError> {
+    let outcome = if lease.attempt >= lease.max_attempts {
+        Failed::Dead
+    } else {
+        Failed::Retry(now.plus(backoff(lease.attempt)))
+    };
+    let (state, run_at) = match outcome {
+        Failed::Retry(at) => ("queued", at),
+        Failed::Dead => ("dead", now),
+    };
+    let mut tx = store.begin().await?;
+    let done = sqlx::query(
+        "UPDATE jobs SET state = $1, run_at = $2, last_error = $3, lease_owner = NULL, lease_token = NULL, \
+             lease_expires_at = NULL, updated_at = $4 \
+         WHERE id = $5 AND lease_token = $6 AND state = 'running'",
+    )
+    .bind(state)
+    .bind(run_at.0)
+    .bind(error)
+    .bind(now.0)
+    .bind(lease.job_id)
+    .bind(&lease.token)
+    .execute(&mut *tx)
+    .await?;
+    lease_held(done.rows_affected(), lease)?;
+    tx.commit().await?;
+    Ok(outcome)
+}
+
+/// Queues again every running job whose lease lapsed before `now` (the
+/// attempt counts as failed), or marks it `dead` if it has no attempts
+/// left. Returns how many jobs it touched.
+pub async fn reap(store: &Store, now: Millis) -> Result<u64, StoreError> {
+    let mut tx = store.begin().await?;
+    let done = sqlx::query(
+        "UPDATE jobs SET state = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'queued' END, \
+             run_at = $1, last_error = 'lease lapsed: the worker stopped heartbeating', \
+             lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, updated_at = $1 \
+         WHERE state = 'running' AND lease_expires_at < $1",
+    )
+    .bind(now.0)
+    .execute(&mut *tx)
+    .await?;
+    let reaped = done.rows_affected();
+    if reaped > 0 {
+        if tx.backend() == Backend::Postgres {
+            tx.execute(format!("NOTIFY {JOBS_CHANNEL}").as_str()).await?;
+        }
+        tx.enqueued = true;
+    }
+    tx.commit().await?;
+    if reaped > 0 {
+        tracing::warn!(jobs.reaped = reaped, "re-queued jobs whose lease lapsed");
+    }
+    Ok(reaped)
+}
+
+/// Claims a job, waiting up to `max_wait` for one to be enqueued or to fall
+/// due. Waiting costs nothing: it sleeps until a commit that enqueued work
+/// signals, or until the earliest scheduled retry.
+pub async fn claim_or_wait(
+    store: &Store,
+    kinds: &[&str],
+    owner: &str,
+    lease_for: Duration,
+    max_wait: Duration,
+) -> Result<Option<ClaimedJob>, StoreError> {
+    let deadline = Millis::now().plus(max_wait);
+    loop {
+        // Registered before the claim, so an enqueue committed between the
+        // claim and the wait is not missed.
+        let notified = store.jobs_signal().notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+
+        let now = Millis::now();
+        if let Some(job) = claim(store, kinds, owner, lease_for, now).await? {
+            return Ok(Some(job));
+        }
+        if now >= deadline {
+            return Ok(None);
+        }
+        let wake_at = match next_due(store, kinds).await? {
+            Some(due) => due.min(deadline),
+            None => deadline,
+        };
+        tokio::select! {
+            () = notified => {}
+            () = tokio::time::sleep(now.until(wake_at)) => {}
+        }
+    }
+}
+
+/// When the earliest queued job of `kinds` falls due.
+async fn next_due(store: &Store, kinds: &[&str]) -> Result<Option<Millis>, StoreError> {
+    let sql = format!("SELECT MIN(run_at) FROM jobs WHERE state = 'queued' AND kind IN ({})", placeholders(1, kinds.len()));
+    let mut query = sqlx::query_as::<_, (Option<i64>,)>(&sql);
+    for kind in kinds {
+        query = query.bind(*kind);
+    }
+    let (due,) = query.fetch_one(store.pool()).await?;
+    Ok(due.map(Millis))
+}
+
+pub async fn get(conn: &mut Conn, id: i64) -> Result<Option<JobRow>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT id, kind, payload, idempotency_key, state, attempts, max_attempts, run_at, lease_owner, \
+             lease_expires_at, last_error FROM jobs WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(conn)
+    .await?)
+}
+
+fn lease_held(rows_affected: u64, lease: &Lease) -> Result<(), LeaseError> {
+    if rows_affected == 1 { Ok(()) } else { Err(LeaseError::Lost(lease.job_id)) }
+}
+
+/// `$first, $first+1, …` for `count` parameters.
+fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+}
+
+fn uuid_like_token() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_a_cap() {
+        assert_eq!(backoff(1), Duration::from_secs(2));
+        assert_eq!(backoff(2), Duration::from_secs(4));
+        assert_eq!(backoff(5), Duration::from_secs(32));
+        assert_eq!(backoff(60), BACKOFF_MAX);
+    }
+}

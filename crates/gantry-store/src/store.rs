@@ -1,0 +1,217 @@
+use std::ops::{Deref, DerefMut};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyPool, ConnectOptions, Executor, Transaction};
+use tokio::sync::Notify;
+use tokio::task::AbortHandle;
+
+/// The PostgreSQL channel on which committed enqueues wake workers.
+pub(crate) const JOBS_CHANNEL: &str = "gantry_jobs";
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database URL {0:?} is not supported: use sqlite://PATH or postgres://…")]
+    UnsupportedUrl(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// The handle to Gantry's database: a pool, its dialect, and the signal that
+/// wakes job claimers. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: AnyPool,
+    backend: Backend,
+    jobs_signal: Arc<Notify>,
+    listener: Option<AbortHandle>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(listener) = &self.listener {
+            listener.abort();
+        }
+    }
+}
+
+impl Store {
+    /// Connects to `url` (`sqlite://…` or `postgres://…`). SQLite databases
+    /// are created if missing and run in WAL mode with a busy timeout, full
+    /// synchronous commits and foreign keys on.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else {
+            return Err(StoreError::UnsupportedUrl(redact_url(url)));
+        };
+        let options = AnyConnectOptions::from_str(url)?
+            .log_statements(tracing::log::LevelFilter::Trace)
+            .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1));
+        let pool_options = match backend {
+            Backend::Sqlite => AnyPoolOptions::new().max_connections(8).after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute(
+                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                         PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
+                    )
+                    .await?;
+                    Ok(())
+                })
+            }),
+            Backend::Postgres => AnyPoolOptions::new().max_connections(16),
+        };
+        let pool = pool_options.acquire_timeout(Duration::from_secs(30)).connect_with(options).await?;
+        let jobs_signal = Arc::new(Notify::new());
+        let listener = match backend {
+            Backend::Postgres => Some(spawn_jobs_listener(url.to_owned(), jobs_signal.clone()).await?),
+            Backend::Sqlite => None,
+        };
+        Ok(Self { inner: Arc::new(Inner { pool, backend, jobs_signal, listener }) })
+    }
+
+    /// Applies the migrations this binary carries that the database lacks.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        let migrator = match self.backend() {
+            Backend::Sqlite => &SQLITE_MIGRATIONS,
+            Backend::Postgres => &POSTGRES_MIGRATIONS,
+        };
+        migrator.run(&self.inner.pool).await?;
+        Ok(())
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.inner.backend
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.inner.pool
+    }
+
+    /// A pooled connection for reads and single-statement writes.
+    pub async fn conn(&self) -> Result<PoolConnection<Any>, StoreError> {
+        Ok(self.inner.pool.acquire().await?)
+    }
+
+    /// Starts a write transaction. On SQLite it takes the write lock up front
+    /// (`BEGIN IMMEDIATE`), so a transaction that reads before it writes
+    /// waits for other writers instead of failing.
+    pub async fn begin(&self) -> Result<Tx, StoreError> {
+        let inner = match self.backend() {
+            Backend::Sqlite => self.inner.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.inner.pool.begin().await?,
+        };
+        Ok(Tx { inner, backend: self.backend(), jobs_signal: self.inner.jobs_signal.clone(), enqueued: false })
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.inner.pool).await?;
+        Ok(())
+    }
+
+    pub(crate) fn jobs_signal(&self) -> &Notify {
+        &self.inner.jobs_signal
+    }
+
+    pub async fn close(&self) {
+        self.inner.pool.close().await;
+    }
+}
+
+/// A write transaction. Jobs enqueued in it become visible, and wake
+/// claimers, when it commits; dropping it rolls everything back.
+pub struct Tx {
+    inner: Transaction<'static, Any>,
+    backend: Backend,
+    jobs_signal: Arc<Notify>,
+    pub(crate) enqueued: bool,
+}
+
+impl Tx {
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub async fn commit(self) -> Result<(), StoreError> {
+        self.inner.commit().await?;
+        if self.enqueued {
+            // Claimers in this process; PostgreSQL's NOTIFY, sent inside the
+            // transaction, reaches the other processes.
+            self.jobs_signal.notify_waiters();
+        }
+        Ok(())
+    }
+}
+
+impl Deref for Tx {
+    type Target = sqlx::AnyConnection;
+
+    fn deref(&self) -> &Self::Target {
+        &self.inner
+    }
+}
+
+impl DerefMut for Tx {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.inner
+    }
+}
+
+/// Listens on [`JOBS_CHANNEL`] and turns each notification into a local
+/// wake-up. After a reconnect it wakes everyone once, since notifications
+/// sent while disconnected are lost.
+async fn spawn_jobs_listener(url: String, signal: Arc<Notify>) -> Result<AbortHandle, StoreError> {
+    let mut listener = sqlx::postgres::PgListener::connect(&url).await?;
+    listener.listen(JOBS_CHANNEL).await?;
+    let task = tokio::spawn(async move {
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(_)) => signal.notify_waiters(),
+                Ok(None) => {
+                    tracing::warn!("job wake-up listener lost its connection; reconnecting");
+                    signal.notify_waiters();
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "job wake-up listener failed; retrying in 1 s");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    signal.notify_waiters();
+                }
+            }
+        }
+    });
+    Ok(task.abort_handle())
+}
+
+/// The URL without its password, for error messages.
+pub(crate) fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}://{}:***@{}", &url[..scheme_end], user, &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
