@@ -1,1 +1,152 @@
-fn main() {}
+//! `gantry`: the server and its command line in one binary.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use gantry_server::{MASTER_KEY_ENV, ServerConfig};
+use gantry_store::Store;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "gantry", version, about = "Self-hosted orchestrator for infrastructure pipelines driven by GitLab")]
+struct Cli {
+    /// Log format.
+    #[arg(long, env = "GANTRY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the API (and, in later releases, webhooks and an embedded worker pool).
+    Serve(ServeArgs),
+    /// Apply database migrations and exit.
+    Migrate(DatabaseArgs),
+}
+
+#[derive(clap::Args)]
+struct DatabaseArgs {
+    /// Where Gantry keeps its SQLite database, master key and first admin key.
+    #[arg(long, env = "GANTRY_DATA_DIR", default_value = "./gantry-data")]
+    data_dir: PathBuf,
+    /// `sqlite://PATH` or `postgres://USER@HOST/DB`; default: SQLite in the data directory.
+    #[arg(long, env = "GANTRY_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    database: DatabaseArgs,
+    /// Address to listen on.
+    #[arg(long, env = "GANTRY_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// The URL users and GitLab reach this server at; default: http://<listen>.
+    #[arg(long, env = "GANTRY_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// Size of the embedded worker pool; 0 leaves runs to external workers.
+    #[arg(long, env = "GANTRY_EMBEDDED_WORKERS", default_value_t = 2)]
+    embedded_workers: u32,
+    /// Seconds a worker's lease on a job or run lasts without a heartbeat.
+    #[arg(long, env = "GANTRY_LEASE_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(3..=3600))]
+    lease_seconds: u64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve(args) => serve(args).await,
+        Command::Migrate(args) => {
+            let config = server_config_for(&args);
+            let store = Store::connect(&config.database_url()).await.context("cannot open the database")?;
+            store.migrate().await.context("cannot migrate the database")?;
+            println!("The database is up to date.");
+            Ok(())
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = ServerConfig {
+        listen: args.listen,
+        public_url: args.public_url.unwrap_or_else(|| format!("http://{}", args.listen)).trim_end_matches('/').to_owned(),
+        embedded_workers: args.embedded_workers,
+        lease: Duration::from_secs(args.lease_seconds),
+        ..server_config_for(&args.database)
+    };
+    let master_key = std::env::var(MASTER_KEY_ENV).ok().map(Into::into);
+    let server = gantry_server::start(config, master_key, shutdown_signal()).await?;
+    server.wait().await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn server_config_for(args: &DatabaseArgs) -> ServerConfig {
+    ServerConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        data_dir: args.data_dir.clone(),
+        database_url: args.database_url.clone(),
+        public_url: "http://127.0.0.1:8080".to_owned(),
+        embedded_workers: 0,
+        lease: Duration::from_secs(30),
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT; the server then finishes the requests in
+/// flight and stops.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("GANTRY_LOG").unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
+    }
+}

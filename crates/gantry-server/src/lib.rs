@@ -1,1 +1,24 @@
+//! Gantry's HTTP server: the `/api/v1` API with bearer API keys and roles,
+//! health and metrics endpoints, and the start-up that brings a data
+//! directory to life (migrations, master key, first admin key).
+//!
+//! Handlers persist and enqueue; they never do slow work themselves.
 
+mod auth;
+mod bootstrap;
+mod config;
+mod error;
+mod extract;
+mod metrics;
+mod router;
+mod routes;
+mod startup;
+mod state;
+mod views;
+
+pub use bootstrap::{INITIAL_ADMIN_TOKEN_FILE, MASTER_KEY_ENV, MASTER_KEY_FILE, load_master_key};
+pub use config::ServerConfig;
+pub use startup::{RunningServer, start};
+
+/// The largest request body the API accepts.
+pub const API_BODY_LIMIT: usize = 1024 * 1024;

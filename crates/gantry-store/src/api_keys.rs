@@ -183,3 +183,18 @@ async fn with_roles(conn: &mut Conn, rows: Vec<KeyRow>) -> Result<Vec<ApiKey>, S
         })
         .collect())
 }
+
+/// How many unrevoked keys other than `except` hold `role` on `space`
+/// itself (not inherited).
+pub async fn count_active_holders(conn: &mut Conn, space: &str, role: Role, except: &str) -> Result<i64, StoreError> {
+    let (n,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM api_keys k JOIN api_key_roles r ON r.api_key_id = k.id \
+         WHERE r.space_id = $1 AND r.role = $2 AND k.revoked_at IS NULL AND k.id <> $3",
+    )
+    .bind(space)
+    .bind(role.as_str())
+    .bind(except)
+    .fetch_one(conn)
+    .await?;
+    Ok(n)
+}

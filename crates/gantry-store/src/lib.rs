@@ -11,7 +11,7 @@ pub mod api_keys;
 pub mod audit;
 pub mod crypto;
 pub mod jobs;
-mod page;
+pub mod page;
 pub mod spaces;
 mod store;
 #[cfg(feature = "testing")]

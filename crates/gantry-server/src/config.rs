@@ -1,0 +1,24 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How a server runs; the `gantry serve` flags.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// `sqlite://…` or `postgres://…`; `None` is SQLite in `data_dir`.
+    pub database_url: Option<String>,
+    /// The URL users reach this server at, for links and webhook endpoints.
+    pub public_url: String,
+    /// The size of the embedded worker pool (runs arrive in a later release).
+    pub embedded_workers: u32,
+    /// How long a claimed job or run stays leased without a heartbeat.
+    pub lease: Duration,
+}
+
+impl ServerConfig {
+    pub fn database_url(&self) -> String {
+        self.database_url.clone().unwrap_or_else(|| format!("sqlite://{}?mode=rwc", self.data_dir.join("gantry.db").display()))
+    }
+}

@@ -1,0 +1,7 @@
+//! Handlers, one module per resource.
+
+pub mod api_keys;
+pub mod audit;
+pub mod health;
+pub mod me;
+pub mod spaces;

@@ -1,0 +1,85 @@
+//! Starting and stopping a server.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::os::unix::fs::DirBuilderExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use gantry_store::crypto::Keyring;
+use gantry_store::{Millis, Store, jobs};
+use secrecy::SecretString;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::bootstrap::{first_start, load_master_key};
+use crate::config::ServerConfig;
+use crate::metrics::Metrics;
+use crate::router::router;
+use crate::state::AppState;
+
+/// A server answering on `addr` until its shutdown signal fires.
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    pub store: Store,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningServer {
+    /// Waits for the server to finish its graceful shutdown.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await.context("server task panicked")?
+    }
+}
+
+/// Opens the data directory and database, applies migrations, loads the
+/// master key, runs the first start if the database is empty, binds
+/// `config.listen`, and serves until `shutdown` completes.
+pub async fn start(
+    config: ServerConfig,
+    master_key_env: Option<SecretString>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<RunningServer> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&config.data_dir)
+        .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
+    let master_key = load_master_key(&config.data_dir, master_key_env)?;
+    let store = Store::connect(&config.database_url()).await.context("cannot open the database")?;
+    store.migrate().await.context("cannot migrate the database")?;
+    if let Some(path) = first_start(&store, &config.data_dir).await? {
+        tracing::info!(path = %path.display(), "first start: created space root and an admin API key; the key is in this file");
+        println!("First start: the admin API key is in {} (readable only by you).", path.display());
+    }
+    let listener = TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let state = AppState {
+        store: store.clone(),
+        config: Arc::new(config),
+        metrics: Arc::new(Metrics::new()),
+        keyring: Arc::new(Keyring::new(master_key)),
+    };
+    let reaper = tokio::spawn(reap_lapsed_leases(store.clone(), state.config.lease));
+    let app = router(state);
+    tracing::info!(listen = %addr, "serving");
+    let task = tokio::spawn(async move {
+        let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+        reaper.abort();
+        served.context("the HTTP server failed")
+    });
+    Ok(RunningServer { addr, store, task })
+}
+
+/// Puts jobs whose worker stopped heartbeating back in the queue, checking
+/// a few times per lease.
+async fn reap_lapsed_leases(store: Store, lease: Duration) {
+    let mut every = tokio::time::interval((lease / 3).max(Duration::from_secs(1)));
+    loop {
+        every.tick().await;
+        if let Err(err) = jobs::reap(&store, Millis::now()).await {
+            tracing::warn!(error = %err, "reaping lapsed job leases failed; trying again");
+        }
+    }
+}

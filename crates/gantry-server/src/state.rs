@@ -1,0 +1,19 @@
+use std::sync::Arc;
+
+use gantry_store::Store;
+use gantry_store::crypto::Keyring;
+
+use crate::config::ServerConfig;
+use crate::metrics::Metrics;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub config: Arc<ServerConfig>,
+    pub metrics: Arc<Metrics>,
+    /// Seals and opens secrets at rest (integration tokens, webhook
+    /// secrets, secret variables).
+    #[expect(dead_code, reason = "integrations, the first users of the keyring, come next")]
+    pub keyring: Arc<Keyring>,
+}
