@@ -12,7 +12,11 @@ use gantry_store::Store;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "gantry", version, about = "Self-hosted orchestrator for infrastructure pipelines driven by GitLab")]
+#[command(
+    name = "gantry",
+    version,
+    about = "Self-hosted orchestrator for infrastructure pipelines driven by GitLab"
+)]
 struct Cli {
     /// Log format.
     #[arg(long, env = "GANTRY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
@@ -66,7 +70,10 @@ struct ServeArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("error: cannot start the async runtime: {err}");
@@ -87,8 +94,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Serve(args) => serve(args).await,
         Command::Migrate(args) => {
             let config = server_config_for(&args);
-            let store = Store::connect(&config.database_url()).await.context("cannot open the database")?;
-            store.migrate().await.context("cannot migrate the database")?;
+            let store = Store::connect(&config.database_url())
+                .await
+                .context("cannot open the database")?;
+            store
+                .migrate()
+                .await
+                .context("cannot migrate the database")?;
             println!("The database is up to date.");
             Ok(())
         }
@@ -98,7 +110,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = ServerConfig {
         listen: args.listen,
-        public_url: args.public_url.unwrap_or_else(|| format!("http://{}", args.listen)).trim_end_matches('/').to_owned(),
+        public_url: args
+            .public_url
+            .unwrap_or_else(|| format!("http://{}", args.listen))
+            .trim_end_matches('/')
+            .to_owned(),
         embedded_workers: args.embedded_workers,
         lease: Duration::from_secs(args.lease_seconds),
         ..server_config_for(&args.database)
@@ -143,10 +159,17 @@ async fn shutdown_signal() {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("GANTRY_LOG").unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        EnvFilter::try_from_env("GANTRY_LOG").unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init(),
     }
 }

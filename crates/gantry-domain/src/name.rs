@@ -18,7 +18,9 @@ pub enum NameError {
     ControlCharacter,
     #[error("`name` {0:?} has no ASCII letter or digit to build an id from")]
     NoSlug(String),
-    #[error("`id` {0:?} is not a valid id: use lowercase ASCII letters, digits and single dashes, at most {MAX_NAME_CHARS} characters, no leading or trailing dash")]
+    #[error(
+        "`id` {0:?} is not a valid id: use lowercase ASCII letters, digits and single dashes, at most {MAX_NAME_CHARS} characters, no leading or trailing dash"
+    )]
     BadId(String),
 }
 
@@ -114,7 +116,9 @@ mod tests {
     use super::*;
 
     fn slug(s: &str) -> String {
-        Slug::from_name(s).map(Slug::into_string).unwrap_or_else(|e| format!("error: {e}"))
+        Slug::from_name(s)
+            .map(Slug::into_string)
+            .unwrap_or_else(|e| format!("error: {e}"))
     }
 
     #[test]
@@ -137,10 +141,16 @@ mod tests {
 
     #[test]
     fn names_are_trimmed_and_checked() {
-        assert_eq!(Name::parse("  Root space ").map(|n| n.to_string()), Ok("Root space".into()));
+        assert_eq!(
+            Name::parse("  Root space ").map(|n| n.to_string()),
+            Ok("Root space".into())
+        );
         assert_eq!(Name::parse("   "), Err(NameError::Empty));
         assert_eq!(Name::parse("a\nb"), Err(NameError::ControlCharacter));
-        assert!(matches!(Name::parse(&"x".repeat(101)), Err(NameError::TooLong(101))));
+        assert!(matches!(
+            Name::parse(&"x".repeat(101)),
+            Err(NameError::TooLong(101))
+        ));
     }
 
     #[test]

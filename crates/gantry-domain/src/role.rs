@@ -78,9 +78,15 @@ pub struct Grant {
 /// Whether `grants` allow an action needing `needed` on a space whose
 /// ancestry (the space itself first, then its parent, up to `root`) is
 /// `ancestry`. Roles are inherited by descendant spaces.
-pub fn allows<'a>(grants: &[Grant], needed: Role, ancestry: impl IntoIterator<Item = &'a str>) -> bool {
+pub fn allows<'a>(
+    grants: &[Grant],
+    needed: Role,
+    ancestry: impl IntoIterator<Item = &'a str>,
+) -> bool {
     ancestry.into_iter().any(|space| {
-        grants.iter().any(|grant| grant.space == space && grant.role.grants(needed))
+        grants
+            .iter()
+            .any(|grant| grant.space == space && grant.role.grants(needed))
     })
 }
 
@@ -102,7 +108,10 @@ mod tests {
 
     #[test]
     fn roles_are_inherited_by_descendants_only() {
-        let grants = [Grant { space: "team".into(), role: Role::Write }];
+        let grants = [Grant {
+            space: "team".into(),
+            role: Role::Write,
+        }];
         assert!(allows(&grants, Role::Write, ["team-dev", "team", "root"]));
         assert!(allows(&grants, Role::Read, ["team"]));
         assert!(!allows(&grants, Role::Read, ["root"]));

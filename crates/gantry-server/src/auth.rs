@@ -25,7 +25,12 @@ impl Principal {
 
     /// Checks that the caller holds `needed` on `space` or an ancestor.
     /// An unknown space is refused like a space the caller has no role on.
-    pub async fn require(&self, state: &AppState, needed: Role, space: &str) -> Result<(), ApiError> {
+    pub async fn require(
+        &self,
+        state: &AppState,
+        needed: Role,
+        space: &str,
+    ) -> Result<(), ApiError> {
         let mut conn = state.store.conn().await?;
         let ancestry = spaces::ancestry(&mut conn, space).await?;
         if allows(&self.roles, needed, ancestry.iter().map(String::as_str)) {
@@ -42,27 +47,42 @@ impl Principal {
 }
 
 pub fn forbidden(needed: Role, space: &str) -> ApiError {
-    ApiError::forbidden(format!("this needs the `{needed}` role on space {space:?} or one of its ancestors"))
+    ApiError::forbidden(format!(
+        "this needs the `{needed}` role on space {space:?} or one of its ancestors"
+    ))
 }
 
 impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let header = parts.headers.get(AUTHORIZATION).ok_or_else(|| {
             ApiError::unauthorized("no API key: send `Authorization: Bearer <key>`")
         })?;
         let secret = header
             .to_str()
             .ok()
-            .and_then(|value| value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")))
+            .and_then(|value| {
+                value
+                    .strip_prefix("Bearer ")
+                    .or_else(|| value.strip_prefix("bearer "))
+            })
             .map(str::trim)
             .filter(|secret| !secret.is_empty())
-            .ok_or_else(|| ApiError::unauthorized("the Authorization header must be `Bearer <key>`"))?;
+            .ok_or_else(|| {
+                ApiError::unauthorized("the Authorization header must be `Bearer <key>`")
+            })?;
         let mut conn = state.store.conn().await?;
         let key = api_keys::authenticate(&mut conn, secret)
             .await?
             .ok_or_else(|| ApiError::unauthorized("the API key is unknown or revoked"))?;
-        Ok(Principal { key_id: key.id, name: key.name, roles: key.roles })
+        Ok(Principal {
+            key_id: key.id,
+            name: key.name,
+            roles: key.roles,
+        })
     }
 }

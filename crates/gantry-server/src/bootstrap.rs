@@ -21,9 +21,13 @@ pub const INITIAL_ADMIN_TOKEN_FILE: &str = "initial-admin-token";
 /// The master key from `GANTRY_MASTER_KEY` (base64 of 32 bytes) if set,
 /// else from `<data_dir>/master.key`, which is generated (mode 0600) on
 /// first start. A key file that group or others can read is refused.
-pub fn load_master_key(data_dir: &Path, from_env: Option<SecretString>) -> anyhow::Result<MasterKey> {
+pub fn load_master_key(
+    data_dir: &Path,
+    from_env: Option<SecretString>,
+) -> anyhow::Result<MasterKey> {
     if let Some(encoded) = from_env {
-        return MasterKey::from_base64(encoded.expose_secret()).with_context(|| format!("{MASTER_KEY_ENV} is not usable"));
+        return MasterKey::from_base64(encoded.expose_secret())
+            .with_context(|| format!("{MASTER_KEY_ENV} is not usable"));
     }
     let path = data_dir.join(MASTER_KEY_FILE);
     match fs::metadata(&path) {
@@ -37,8 +41,12 @@ pub fn load_master_key(data_dir: &Path, from_env: Option<SecretString>) -> anyho
                     path.display()
                 );
             }
-            let encoded = SecretString::from(fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?);
-            MasterKey::from_base64(encoded.expose_secret()).with_context(|| format!("{} is not usable", path.display()))
+            let encoded = SecretString::from(
+                fs::read_to_string(&path)
+                    .with_context(|| format!("cannot read {}", path.display()))?,
+            );
+            MasterKey::from_base64(encoded.expose_secret())
+                .with_context(|| format!("{} is not usable", path.display()))
         }
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
             let key = MasterKey::generate();
@@ -66,8 +74,19 @@ pub async fn first_start(store: &Store, data_dir: &Path) -> anyhow::Result<Optio
         Err(CreateSpaceError::IdTaken(_)) => return Ok(None),
         Err(err) => return Err(err.into()),
     }
-    let grants = [Grant { space: ROOT.to_owned(), role: Role::Admin }];
-    let (key, secret) = api_keys::insert(&mut tx, "initial-admin", "initial admin", &grants, None, now).await?;
+    let grants = [Grant {
+        space: ROOT.to_owned(),
+        role: Role::Admin,
+    }];
+    let (key, secret) = api_keys::insert(
+        &mut tx,
+        "initial-admin",
+        "initial admin",
+        &grants,
+        None,
+        now,
+    )
+    .await?;
     audit::record(
         &mut tx,
         &audit::NewAuditEntry {
@@ -101,7 +120,9 @@ fn write_private(path: &Path, contents: &str, replace: bool) -> anyhow::Result<(
     } else {
         options.create_new(true);
     }
-    let mut file = options.open(path).with_context(|| format!("cannot write {}", path.display()))?;
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
     // The mode above only applies to a new file.
     file.set_permissions(fs::Permissions::from_mode(0o600))?;
     file.write_all(contents.as_bytes())?;

@@ -19,6 +19,11 @@ pub struct ServerConfig {
 
 impl ServerConfig {
     pub fn database_url(&self) -> String {
-        self.database_url.clone().unwrap_or_else(|| format!("sqlite://{}?mode=rwc", self.data_dir.join("gantry.db").display()))
+        self.database_url.clone().unwrap_or_else(|| {
+            format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("gantry.db").display()
+            )
+        })
     }
 }

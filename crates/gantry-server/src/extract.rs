@@ -25,10 +25,14 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                 ApiError::bad_request(format!("cannot read the request body: {rejection}"))
             }
         })?;
-        serde_json::from_slice(&bytes).map(ApiJson).map_err(|err| match err.classify() {
-            serde_json::error::Category::Data => ApiError::invalid(format!("invalid request body: {err}")),
-            _ => ApiError::bad_request(format!("the request body is not valid JSON: {err}")),
-        })
+        serde_json::from_slice(&bytes)
+            .map(ApiJson)
+            .map_err(|err| match err.classify() {
+                serde_json::error::Category::Data => {
+                    ApiError::invalid(format!("invalid request body: {err}"))
+                }
+                _ => ApiError::bad_request(format!("the request body is not valid JSON: {err}")),
+            })
     }
 }
 

@@ -35,12 +35,24 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("gantry");
         let requests = Family::<RequestLabels, Counter>::default();
-        registry.register("http_requests", "HTTP requests answered, by route and status", requests.clone());
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by route and status",
+            requests.clone(),
+        );
         let latency = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.0005, 2.0, 16))
         });
-        registry.register("http_request_duration_seconds", "Time to answer HTTP requests", latency.clone());
-        Self { registry, requests, latency }
+        registry.register(
+            "http_request_duration_seconds",
+            "Time to answer HTTP requests",
+            latency.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            latency,
+        }
     }
 
     pub fn render(&self) -> String {
@@ -62,7 +74,20 @@ pub async fn track(State(metrics): State<Arc<Metrics>>, request: Request, next: 
     let started = Instant::now();
     let response = next.run(request).await;
     let status = response.status().as_u16();
-    metrics.latency.get_or_create(&RouteLabels { method: method.clone(), route: route.clone() }).observe(started.elapsed().as_secs_f64());
-    metrics.requests.get_or_create(&RequestLabels { method, route, status }).inc();
+    metrics
+        .latency
+        .get_or_create(&RouteLabels {
+            method: method.clone(),
+            route: route.clone(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            method,
+            route,
+            status,
+        })
+        .inc();
     response
 }

@@ -32,7 +32,10 @@ struct BearerAuth;
 impl utoipa::Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
     }
 }
 
@@ -51,23 +54,35 @@ pub fn router(state: AppState) -> Router {
         .split_for_parts();
     let openapi = Arc::new(openapi);
 
-    api.route("/api/v1/openapi.json", get(move || async move { Json(openapi.as_ref().clone()) }))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(state.metrics.clone(), metrics::track))
-        .layer(DefaultBodyLimit::max(API_BODY_LIMIT))
-        .with_state(state)
-        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
-            let request_id = request.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
+    api.route(
+        "/api/v1/openapi.json",
+        get(move || async move { Json(openapi.as_ref().clone()) }),
+    )
+    .fallback(not_found)
+    .method_not_allowed_fallback(method_not_allowed)
+    .layer(axum::middleware::from_fn_with_state(
+        state.metrics.clone(),
+        metrics::track,
+    ))
+    .layer(DefaultBodyLimit::max(API_BODY_LIMIT))
+    .with_state(state)
+    .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+    .layer(
+        TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
+            let request_id = request
+                .headers()
+                .get(REQUEST_ID)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-");
             tracing::info_span!(
                 "request",
                 http.method = %request.method(),
                 http.path = %request.uri().path(),
                 request.id = %request_id,
             )
-        }))
-        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        }),
+    )
+    .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
 }
 
 async fn not_found(method: Method, uri: Uri) -> ApiError {

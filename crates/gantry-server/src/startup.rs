@@ -45,15 +45,30 @@ pub async fn start(
         .recursive(true)
         .mode(0o700)
         .create(&config.data_dir)
-        .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
+        .with_context(|| {
+            format!(
+                "cannot create the data directory {}",
+                config.data_dir.display()
+            )
+        })?;
     let master_key = load_master_key(&config.data_dir, master_key_env)?;
-    let store = Store::connect(&config.database_url()).await.context("cannot open the database")?;
-    store.migrate().await.context("cannot migrate the database")?;
+    let store = Store::connect(&config.database_url())
+        .await
+        .context("cannot open the database")?;
+    store
+        .migrate()
+        .await
+        .context("cannot migrate the database")?;
     if let Some(path) = first_start(&store, &config.data_dir).await? {
         tracing::info!(path = %path.display(), "first start: created space root and an admin API key; the key is in this file");
-        println!("First start: the admin API key is in {} (readable only by you).", path.display());
+        println!(
+            "First start: the admin API key is in {} (readable only by you).",
+            path.display()
+        );
     }
-    let listener = TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
     let state = AppState {
         store: store.clone(),
@@ -65,7 +80,9 @@ pub async fn start(
     let app = router(state);
     tracing::info!(listen = %addr, "serving");
     let task = tokio::spawn(async move {
-        let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await;
         reaper.abort();
         served.context("the HTTP server failed")
     });

@@ -14,6 +14,9 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Seals and opens secrets at rest (integration tokens, webhook
     /// secrets, secret variables).
-    #[expect(dead_code, reason = "integrations, the first users of the keyring, come next")]
+    #[expect(
+        dead_code,
+        reason = "integrations, the first users of the keyring, come next"
+    )]
     pub keyring: Arc<Keyring>,
 }

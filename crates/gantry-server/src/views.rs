@@ -22,7 +22,10 @@ pub struct List<T> {
 
 impl<T> List<T> {
     pub fn new<R>(rows: Vec<R>, next: Option<Cursor>, view: impl Fn(R) -> T) -> Self {
-        Self { items: rows.into_iter().map(view).collect(), next_cursor: next.map(|c| c.encode()) }
+        Self {
+            items: rows.into_iter().map(view).collect(),
+            next_cursor: next.map(|c| c.encode()),
+        }
     }
 }
 
@@ -37,11 +40,18 @@ pub struct ListParams {
 
 impl ListParams {
     pub fn page(&self) -> Result<gantry_store::Page, ApiError> {
-        let after = self.cursor.as_deref().map(Cursor::decode).transpose().map_err(|e| ApiError::invalid(e.to_string()))?;
+        let after = self
+            .cursor
+            .as_deref()
+            .map(Cursor::decode)
+            .transpose()
+            .map_err(|e| ApiError::invalid(e.to_string()))?;
         if let Some(limit) = self.limit
             && !(1..=gantry_store::page::MAX_LIMIT).contains(&limit)
         {
-            return Err(ApiError::invalid(format!("`limit` is {limit}; it must be between 1 and 500")));
+            return Err(ApiError::invalid(format!(
+                "`limit` is {limit}; it must be between 1 and 500"
+            )));
         }
         Ok(gantry_store::Page::new(after, self.limit))
     }
@@ -65,7 +75,10 @@ pub struct RoleView {
 
 impl From<Grant> for RoleView {
     fn from(grant: Grant) -> Self {
-        Self { space: grant.space, role: grant.role }
+        Self {
+            space: grant.space,
+            role: grant.role,
+        }
     }
 }
 
@@ -80,7 +93,12 @@ pub struct SpaceView {
 
 impl From<Space> for SpaceView {
     fn from(space: Space) -> Self {
-        Self { id: space.id, name: space.name, parent: space.parent_id, created_at: timestamp(space.created_at) }
+        Self {
+            id: space.id,
+            name: space.name,
+            parent: space.parent_id,
+            created_at: timestamp(space.created_at),
+        }
     }
 }
 

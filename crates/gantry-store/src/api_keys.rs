@@ -101,11 +101,12 @@ pub async fn authenticate(conn: &mut Conn, secret: &str) -> Result<Option<ApiKey
 }
 
 pub async fn get(conn: &mut Conn, id: &str) -> Result<Option<ApiKey>, StoreError> {
-    let row: Option<KeyRow> =
-        sqlx::query_as("SELECT id, name, created_by, created_at, revoked_at FROM api_keys WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&mut *conn)
-            .await?;
+    let row: Option<KeyRow> = sqlx::query_as(
+        "SELECT id, name, created_by, created_at, revoked_at FROM api_keys WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?;
     match row {
         Some(row) => Ok(Some(with_roles(conn, vec![row]).await?.remove(0))),
         None => Ok(None),
@@ -115,7 +116,11 @@ pub async fn get(conn: &mut Conn, id: &str) -> Result<Option<ApiKey>, StoreError
 /// The keys `viewer` may manage, and `viewer` itself, newest first. A key is
 /// manageable when every space it has a role on lies in a subtree that
 /// `viewer` administers.
-pub async fn list_manageable(conn: &mut Conn, viewer: &str, page: &Page) -> Result<(Vec<ApiKey>, Option<Cursor>), StoreError> {
+pub async fn list_manageable(
+    conn: &mut Conn,
+    viewer: &str,
+    page: &Page,
+) -> Result<(Vec<ApiKey>, Option<Cursor>), StoreError> {
     let (at, id) = page.bounds();
     let rows: Vec<KeyRow> = sqlx::query_as(
         "WITH RECURSIVE managed (id) AS ( \
@@ -135,7 +140,10 @@ pub async fn list_manageable(conn: &mut Conn, viewer: &str, page: &Page) -> Resu
     .bind(page.fetch_limit())
     .fetch_all(&mut *conn)
     .await?;
-    let (rows, next) = page.finish(rows, |k| Cursor { at: k.created_at, id: k.id.clone() });
+    let (rows, next) = page.finish(rows, |k| Cursor {
+        at: k.created_at,
+        id: k.id.clone(),
+    });
     Ok((with_roles(conn, rows).await?, next))
 }
 
@@ -170,7 +178,12 @@ async fn with_roles(conn: &mut Conn, rows: Vec<KeyRow>) -> Result<Vec<ApiKey>, S
             let roles = grants
                 .iter()
                 .filter(|(key, _, _)| *key == row.id)
-                .filter_map(|(_, space, role)| Some(Grant { space: space.clone(), role: role.parse::<Role>().ok()? }))
+                .filter_map(|(_, space, role)| {
+                    Some(Grant {
+                        space: space.clone(),
+                        role: role.parse::<Role>().ok()?,
+                    })
+                })
                 .collect();
             ApiKey {
                 id: row.id,
@@ -186,7 +199,12 @@ async fn with_roles(conn: &mut Conn, rows: Vec<KeyRow>) -> Result<Vec<ApiKey>, S
 
 /// How many unrevoked keys other than `except` hold `role` on `space`
 /// itself (not inherited).
-pub async fn count_active_holders(conn: &mut Conn, space: &str, role: Role, except: &str) -> Result<i64, StoreError> {
+pub async fn count_active_holders(
+    conn: &mut Conn,
+    space: &str,
+    role: Role,
+    except: &str,
+) -> Result<i64, StoreError> {
     let (n,): (i64,) = sqlx::query_as(
         "SELECT COUNT(*) FROM api_keys k JOIN api_key_roles r ON r.api_key_id = k.id \
          WHERE r.space_id = $1 AND r.role = $2 AND k.revoked_at IS NULL AND k.id <> $3",

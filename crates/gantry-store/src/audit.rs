@@ -29,7 +29,11 @@ pub struct NewAuditEntry<'a> {
     pub detail: serde_json::Value,
 }
 
-pub async fn record(conn: &mut Conn, entry: &NewAuditEntry<'_>, now: Millis) -> Result<(), StoreError> {
+pub async fn record(
+    conn: &mut Conn,
+    entry: &NewAuditEntry<'_>,
+    now: Millis,
+) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO audit_log (at, actor, action, target_kind, target_id, space_id, detail) \
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -47,7 +51,10 @@ pub async fn record(conn: &mut Conn, entry: &NewAuditEntry<'_>, now: Millis) -> 
 }
 
 /// Entries newest first. The cursor's `at` holds the last entry's id.
-pub async fn list(conn: &mut Conn, page: &Page) -> Result<(Vec<AuditEntry>, Option<Cursor>), StoreError> {
+pub async fn list(
+    conn: &mut Conn,
+    page: &Page,
+) -> Result<(Vec<AuditEntry>, Option<Cursor>), StoreError> {
     let before = page.after.as_ref().map_or(i64::MAX, |c| c.at);
     let rows: Vec<AuditEntry> = sqlx::query_as(
         "SELECT id, at, actor, action, target_kind, target_id, space_id, detail FROM audit_log \
@@ -57,5 +64,8 @@ pub async fn list(conn: &mut Conn, page: &Page) -> Result<(Vec<AuditEntry>, Opti
     .bind(page.fetch_limit())
     .fetch_all(conn)
     .await?;
-    Ok(page.finish(rows, |e| Cursor { at: e.id, id: String::new() }))
+    Ok(page.finish(rows, |e| Cursor {
+        at: e.id,
+        id: String::new(),
+    }))
 }

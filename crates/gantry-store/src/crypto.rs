@@ -34,8 +34,13 @@ impl MasterKey {
 
     /// Parses the base64 form used in `GANTRY_MASTER_KEY` and `master.key`.
     pub fn from_base64(encoded: &str) -> Result<Self, KeyError> {
-        let bytes = STANDARD.decode(encoded.trim()).map_err(|_| KeyError::NotBase64)?;
-        let array: [u8; 32] = bytes.as_slice().try_into().map_err(|_| KeyError::WrongLength(bytes.len()))?;
+        let bytes = STANDARD
+            .decode(encoded.trim())
+            .map_err(|_| KeyError::NotBase64)?;
+        let array: [u8; 32] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| KeyError::WrongLength(bytes.len()))?;
         Ok(Self(SecretBox::new(Box::new(array))))
     }
 
@@ -46,7 +51,10 @@ impl MasterKey {
     /// A short public id of the key: the first 8 hex digits of the SHA-256
     /// of a domain-separated digest, enough to tell keys apart.
     pub fn id(&self) -> String {
-        let digest = Sha256::new().chain_update(b"gantry key id\0").chain_update(self.0.expose_secret()).finalize();
+        let digest = Sha256::new()
+            .chain_update(b"gantry key id\0")
+            .chain_update(self.0.expose_secret())
+            .finalize();
         hex8(&digest)
     }
 }
@@ -61,7 +69,9 @@ impl std::fmt::Debug for MasterKey {
 pub enum CryptoError {
     #[error("encrypted value is malformed")]
     Malformed,
-    #[error("encrypted value was sealed with key {0}, which this server does not have; set GANTRY_MASTER_KEY to that key")]
+    #[error(
+        "encrypted value was sealed with key {0}, which this server does not have; set GANTRY_MASTER_KEY to that key"
+    )]
     UnknownKey(String),
     #[error("encrypted value does not decrypt: wrong key, or it was moved from another row")]
     Decrypt,
@@ -74,14 +84,18 @@ pub struct Keyring {
 
 impl std::fmt::Debug for Keyring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.keys.iter().map(|(id, _)| id)).finish()
+        f.debug_list()
+            .entries(self.keys.iter().map(|(id, _)| id))
+            .finish()
     }
 }
 
 impl Keyring {
     pub fn new(current: MasterKey) -> Self {
         let cipher = Aes256Gcm::new(current.0.expose_secret().into());
-        Self { keys: vec![(current.id(), cipher)] }
+        Self {
+            keys: vec![(current.id(), cipher)],
+        }
     }
 
     /// Adds an older key that values may still be sealed with.
@@ -102,9 +116,14 @@ impl Keyring {
         let (key_id, cipher) = &self.keys[0];
         let mut nonce = [0u8; NONCE_LEN];
         rand::rngs::OsRng.fill_bytes(&mut nonce);
-        let payload = Payload { msg: plaintext.expose_secret().as_bytes(), aad: context.as_bytes() };
+        let payload = Payload {
+            msg: plaintext.expose_secret().as_bytes(),
+            aad: context.as_bytes(),
+        };
         // AES-GCM only fails for inputs past 64 GiB.
-        let sealed = cipher.encrypt(Nonce::from_slice(&nonce), payload).unwrap_or_default();
+        let sealed = cipher
+            .encrypt(Nonce::from_slice(&nonce), payload)
+            .unwrap_or_default();
         let mut blob = nonce.to_vec();
         blob.extend_from_slice(&sealed);
         format!("{VERSION}:{key_id}:{}", URL_SAFE_NO_PAD.encode(blob))
@@ -112,7 +131,8 @@ impl Keyring {
 
     pub fn decrypt(&self, context: &str, stored: &str) -> Result<SecretString, CryptoError> {
         let mut parts = stored.splitn(3, ':');
-        let (Some(VERSION), Some(key_id), Some(data)) = (parts.next(), parts.next(), parts.next()) else {
+        let (Some(VERSION), Some(key_id), Some(data)) = (parts.next(), parts.next(), parts.next())
+        else {
             return Err(CryptoError::Malformed);
         };
         let (_, cipher) = self
@@ -120,15 +140,25 @@ impl Keyring {
             .iter()
             .find(|(id, _)| id == key_id)
             .ok_or_else(|| CryptoError::UnknownKey(key_id.to_owned()))?;
-        let blob = URL_SAFE_NO_PAD.decode(data).map_err(|_| CryptoError::Malformed)?;
+        let blob = URL_SAFE_NO_PAD
+            .decode(data)
+            .map_err(|_| CryptoError::Malformed)?;
         if blob.len() < NONCE_LEN {
             return Err(CryptoError::Malformed);
         }
         let (nonce, sealed) = blob.split_at(NONCE_LEN);
         let plain = cipher
-            .decrypt(Nonce::from_slice(nonce), Payload { msg: sealed, aad: context.as_bytes() })
+            .decrypt(
+                Nonce::from_slice(nonce),
+                Payload {
+                    msg: sealed,
+                    aad: context.as_bytes(),
+                },
+            )
             .map_err(|_| CryptoError::Decrypt)?;
-        String::from_utf8(plain).map(SecretString::from).map_err(|_| CryptoError::Decrypt)
+        String::from_utf8(plain)
+            .map(SecretString::from)
+            .map_err(|_| CryptoError::Decrypt)
     }
 }
 
@@ -167,16 +197,24 @@ mod tests {
         let sealed = keyring.encrypt("integration:a:api_token", &secret);
         assert!(!sealed.contains("recognisable"));
         assert!(sealed.starts_with(&format!("v1:{}:", keyring.current_key_id())));
-        let opened = keyring.decrypt("integration:a:api_token", &sealed).map(|s| s.expose_secret().to_owned());
+        let opened = keyring
+            .decrypt("integration:a:api_token", &sealed)
+            .map(|s| s.expose_secret().to_owned());
         assert_eq!(opened.ok().as_deref(), Some("glpat-recognisable-token"));
-        assert!(matches!(keyring.decrypt("integration:b:api_token", &sealed), Err(CryptoError::Decrypt)));
+        assert!(matches!(
+            keyring.decrypt("integration:b:api_token", &sealed),
+            Err(CryptoError::Decrypt)
+        ));
     }
 
     #[test]
     fn the_same_value_seals_differently_each_time() {
         let keyring = Keyring::new(MasterKey::generate());
         let secret = SecretString::from("same");
-        assert_ne!(keyring.encrypt("row", &secret), keyring.encrypt("row", &secret));
+        assert_ne!(
+            keyring.encrypt("row", &secret),
+            keyring.encrypt("row", &secret)
+        );
     }
 
     #[test]
@@ -185,21 +223,34 @@ mod tests {
         let old_copy = MasterKey::from_base64(old.to_base64().expose_secret()).ok();
         let sealed = Keyring::new(old).encrypt("row", &SecretString::from("v"));
         let rotated = Keyring::new(MasterKey::generate());
-        assert!(matches!(rotated.decrypt("row", &sealed), Err(CryptoError::UnknownKey(_))));
+        assert!(matches!(
+            rotated.decrypt("row", &sealed),
+            Err(CryptoError::UnknownKey(_))
+        ));
         let rotated = rotated.with_previous(old_copy.expect("key parses"));
         assert!(rotated.decrypt("row", &sealed).is_ok());
     }
 
     #[test]
     fn master_keys_must_be_32_bytes_of_base64() {
-        assert!(matches!(MasterKey::from_base64("c2hvcnQ="), Err(KeyError::WrongLength(5))));
-        assert!(matches!(MasterKey::from_base64("%%%"), Err(KeyError::NotBase64)));
+        assert!(matches!(
+            MasterKey::from_base64("c2hvcnQ="),
+            Err(KeyError::WrongLength(5))
+        ));
+        assert!(matches!(
+            MasterKey::from_base64("%%%"),
+            Err(KeyError::NotBase64)
+        ));
         assert!(format!("{:?}", MasterKey::generate()).starts_with("MasterKey("));
     }
 
     #[test]
     fn secrets_hash_to_hex() {
         assert_eq!(hash_secret("abc").len(), 64);
-        assert!(random_secret("gantry_").expose_secret().starts_with("gantry_"));
+        assert!(
+            random_secret("gantry_")
+                .expose_secret()
+                .starts_with("gantry_")
+        );
     }
 }

@@ -52,7 +52,13 @@ pub struct NewJob<'a> {
 
 impl<'a> NewJob<'a> {
     pub fn new(kind: &'a str, payload: serde_json::Value) -> Self {
-        Self { kind, payload, idempotency_key: None, max_attempts: 10, run_at: None }
+        Self {
+            kind,
+            payload,
+            idempotency_key: None,
+            max_attempts: 10,
+            run_at: None,
+        }
     }
 }
 
@@ -138,11 +144,15 @@ pub async fn enqueue(tx: &mut Tx, job: &NewJob<'_>, now: Millis) -> Result<i64, 
     .await
     .map_err(StoreError::from)?;
     let Some((id,)) = row else {
-        return Err(EnqueueError::Duplicate(job.idempotency_key.unwrap_or_default().to_owned()));
+        return Err(EnqueueError::Duplicate(
+            job.idempotency_key.unwrap_or_default().to_owned(),
+        ));
     };
     if backend == Backend::Postgres && !tx.enqueued {
         // Delivered to listeners when the transaction commits.
-        tx.execute(format!("NOTIFY {JOBS_CHANNEL}").as_str()).await.map_err(StoreError::from)?;
+        tx.execute(format!("NOTIFY {JOBS_CHANNEL}").as_str())
+            .await
+            .map_err(StoreError::from)?;
     }
     tx.enqueued = true;
     Ok(id)
@@ -178,7 +188,9 @@ pub async fn claim(
     for kind in kinds {
         query = query.bind(*kind);
     }
-    let Some((job_id, kind, payload, attempts, max_attempts)) = query.fetch_optional(store.pool()).await? else {
+    let Some((job_id, kind, payload, attempts, max_attempts)) =
+        query.fetch_optional(store.pool()).await?
+    else {
         return Ok(None);
     };
     Ok(Some(ClaimedJob {
@@ -195,7 +207,12 @@ pub async fn claim(
 }
 
 /// Extends the lease to `lease_for` from `now`.
-pub async fn heartbeat(store: &Store, lease: &Lease, lease_for: Duration, now: Millis) -> Result<(), LeaseError> {
+pub async fn heartbeat(
+    store: &Store,
+    lease: &Lease,
+    lease_for: Duration,
+    now: Millis,
+) -> Result<(), LeaseError> {
     let done = sqlx::query(
         "UPDATE jobs SET lease_expires_at = $1, updated_at = $2 \
          WHERE id = $3 AND lease_token = $4 AND state = 'running'",
@@ -226,7 +243,12 @@ pub async fn complete(store: &Store, lease: &Lease, now: Millis) -> Result<(), L
 
 /// Records a failed attempt: the job is queued again after [`backoff`], or
 /// becomes `dead` when it has used all its attempts.
-pub async fn fail(store: &Store, lease: &Lease, error: &str, now: Millis) -> Result<Failed, LeaseError> {
+pub async fn fail(
+    store: &Store,
+    lease: &Lease,
+    error: &str,
+    now: Millis,
+) -> Result<Failed, LeaseError> {
     let outcome = if lease.attempt >= lease.max_attempts {
         Failed::Dead
     } else {
@@ -272,7 +294,8 @@ pub async fn reap(store: &Store, now: Millis) -> Result<u64, StoreError> {
     let reaped = done.rows_affected();
     if reaped > 0 {
         if tx.backend() == Backend::Postgres {
-            tx.execute(format!("NOTIFY {JOBS_CHANNEL}").as_str()).await?;
+            tx.execute(format!("NOTIFY {JOBS_CHANNEL}").as_str())
+                .await?;
         }
         tx.enqueued = true;
     }
@@ -321,7 +344,10 @@ pub async fn claim_or_wait(
 
 /// When the earliest queued job of `kinds` falls due.
 async fn next_due(store: &Store, kinds: &[&str]) -> Result<Option<Millis>, StoreError> {
-    let sql = format!("SELECT MIN(run_at) FROM jobs WHERE state = 'queued' AND kind IN ({})", placeholders(1, kinds.len()));
+    let sql = format!(
+        "SELECT MIN(run_at) FROM jobs WHERE state = 'queued' AND kind IN ({})",
+        placeholders(1, kinds.len())
+    );
     let mut query = sqlx::query_as::<_, (Option<i64>,)>(&sql);
     for kind in kinds {
         query = query.bind(*kind);
@@ -341,12 +367,19 @@ pub async fn get(conn: &mut Conn, id: i64) -> Result<Option<JobRow>, StoreError>
 }
 
 fn lease_held(rows_affected: u64, lease: &Lease) -> Result<(), LeaseError> {
-    if rows_affected == 1 { Ok(()) } else { Err(LeaseError::Lost(lease.job_id)) }
+    if rows_affected == 1 {
+        Ok(())
+    } else {
+        Err(LeaseError::Lost(lease.job_id))
+    }
 }
 
 /// `$first, $first+1, …` for `count` parameters.
 fn placeholders(first: usize, count: usize) -> String {
-    (first..first + count).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+    (first..first + count)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn uuid_like_token() -> String {

@@ -28,5 +28,6 @@ pub type Conn = sqlx::AnyConnection;
 
 /// Whether a database error is a violation of a unique constraint.
 pub fn is_unique_violation(err: &sqlx::Error) -> bool {
-    err.as_database_error().is_some_and(|e| e.is_unique_violation())
+    err.as_database_error()
+        .is_some_and(|e| e.is_unique_violation())
 }

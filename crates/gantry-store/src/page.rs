@@ -27,7 +27,10 @@ impl Cursor {
         let bytes = URL_SAFE_NO_PAD.decode(raw).map_err(|_| bad())?;
         let text = String::from_utf8(bytes).map_err(|_| bad())?;
         let (at, id) = text.split_once('/').ok_or_else(bad)?;
-        Ok(Self { at: at.parse().map_err(|_| bad())?, id: id.to_owned() })
+        Ok(Self {
+            at: at.parse().map_err(|_| bad())?,
+            id: id.to_owned(),
+        })
     }
 }
 
@@ -40,7 +43,10 @@ pub struct Page {
 
 impl Page {
     pub fn new(after: Option<Cursor>, limit: Option<u32>) -> Self {
-        Self { after, limit: limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT) }
+        Self {
+            after,
+            limit: limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT),
+        }
     }
 
     /// The `(at, id)` bounds for a `WHERE (t < $a OR (t = $a AND id < $b))`
@@ -59,7 +65,11 @@ impl Page {
     }
 
     /// Cuts a fetched batch to the limit and makes the next cursor.
-    pub(crate) fn finish<T>(&self, mut rows: Vec<T>, key: impl Fn(&T) -> Cursor) -> (Vec<T>, Option<Cursor>) {
+    pub(crate) fn finish<T>(
+        &self,
+        mut rows: Vec<T>,
+        key: impl Fn(&T) -> Cursor,
+    ) -> (Vec<T>, Option<Cursor>) {
         let limit = self.limit as usize;
         if rows.len() > limit {
             rows.truncate(limit);
@@ -77,7 +87,10 @@ mod tests {
 
     #[test]
     fn cursors_round_trip_and_reject_garbage() {
-        let cursor = Cursor { at: 1_700_000_000_000, id: "a/b".into() };
+        let cursor = Cursor {
+            at: 1_700_000_000_000,
+            id: "a/b".into(),
+        };
         assert_eq!(Cursor::decode(&cursor.encode()).ok(), Some(cursor));
         assert!(Cursor::decode("not a cursor").is_err());
         assert!(Cursor::decode(&URL_SAFE_NO_PAD.encode("x/y")).is_err());

@@ -45,16 +45,25 @@ pub async fn insert(
         if get(conn, parent).await?.is_none() {
             return Err(CreateSpaceError::ParentNotFound(parent.to_owned()));
         }
-        let sibling: Option<(String,)> = sqlx::query_as("SELECT id FROM spaces WHERE parent_id = $1 AND name = $2")
-            .bind(parent)
-            .bind(name)
-            .fetch_optional(&mut *conn)
-            .await?;
+        let sibling: Option<(String,)> =
+            sqlx::query_as("SELECT id FROM spaces WHERE parent_id = $1 AND name = $2")
+                .bind(parent)
+                .bind(name)
+                .fetch_optional(&mut *conn)
+                .await?;
         if sibling.is_some() {
-            return Err(CreateSpaceError::NameTaken { name: name.to_owned(), parent: parent.to_owned() });
+            return Err(CreateSpaceError::NameTaken {
+                name: name.to_owned(),
+                parent: parent.to_owned(),
+            });
         }
     }
-    let space = Space { id: id.to_owned(), name: name.to_owned(), parent_id: parent.map(str::to_owned), created_at: now.0 };
+    let space = Space {
+        id: id.to_owned(),
+        name: name.to_owned(),
+        parent_id: parent.map(str::to_owned),
+        created_at: now.0,
+    };
     sqlx::query("INSERT INTO spaces (id, name, parent_id, created_at) VALUES ($1, $2, $3, $4)")
         .bind(&space.id)
         .bind(&space.name)
@@ -63,20 +72,28 @@ pub async fn insert(
         .execute(&mut *conn)
         .await
         .map_err(|err| {
-            if is_unique_violation(&err) { CreateSpaceError::IdTaken(id.to_owned()) } else { err.into() }
+            if is_unique_violation(&err) {
+                CreateSpaceError::IdTaken(id.to_owned())
+            } else {
+                err.into()
+            }
         })?;
     Ok(space)
 }
 
 pub async fn get(conn: &mut Conn, id: &str) -> Result<Option<Space>, StoreError> {
-    Ok(sqlx::query_as("SELECT id, name, parent_id, created_at FROM spaces WHERE id = $1")
-        .bind(id)
-        .fetch_optional(conn)
-        .await?)
+    Ok(
+        sqlx::query_as("SELECT id, name, parent_id, created_at FROM spaces WHERE id = $1")
+            .bind(id)
+            .fetch_optional(conn)
+            .await?,
+    )
 }
 
 pub async fn count(conn: &mut Conn) -> Result<i64, StoreError> {
-    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM spaces").fetch_one(conn).await?;
+    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM spaces")
+        .fetch_one(conn)
+        .await?;
     Ok(n)
 }
 
@@ -98,7 +115,11 @@ pub async fn ancestry(conn: &mut Conn, id: &str) -> Result<Vec<String>, StoreErr
 
 /// The spaces an API key can read: those it holds `read`, `write` or
 /// `admin` on, and all their descendants; newest first.
-pub async fn list_readable(conn: &mut Conn, api_key_id: &str, page: &Page) -> Result<(Vec<Space>, Option<Cursor>), StoreError> {
+pub async fn list_readable(
+    conn: &mut Conn,
+    api_key_id: &str,
+    page: &Page,
+) -> Result<(Vec<Space>, Option<Cursor>), StoreError> {
     let (at, id) = page.bounds();
     let rows: Vec<Space> = sqlx::query_as(
         "WITH RECURSIVE readable (id) AS ( \
@@ -115,5 +136,8 @@ pub async fn list_readable(conn: &mut Conn, api_key_id: &str, page: &Page) -> Re
     .bind(page.fetch_limit())
     .fetch_all(conn)
     .await?;
-    Ok(page.finish(rows, |s| Cursor { at: s.created_at, id: s.id.clone() }))
+    Ok(page.finish(rows, |s| Cursor {
+        at: s.created_at,
+        id: s.id.clone(),
+    }))
 }

@@ -70,25 +70,39 @@ impl Store {
             .log_statements(tracing::log::LevelFilter::Trace)
             .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1));
         let pool_options = match backend {
-            Backend::Sqlite => AnyPoolOptions::new().max_connections(8).after_connect(|conn, _| {
-                Box::pin(async move {
-                    conn.execute(
-                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+            Backend::Sqlite => AnyPoolOptions::new()
+                .max_connections(8)
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        conn.execute(
+                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
                          PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
-                    )
-                    .await?;
-                    Ok(())
-                })
-            }),
+                        )
+                        .await?;
+                        Ok(())
+                    })
+                }),
             Backend::Postgres => AnyPoolOptions::new().max_connections(16),
         };
-        let pool = pool_options.acquire_timeout(Duration::from_secs(30)).connect_with(options).await?;
+        let pool = pool_options
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options)
+            .await?;
         let jobs_signal = Arc::new(Notify::new());
         let listener = match backend {
-            Backend::Postgres => Some(spawn_jobs_listener(url.to_owned(), jobs_signal.clone()).await?),
+            Backend::Postgres => {
+                Some(spawn_jobs_listener(url.to_owned(), jobs_signal.clone()).await?)
+            }
             Backend::Sqlite => None,
         };
-        Ok(Self { inner: Arc::new(Inner { pool, backend, jobs_signal, listener }) })
+        Ok(Self {
+            inner: Arc::new(Inner {
+                pool,
+                backend,
+                jobs_signal,
+                listener,
+            }),
+        })
     }
 
     /// Applies the migrations this binary carries that the database lacks.
@@ -122,7 +136,12 @@ impl Store {
             Backend::Sqlite => self.inner.pool.begin_with("BEGIN IMMEDIATE").await?,
             Backend::Postgres => self.inner.pool.begin().await?,
         };
-        Ok(Tx { inner, backend: self.backend(), jobs_signal: self.inner.jobs_signal.clone(), enqueued: false })
+        Ok(Tx {
+            inner,
+            backend: self.backend(),
+            jobs_signal: self.inner.jobs_signal.clone(),
+            enqueued: false,
+        })
     }
 
     /// Whether the database answers.

@@ -33,7 +33,11 @@ pub async fn sqlite() -> TestStore {
     let url = sqlite_url(dir.path());
     let store = Store::connect(&url).await.expect("open SQLite");
     store.migrate().await.expect("migrate SQLite");
-    TestStore { store, url, _dir: Some(dir) }
+    TestStore {
+        store,
+        url,
+        _dir: Some(dir),
+    }
 }
 
 pub fn sqlite_url(dir: &Path) -> String {
@@ -44,9 +48,15 @@ pub fn sqlite_url(dir: &Path) -> String {
 /// saying why) when PostgreSQL is not available outside CI.
 pub async fn postgres() -> Option<TestStore> {
     let url = postgres_url().await?;
-    let store = Store::connect(&url).await.expect("connect to the test PostgreSQL database");
+    let store = Store::connect(&url)
+        .await
+        .expect("connect to the test PostgreSQL database");
     store.migrate().await.expect("migrate PostgreSQL");
-    Some(TestStore { store, url, _dir: None })
+    Some(TestStore {
+        store,
+        url,
+        _dir: None,
+    })
 }
 
 /// The URL of a new, empty database in the test cluster.
@@ -55,16 +65,25 @@ pub async fn postgres_url() -> Option<String> {
         Ok(cluster) => cluster,
         Err(reason) => {
             if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("PostgreSQL tests must run in CI, but the test cluster did not start: {reason}");
+                panic!(
+                    "PostgreSQL tests must run in CI, but the test cluster did not start: {reason}"
+                );
             }
-            eprintln!("SKIPPED: PostgreSQL test (the test cluster did not start: {reason}); set CI=true to fail instead");
+            eprintln!(
+                "SKIPPED: PostgreSQL test (the test cluster did not start: {reason}); set CI=true to fail instead"
+            );
             return None;
         }
     };
     static NEXT_DB: AtomicU32 = AtomicU32::new(0);
     let name = format!("gantry_test_{}", NEXT_DB.fetch_add(1, Ordering::Relaxed));
-    let admin = Store::connect(&cluster.url("postgres")).await.expect("connect to the test cluster");
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(admin.pool()).await.expect("create test database");
+    let admin = Store::connect(&cluster.url("postgres"))
+        .await
+        .expect("connect to the test cluster");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(admin.pool())
+        .await
+        .expect("create test database");
     admin.close().await;
     Some(cluster.url(&name))
 }
@@ -77,13 +96,19 @@ struct Cluster {
 
 impl Cluster {
     fn url(&self, database: &str) -> String {
-        format!("postgres://gantry@localhost/{database}?host={}", self.socket_dir.display())
+        format!(
+            "postgres://gantry@localhost/{database}?host={}",
+            self.socket_dir.display()
+        )
     }
 }
 
 fn cluster() -> Result<&'static Cluster, String> {
     static CLUSTER: OnceLock<Result<Cluster, String>> = OnceLock::new();
-    CLUSTER.get_or_init(start_cluster).as_ref().map_err(Clone::clone)
+    CLUSTER
+        .get_or_init(start_cluster)
+        .as_ref()
+        .map_err(Clone::clone)
 }
 
 const WATCHDOG: &str = r#"
@@ -109,8 +134,13 @@ rm -rf "$dir"
 "#;
 
 fn start_cluster() -> Result<Cluster, String> {
-    let bin = postgres_bin_dir().ok_or("no initdb on PATH or under /usr/lib/postgresql/*/bin; install PostgreSQL")?;
-    let dir = tempfile::Builder::new().prefix("gantry-pg-").tempdir().map_err(|e| e.to_string())?.keep();
+    let bin = postgres_bin_dir()
+        .ok_or("no initdb on PATH or under /usr/lib/postgresql/*/bin; install PostgreSQL")?;
+    let dir = tempfile::Builder::new()
+        .prefix("gantry-pg-")
+        .tempdir()
+        .map_err(|e| e.to_string())?
+        .keep();
     let user = if is_root() { "postgres" } else { "" };
     let mut child = Command::new("sh")
         .args(["-c", WATCHDOG, "gantry-pg-watchdog"])
@@ -125,7 +155,10 @@ fn start_cluster() -> Result<Cluster, String> {
     let stdin = child.stdin.take().ok_or("no stdin")?;
     let mut stdout = child.stdout.take().ok_or("no stdout")?;
     let mut started = String::new();
-    (&mut stdout).take(8).read_to_string(&mut started).map_err(|e| e.to_string())?;
+    (&mut stdout)
+        .take(8)
+        .read_to_string(&mut started)
+        .map_err(|e| e.to_string())?;
     if !started.starts_with("started") {
         let output = child.wait_with_output().map_err(|e| e.to_string())?;
         return Err(String::from_utf8_lossy(&output.stderr).trim().to_owned());
@@ -137,13 +170,18 @@ fn start_cluster() -> Result<Cluster, String> {
     while !socket.exists() {
         if Instant::now() > deadline {
             let log = std::fs::read_to_string(dir.join("postgres.log")).unwrap_or_default();
-            return Err(format!("PostgreSQL did not open its socket within 60 s: {log}"));
+            return Err(format!(
+                "PostgreSQL did not open its socket within 60 s: {log}"
+            ));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     // The socket appears a moment before the server accepts connections.
     std::thread::sleep(Duration::from_millis(200));
-    Ok(Cluster { socket_dir: dir, _watchdog: Mutex::new(stdin) })
+    Ok(Cluster {
+        socket_dir: dir,
+        _watchdog: Mutex::new(stdin),
+    })
 }
 
 fn postgres_bin_dir() -> Option<PathBuf> {
@@ -169,6 +207,8 @@ fn postgres_bin_dir() -> Option<PathBuf> {
 }
 
 fn is_root() -> bool {
-    Command::new("id").arg("-u").output().is_ok_and(|out| out.stdout.starts_with(b"0\n"))
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| out.stdout.starts_with(b"0\n"))
 }
-

@@ -38,9 +38,18 @@ pub async fn create(
     let name = Name::parse(&body.name).map_err(|e| ApiError::invalid(e.to_string()))?;
     let id = name.slug().map_err(|e| ApiError::invalid(e.to_string()))?;
     if body.roles.is_empty() {
-        return Err(ApiError::invalid("`roles` is empty: give the key at least one role, such as {\"space\": \"root\", \"role\": \"read\"}"));
+        return Err(ApiError::invalid(
+            "`roles` is empty: give the key at least one role, such as {\"space\": \"root\", \"role\": \"read\"}",
+        ));
     }
-    let grants: Vec<Grant> = body.roles.into_iter().map(|r| Grant { space: r.space, role: r.role }).collect();
+    let grants: Vec<Grant> = body
+        .roles
+        .into_iter()
+        .map(|r| Grant {
+            space: r.space,
+            role: r.role,
+        })
+        .collect();
 
     let mut tx = state.store.begin().await?;
     for grant in &grants {
@@ -52,19 +61,29 @@ pub async fn create(
         }
         let ancestry = spaces::ancestry(&mut tx, &grant.space).await?;
         if ancestry.is_empty() {
-            return Err(ApiError::invalid(format!("`roles`: space {:?} does not exist", grant.space)));
+            return Err(ApiError::invalid(format!(
+                "`roles`: space {:?} does not exist",
+                grant.space
+            )));
         }
         if !principal.allows(Role::Admin, &ancestry) {
             return Err(forbidden(Role::Admin, &grant.space));
         }
     }
     let now = Millis::now();
-    let (key, secret) = api_keys::insert(&mut tx, id.as_str(), name.as_str(), &grants, Some(&principal.key_id), now)
-        .await
-        .map_err(|err| match err {
-            CreateKeyError::IdTaken(_) => ApiError::conflict(err.to_string()),
-            CreateKeyError::Store(err) => err.into(),
-        })?;
+    let (key, secret) = api_keys::insert(
+        &mut tx,
+        id.as_str(),
+        name.as_str(),
+        &grants,
+        Some(&principal.key_id),
+        now,
+    )
+    .await
+    .map_err(|err| match err {
+        CreateKeyError::IdTaken(_) => ApiError::conflict(err.to_string()),
+        CreateKeyError::Store(err) => err.into(),
+    })?;
     audit::record(
         &mut tx,
         &audit::NewAuditEntry {
@@ -120,11 +139,16 @@ pub async fn revoke(
     Path(id): Path<String>,
 ) -> Result<Json<ApiKeyView>, ApiError> {
     let mut tx = state.store.begin().await?;
-    let key = api_keys::get(&mut tx, &id).await?.ok_or_else(|| ApiError::not_found(format!("no API key {id:?}")))?;
+    let key = api_keys::get(&mut tx, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no API key {id:?}")))?;
     if key.id != principal.key_id {
         require_manages(&mut tx, &principal, &key.roles).await?;
     }
-    let is_root_admin = key.roles.iter().any(|g| g.space == ROOT && g.role == Role::Admin);
+    let is_root_admin = key
+        .roles
+        .iter()
+        .any(|g| g.space == ROOT && g.role == Role::Admin);
     if key.revoked_at.is_none()
         && is_root_admin
         && api_keys::count_active_holders(&mut tx, ROOT, Role::Admin, &key.id).await? == 0
@@ -134,7 +158,9 @@ pub async fn revoke(
         )));
     }
     let now = Millis::now();
-    let revoked = api_keys::revoke(&mut tx, &id, now).await?.ok_or_else(|| ApiError::not_found(format!("no API key {id:?}")))?;
+    let revoked = api_keys::revoke(&mut tx, &id, now)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no API key {id:?}")))?;
     audit::record(
         &mut tx,
         &audit::NewAuditEntry {
@@ -153,7 +179,11 @@ pub async fn revoke(
     Ok(Json(revoked.into()))
 }
 
-async fn require_manages(conn: &mut Conn, principal: &Principal, roles: &[Grant]) -> Result<(), ApiError> {
+async fn require_manages(
+    conn: &mut Conn,
+    principal: &Principal,
+    roles: &[Grant],
+) -> Result<(), ApiError> {
     for grant in roles {
         let ancestry = spaces::ancestry(conn, &grant.space).await?;
         if !principal.allows(Role::Admin, &ancestry) {

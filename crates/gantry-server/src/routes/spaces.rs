@@ -44,17 +44,23 @@ pub async fn create(
     let mut tx = state.store.begin().await?;
     let ancestry = spaces::ancestry(&mut tx, parent).await?;
     if ancestry.is_empty() {
-        return Err(ApiError::invalid(format!("`parent` space {parent:?} does not exist")));
+        return Err(ApiError::invalid(format!(
+            "`parent` space {parent:?} does not exist"
+        )));
     }
     if !principal.allows(Role::Admin, &ancestry) {
         return Err(crate::auth::forbidden(Role::Admin, parent));
     }
     let now = Millis::now();
-    let space = spaces::insert(&mut tx, id.as_str(), name.as_str(), Some(parent), now).await.map_err(|err| match err {
-        CreateSpaceError::ParentNotFound(_) => ApiError::invalid(format!("`parent` {err}")),
-        CreateSpaceError::IdTaken(_) | CreateSpaceError::NameTaken { .. } => ApiError::conflict(err.to_string()),
-        CreateSpaceError::Store(err) => err.into(),
-    })?;
+    let space = spaces::insert(&mut tx, id.as_str(), name.as_str(), Some(parent), now)
+        .await
+        .map_err(|err| match err {
+            CreateSpaceError::ParentNotFound(_) => ApiError::invalid(format!("`parent` {err}")),
+            CreateSpaceError::IdTaken(_) | CreateSpaceError::NameTaken { .. } => {
+                ApiError::conflict(err.to_string())
+            }
+            CreateSpaceError::Store(err) => err.into(),
+        })?;
     audit::record(
         &mut tx,
         &audit::NewAuditEntry {

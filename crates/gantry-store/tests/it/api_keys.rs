@@ -5,54 +5,120 @@ use secrecy::ExposeSecret;
 
 use crate::on_both_databases;
 
-on_both_databases!(api_key_secrets_work_until_revoked, admins_see_the_keys_of_their_subtree);
+on_both_databases!(
+    api_key_secrets_work_until_revoked,
+    admins_see_the_keys_of_their_subtree
+);
 
 fn grant(space: &str, role: Role) -> Grant {
-    Grant { space: space.into(), role }
+    Grant {
+        space: space.into(),
+        role,
+    }
 }
 
 async fn api_key_secrets_work_until_revoked(db: &TestStore) {
     let mut conn = db.store.conn().await.expect("conn");
-    spaces::insert(&mut conn, "root", "root", None, Millis::now()).await.expect("root");
-    let (key, secret) = api_keys::insert(&mut conn, "ci", "CI", &[grant("root", Role::Write)], None, Millis::now())
+    spaces::insert(&mut conn, "root", "root", None, Millis::now())
         .await
-        .expect("insert");
-    let found = api_keys::authenticate(&mut conn, secret.expose_secret()).await.expect("auth");
+        .expect("root");
+    let (key, secret) = api_keys::insert(
+        &mut conn,
+        "ci",
+        "CI",
+        &[grant("root", Role::Write)],
+        None,
+        Millis::now(),
+    )
+    .await
+    .expect("insert");
+    let found = api_keys::authenticate(&mut conn, secret.expose_secret())
+        .await
+        .expect("auth");
     assert_eq!(found.as_ref().map(|k| k.id.as_str()), Some("ci"));
-    assert_eq!(found.map(|k| k.roles), Some(vec![grant("root", Role::Write)]));
-    assert!(api_keys::authenticate(&mut conn, "gantry_wrong").await.expect("auth").is_none());
+    assert_eq!(
+        found.map(|k| k.roles),
+        Some(vec![grant("root", Role::Write)])
+    );
+    assert!(
+        api_keys::authenticate(&mut conn, "gantry_wrong")
+            .await
+            .expect("auth")
+            .is_none()
+    );
 
     // The database holds no plaintext key.
-    let stored: Vec<(String,)> = sqlx::query_as("SELECT secret_hash FROM api_keys").fetch_all(&mut *conn).await.expect("rows");
-    assert!(stored.iter().all(|(hash,)| !hash.contains(secret.expose_secret()) && hash.len() == 64));
+    let stored: Vec<(String,)> = sqlx::query_as("SELECT secret_hash FROM api_keys")
+        .fetch_all(&mut *conn)
+        .await
+        .expect("rows");
+    assert!(
+        stored
+            .iter()
+            .all(|(hash,)| !hash.contains(secret.expose_secret()) && hash.len() == 64)
+    );
 
-    let revoked = api_keys::revoke(&mut conn, &key.id, Millis::now()).await.expect("revoke").expect("exists");
+    let revoked = api_keys::revoke(&mut conn, &key.id, Millis::now())
+        .await
+        .expect("revoke")
+        .expect("exists");
     assert!(revoked.revoked_at.is_some());
-    assert!(api_keys::authenticate(&mut conn, secret.expose_secret()).await.expect("auth").is_none());
+    assert!(
+        api_keys::authenticate(&mut conn, secret.expose_secret())
+            .await
+            .expect("auth")
+            .is_none()
+    );
 }
 
 async fn admins_see_the_keys_of_their_subtree(db: &TestStore) {
     let mut conn = db.store.conn().await.expect("conn");
     let now = Millis::now();
-    spaces::insert(&mut conn, "root", "root", None, now).await.expect("root");
-    spaces::insert(&mut conn, "team", "team", Some("root"), now).await.expect("team");
-    spaces::insert(&mut conn, "dev", "dev", Some("team"), now).await.expect("dev");
+    spaces::insert(&mut conn, "root", "root", None, now)
+        .await
+        .expect("root");
+    spaces::insert(&mut conn, "team", "team", Some("root"), now)
+        .await
+        .expect("team");
+    spaces::insert(&mut conn, "dev", "dev", Some("team"), now)
+        .await
+        .expect("dev");
     let key = |id: &'static str, roles: Vec<Grant>| {
         let id = id.to_owned();
-        async move { api_keys::insert(&mut *db.store.conn().await.expect("conn"), &id, &id, &roles, None, now).await.expect("key") }
+        async move {
+            api_keys::insert(
+                &mut db.store.conn().await.expect("conn"),
+                &id,
+                &id,
+                &roles,
+                None,
+                now,
+            )
+            .await
+            .expect("key")
+        }
     };
     key("root-admin", vec![grant("root", Role::Admin)]).await;
     key("team-admin", vec![grant("team", Role::Admin)]).await;
     key("dev-reader", vec![grant("dev", Role::Read)]).await;
-    key("mixed", vec![grant("dev", Role::Read), grant("root", Role::Read)]).await;
+    key(
+        "mixed",
+        vec![grant("dev", Role::Read), grant("root", Role::Read)],
+    )
+    .await;
     let visible = |viewer: &'static str| async move {
         let mut conn = db.store.conn().await.expect("conn");
-        let (keys, _) = api_keys::list_manageable(&mut conn, viewer, &Page::new(None, None)).await.expect("list");
+        let (keys, _) = api_keys::list_manageable(&mut conn, viewer, &Page::new(None, None))
+            .await
+            .expect("list");
         let mut ids: Vec<String> = keys.into_iter().map(|k| k.id).collect();
         ids.sort();
         ids
     };
-    assert_eq!(visible("root-admin").await, ["dev-reader", "mixed", "root-admin", "team-admin"]);
+    assert_eq!(
+        visible("root-admin").await,
+        ["dev-reader", "mixed", "root-admin", "team-admin"]
+    );
     assert_eq!(visible("team-admin").await, ["dev-reader", "team-admin"]);
     assert_eq!(visible("dev-reader").await, ["dev-reader"]);
 }

@@ -23,7 +23,13 @@ const LEASE: Duration = Duration::from_secs(30);
 async fn enqueue(store: &Store, kind: &str, n: usize) {
     let mut tx = store.begin().await.expect("begin");
     for i in 0..n {
-        jobs::enqueue(&mut tx, &NewJob::new(kind, json!({ "n": i })), Millis::now()).await.expect("enqueue");
+        jobs::enqueue(
+            &mut tx,
+            &NewJob::new(kind, json!({ "n": i })),
+            Millis::now(),
+        )
+        .await
+        .expect("enqueue");
     }
     tx.commit().await.expect("commit");
 }
@@ -36,11 +42,20 @@ async fn eight_concurrent_claimers_never_share_a_job(db: &TestStore) {
         let store = reconnect(db).await;
         claimers.push(tokio::spawn(async move {
             let mut mine = Vec::new();
-            while let Some(job) =
-                jobs::claim(&store, &["work"], &format!("w{worker}"), LEASE, Millis::now()).await.expect("claim")
+            while let Some(job) = jobs::claim(
+                &store,
+                &["work"],
+                &format!("w{worker}"),
+                LEASE,
+                Millis::now(),
+            )
+            .await
+            .expect("claim")
             {
                 mine.push(job.lease.job_id);
-                jobs::complete(&store, &job.lease, Millis::now()).await.expect("complete");
+                jobs::complete(&store, &job.lease, Millis::now())
+                    .await
+                    .expect("complete");
             }
             mine
         }));
@@ -57,74 +72,162 @@ async fn eight_concurrent_claimers_never_share_a_job(db: &TestStore) {
 async fn a_lapsed_lease_is_requeued_and_the_old_lease_is_void(db: &TestStore) {
     enqueue(&db.store, "work", 1).await;
     let t0 = Millis::now();
-    let first = jobs::claim(&db.store, &["work"], "w1", LEASE, t0).await.expect("claim").expect("a job");
-    assert!(jobs::claim(&db.store, &["work"], "w2", LEASE, t0).await.expect("claim").is_none(), "leased");
+    let first = jobs::claim(&db.store, &["work"], "w1", LEASE, t0)
+        .await
+        .expect("claim")
+        .expect("a job");
+    assert!(
+        jobs::claim(&db.store, &["work"], "w2", LEASE, t0)
+            .await
+            .expect("claim")
+            .is_none(),
+        "leased"
+    );
 
     // Heartbeats keep it; before the lease lapses the reaper leaves it alone.
-    jobs::heartbeat(&db.store, &first.lease, LEASE, t0.plus(Duration::from_secs(10))).await.expect("heartbeat");
-    assert_eq!(jobs::reap(&db.store, t0.plus(Duration::from_secs(35))).await.expect("reap"), 0);
+    jobs::heartbeat(
+        &db.store,
+        &first.lease,
+        LEASE,
+        t0.plus(Duration::from_secs(10)),
+    )
+    .await
+    .expect("heartbeat");
+    assert_eq!(
+        jobs::reap(&db.store, t0.plus(Duration::from_secs(35)))
+            .await
+            .expect("reap"),
+        0
+    );
 
     let lapsed = t0.plus(Duration::from_secs(41));
     assert_eq!(jobs::reap(&db.store, lapsed).await.expect("reap"), 1);
-    let second = jobs::claim(&db.store, &["work"], "w2", LEASE, lapsed).await.expect("claim").expect("requeued");
+    let second = jobs::claim(&db.store, &["work"], "w2", LEASE, lapsed)
+        .await
+        .expect("claim")
+        .expect("requeued");
     assert_eq!(second.lease.job_id, first.lease.job_id);
     assert_eq!(second.lease.attempt, 2);
 
     // The first claimer can no longer touch it.
-    assert!(jobs::complete(&db.store, &first.lease, lapsed).await.is_err());
-    assert!(jobs::heartbeat(&db.store, &first.lease, LEASE, lapsed).await.is_err());
-    jobs::complete(&db.store, &second.lease, lapsed).await.expect("complete");
-    let row = jobs::get(&mut *db.store.conn().await.expect("conn"), first.lease.job_id).await.expect("get").expect("row");
+    assert!(
+        jobs::complete(&db.store, &first.lease, lapsed)
+            .await
+            .is_err()
+    );
+    assert!(
+        jobs::heartbeat(&db.store, &first.lease, LEASE, lapsed)
+            .await
+            .is_err()
+    );
+    jobs::complete(&db.store, &second.lease, lapsed)
+        .await
+        .expect("complete");
+    let row = jobs::get(
+        &mut db.store.conn().await.expect("conn"),
+        first.lease.job_id,
+    )
+    .await
+    .expect("get")
+    .expect("row");
     assert_eq!(row.state, "done");
 }
 
 async fn failed_jobs_retry_with_backoff_then_die(db: &TestStore) {
     let mut tx = db.store.begin().await.expect("begin");
-    let job = NewJob { max_attempts: 3, ..NewJob::new("flaky", json!({})) };
-    let id = jobs::enqueue(&mut tx, &job, Millis::now()).await.expect("enqueue");
+    let job = NewJob {
+        max_attempts: 3,
+        ..NewJob::new("flaky", json!({}))
+    };
+    let id = jobs::enqueue(&mut tx, &job, Millis::now())
+        .await
+        .expect("enqueue");
     tx.commit().await.expect("commit");
 
     let mut now = Millis::now();
     for attempt in 1..=3u32 {
-        let claimed = jobs::claim(&db.store, &["flaky"], "w", LEASE, now).await.expect("claim").expect("due");
+        let claimed = jobs::claim(&db.store, &["flaky"], "w", LEASE, now)
+            .await
+            .expect("claim")
+            .expect("due");
         assert_eq!(claimed.lease.attempt, attempt);
-        let outcome = jobs::fail(&db.store, &claimed.lease, "boom", now).await.expect("fail");
+        let outcome = jobs::fail(&db.store, &claimed.lease, "boom", now)
+            .await
+            .expect("fail");
         if attempt < 3 {
             let due = now.plus(jobs::backoff(attempt));
             assert_eq!(outcome, Failed::Retry(due));
             // Not due before its backoff has passed.
-            assert!(jobs::claim(&db.store, &["flaky"], "w", LEASE, Millis(due.0 - 1)).await.expect("claim").is_none());
+            assert!(
+                jobs::claim(&db.store, &["flaky"], "w", LEASE, Millis(due.0 - 1))
+                    .await
+                    .expect("claim")
+                    .is_none()
+            );
             now = due;
         } else {
             assert_eq!(outcome, Failed::Dead);
         }
     }
-    let row = jobs::get(&mut *db.store.conn().await.expect("conn"), id).await.expect("get").expect("row");
-    assert_eq!((row.state.as_str(), row.attempts, row.last_error.as_deref()), ("dead", 3, Some("boom")));
-    assert!(jobs::claim(&db.store, &["flaky"], "w", LEASE, now.plus(LEASE * 100)).await.expect("claim").is_none());
+    let row = jobs::get(&mut db.store.conn().await.expect("conn"), id)
+        .await
+        .expect("get")
+        .expect("row");
+    assert_eq!(
+        (row.state.as_str(), row.attempts, row.last_error.as_deref()),
+        ("dead", 3, Some("boom"))
+    );
+    assert!(
+        jobs::claim(&db.store, &["flaky"], "w", LEASE, now.plus(LEASE * 100))
+            .await
+            .expect("claim")
+            .is_none()
+    );
 }
 
 async fn duplicate_idempotency_keys_are_refused(db: &TestStore) {
-    let job = NewJob { idempotency_key: Some("delivery:1"), ..NewJob::new("work", json!({})) };
+    let job = NewJob {
+        idempotency_key: Some("delivery:1"),
+        ..NewJob::new("work", json!({}))
+    };
     let mut tx = db.store.begin().await.expect("begin");
-    jobs::enqueue(&mut tx, &job, Millis::now()).await.expect("first");
+    jobs::enqueue(&mut tx, &job, Millis::now())
+        .await
+        .expect("first");
     tx.commit().await.expect("commit");
 
     let mut tx = db.store.begin().await.expect("begin");
-    let err = jobs::enqueue(&mut tx, &job, Millis::now()).await.expect_err("duplicate");
-    assert!(matches!(err, EnqueueError::Duplicate(ref key) if key == "delivery:1"), "{err}");
+    let err = jobs::enqueue(&mut tx, &job, Millis::now())
+        .await
+        .expect_err("duplicate");
+    assert!(
+        matches!(err, EnqueueError::Duplicate(ref key) if key == "delivery:1"),
+        "{err}"
+    );
     // The transaction is still usable after the refusal.
-    jobs::enqueue(&mut tx, &NewJob::new("work", json!({})), Millis::now()).await.expect("other job");
+    jobs::enqueue(&mut tx, &NewJob::new("work", json!({})), Millis::now())
+        .await
+        .expect("other job");
     tx.commit().await.expect("commit");
-    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM jobs").fetch_one(db.store.pool()).await.expect("count");
+    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM jobs")
+        .fetch_one(db.store.pool())
+        .await
+        .expect("count");
     assert_eq!(n, 2);
 }
 
 async fn jobs_enqueued_in_a_rolled_back_transaction_vanish(db: &TestStore) {
     let mut tx = db.store.begin().await.expect("begin");
-    jobs::enqueue(&mut tx, &NewJob::new("work", json!({})), Millis::now()).await.expect("enqueue");
+    jobs::enqueue(&mut tx, &NewJob::new("work", json!({})), Millis::now())
+        .await
+        .expect("enqueue");
     drop(tx);
-    assert!(jobs::claim(&db.store, &["work"], "w", LEASE, Millis::now()).await.expect("claim").is_none());
+    assert!(
+        jobs::claim(&db.store, &["work"], "w", LEASE, Millis::now())
+            .await
+            .expect("claim")
+            .is_none()
+    );
 }
 
 async fn a_waiting_claimer_wakes_on_commit_from_another_server(db: &TestStore) {
@@ -132,15 +235,24 @@ async fn a_waiting_claimer_wakes_on_commit_from_another_server(db: &TestStore) {
     let claimer = {
         let waiter = waiter.clone();
         tokio::spawn(async move {
-            jobs::claim_or_wait(&waiter, &["work"], "w", LEASE, Duration::from_secs(3600)).await.expect("wait")
+            jobs::claim_or_wait(&waiter, &["work"], "w", LEASE, Duration::from_secs(3600))
+                .await
+                .expect("wait")
         })
     };
     // On SQLite the second handle stands for a second task of one server;
     // on PostgreSQL the wake-up crosses connections by NOTIFY.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let other = if db.store.backend() == gantry_store::Backend::Sqlite { (*waiter).clone() } else { reconnect(db).await };
+    let other = if db.store.backend() == gantry_store::Backend::Sqlite {
+        (*waiter).clone()
+    } else {
+        reconnect(db).await
+    };
     enqueue(&other, "work", 1).await;
     // A guard against hanging, far below the hour the claimer would sleep.
-    let job = tokio::time::timeout(Duration::from_secs(60), claimer).await.expect("woken by the commit").expect("task");
+    let job = tokio::time::timeout(Duration::from_secs(60), claimer)
+        .await
+        .expect("woken by the commit")
+        .expect("task");
     assert!(job.is_some());
 }

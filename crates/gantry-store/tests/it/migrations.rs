@@ -7,13 +7,18 @@ on_both_databases!(migrations_are_idempotent_and_keep_data);
 
 async fn migrations_are_idempotent_and_keep_data(db: &TestStore) {
     let mut conn = db.store.conn().await.expect("conn");
-    spaces::insert(&mut conn, "root", "root", None, Millis::now()).await.expect("root");
+    spaces::insert(&mut conn, "root", "root", None, Millis::now())
+        .await
+        .expect("root");
     drop(conn);
     db.store.migrate().await.expect("second migrate is a no-op");
     let again = reconnect(db).await;
     again.migrate().await.expect("migrate from another handle");
     let mut conn = again.conn().await.expect("conn");
     assert!(spaces::get(&mut conn, "root").await.expect("get").is_some());
-    let (applied,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM _sqlx_migrations").fetch_one(&mut *conn).await.expect("count");
+    let (applied,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM _sqlx_migrations")
+        .fetch_one(&mut *conn)
+        .await
+        .expect("count");
     assert_eq!(applied, 1);
 }

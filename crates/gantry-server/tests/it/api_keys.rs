@@ -1,0 +1,267 @@
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::harness::{Db, TestApp, assert_error};
+use crate::on_both_databases;
+
+on_both_databases!(
+    a_key_works_once_created_and_stops_when_revoked,
+    the_database_holds_no_plaintext_key,
+    key_rules
+);
+
+async fn a_key_works_once_created_and_stops_when_revoked(db: Db) {
+    let app = TestApp::start(&db).await;
+    let (status, created) = app
+        .post(
+            "/api/v1/api-keys",
+            &app.admin,
+            json!({ "name": "CI deploy", "roles": [{ "space": "root", "role": "write" }] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["id"], "ci-deploy");
+    let secret = created["secret"].as_str().expect("secret").to_owned();
+    assert!(secret.starts_with("gantry_"));
+
+    let (status, me) = app.get("/api/v1/me", &secret).await;
+    assert_eq!(
+        (status, me["id"].as_str()),
+        (StatusCode::OK, Some("ci-deploy"))
+    );
+    // Listing never shows a secret.
+    let (_, list) = app.get("/api/v1/api-keys", &app.admin).await;
+    assert!(!list.to_string().contains(&secret));
+    assert!(
+        list["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .all(|k| k.get("secret").is_none())
+    );
+
+    let (status, revoked) = app
+        .call(
+            Method::DELETE,
+            "/api/v1/api-keys/ci-deploy",
+            Some(&app.admin),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{revoked}");
+    assert!(revoked["revoked_at"].is_string());
+    assert_error(
+        &app.get("/api/v1/me", &secret).await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "revoked",
+    );
+    assert_error(
+        &app.call(
+            Method::DELETE,
+            "/api/v1/api-keys/nope",
+            Some(&app.admin),
+            None,
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "\"nope\"",
+    );
+    app.stop().await;
+}
+
+async fn the_database_holds_no_plaintext_key(db: Db) {
+    let app = TestApp::start(&db).await;
+    let secret = app
+        .key("leaky", json!([{ "space": "root", "role": "read" }]))
+        .await;
+    let admin = app.admin.clone();
+    let secrets = [secret.as_str(), admin.as_str()];
+    if db.database_url.is_some() {
+        // Every row of every table, as PostgreSQL prints it.
+        let mut conn = app.store().conn().await.expect("conn");
+        for table in ["spaces", "api_keys", "api_key_roles", "audit_log", "jobs"] {
+            let rows: Vec<(String,)> =
+                sqlx::query_as(&format!("SELECT CAST(t AS TEXT) FROM {table} t"))
+                    .fetch_all(&mut *conn)
+                    .await
+                    .expect("rows");
+            for (row,) in rows {
+                assert!(
+                    secrets.iter().all(|s| !row.contains(s)),
+                    "{table} holds a plaintext key: {row}"
+                );
+            }
+        }
+    }
+    app.stop().await;
+    if db.database_url.is_none() {
+        for file in ["gantry.db", "gantry.db-wal"] {
+            let bytes = std::fs::read(db.data_dir().join(file)).unwrap_or_default();
+            for s in secrets {
+                assert!(
+                    !bytes.windows(s.len()).any(|w| w == s.as_bytes()),
+                    "{file} holds a plaintext key"
+                );
+            }
+        }
+    }
+}
+
+async fn key_rules(db: Db) {
+    let app = TestApp::start(&db).await;
+    app.space("Team", "root").await;
+    let team_admin = app
+        .key("team-admin", json!([{ "space": "team", "role": "admin" }]))
+        .await;
+
+    // An admin of a space grants roles there, not above it.
+    let (status, _) = app
+        .post(
+            "/api/v1/api-keys",
+            &team_admin,
+            json!({ "name": "team-ci", "roles": [{ "space": "team", "role": "write" }] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_error(
+        &app.post(
+            "/api/v1/api-keys",
+            &team_admin,
+            json!({ "name": "sneaky", "roles": [{ "space": "root", "role": "read" }] }),
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        "\"root\"",
+    );
+    assert_error(
+        &app.post(
+            "/api/v1/api-keys",
+            &team_admin,
+            json!({ "name": "w", "roles": [{ "space": "root", "role": "worker" }] }),
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        "\"root\"",
+    );
+    assert_error(
+        &app.post(
+            "/api/v1/api-keys",
+            &app.admin,
+            json!({ "name": "w", "roles": [{ "space": "team", "role": "worker" }] }),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid",
+        "worker role can only be granted on \"root\"",
+    );
+    assert_error(
+        &app.post(
+            "/api/v1/api-keys",
+            &app.admin,
+            json!({ "name": "none", "roles": [] }),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid",
+        "`roles`",
+    );
+    assert_error(
+        &app.post(
+            "/api/v1/api-keys",
+            &app.admin,
+            json!({ "name": "x", "roles": [{ "space": "ghost", "role": "read" }] }),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid",
+        "\"ghost\"",
+    );
+    assert_error(
+        &app.post(
+            "/api/v1/api-keys",
+            &app.admin,
+            json!({ "name": "x", "roles": [{ "space": "root", "role": "owner" }] }),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid",
+        "owner",
+    );
+    assert_error(
+        &app.post(
+            "/api/v1/api-keys",
+            &app.admin,
+            json!({ "name": "Team CI", "roles": [{ "space": "root", "role": "read" }] }),
+        )
+        .await,
+        StatusCode::CONFLICT,
+        "conflict",
+        "\"team-ci\"",
+    );
+
+    // The team admin sees its own subtree's keys, and can revoke them but not the root admin.
+    let (_, list) = app.get("/api/v1/api-keys", &team_admin).await;
+    let mut ids: Vec<&str> = list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|k| k["id"].as_str())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["team-admin", "team-ci"]);
+    assert_error(
+        &app.call(
+            Method::DELETE,
+            "/api/v1/api-keys/initial-admin",
+            Some(&team_admin),
+            None,
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        "admin",
+    );
+    let (status, _) = app
+        .call(
+            Method::DELETE,
+            "/api/v1/api-keys/team-ci",
+            Some(&team_admin),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    // The last root admin cannot lock everyone out.
+    assert_error(
+        &app.call(
+            Method::DELETE,
+            "/api/v1/api-keys/initial-admin",
+            Some(&app.admin),
+            None,
+        )
+        .await,
+        StatusCode::CONFLICT,
+        "conflict",
+        "last key with admin on root",
+    );
+    let second_admin = app
+        .key(
+            "second-admin",
+            json!([{ "space": "root", "role": "admin" }]),
+        )
+        .await;
+    let (status, _) = app
+        .call(
+            Method::DELETE,
+            "/api/v1/api-keys/initial-admin",
+            Some(&second_admin),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    app.stop().await;
+}
