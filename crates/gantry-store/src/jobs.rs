@@ -258,7 +258,6 @@ pub async fn fail(
         Failed::Retry(at) => ("queued", at),
         Failed::Dead => ("dead", now),
     };
-    let mut tx = store.begin().await?;
     let done = sqlx::query(
         "UPDATE jobs SET state = $1, run_at = $2, last_error = $3, lease_owner = NULL, lease_token = NULL, \
              lease_expires_at = NULL, updated_at = $4 \
@@ -270,10 +269,9 @@ pub async fn fail(
     .bind(now.0)
     .bind(lease.job_id)
     .bind(&lease.token)
-    .execute(&mut *tx)
+    .execute(store.pool())
     .await?;
     lease_held(done.rows_affected(), lease)?;
-    tx.commit().await?;
     Ok(outcome)
 }
 

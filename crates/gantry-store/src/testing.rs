@@ -77,9 +77,18 @@ pub async fn postgres_url() -> Option<String> {
     };
     static NEXT_DB: AtomicU32 = AtomicU32::new(0);
     let name = format!("gantry_test_{}", NEXT_DB.fetch_add(1, Ordering::Relaxed));
-    let admin = Store::connect(&cluster.url("postgres"))
-        .await
-        .expect("connect to the test cluster");
+    // Right after start-up PostgreSQL may still refuse connections.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let admin = loop {
+        match Store::connect(&cluster.url("postgres")).await {
+            Ok(admin) => break admin,
+            Err(err) if Instant::now() < deadline => {
+                eprintln!("waiting for the test cluster: {err}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(err) => panic!("cannot connect to the test cluster: {err}"),
+        }
+    };
     sqlx::query(&format!("CREATE DATABASE {name}"))
         .execute(admin.pool())
         .await
@@ -176,8 +185,6 @@ fn start_cluster() -> Result<Cluster, String> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    // The socket appears a moment before the server accepts connections.
-    std::thread::sleep(Duration::from_millis(200));
     Ok(Cluster {
         socket_dir: dir,
         _watchdog: Mutex::new(stdin),

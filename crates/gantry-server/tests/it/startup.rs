@@ -111,6 +111,16 @@ async fn health_metrics_and_openapi_need_no_credentials() {
         );
     }
     app.get("/api/v1/me", &app.admin).await;
+    let response = reqwest::get(format!("{}/healthz", app.base))
+        .await
+        .expect("healthz");
+    assert!(
+        response
+            .headers()
+            .get("x-request-id")
+            .is_some_and(|id| !id.is_empty()),
+        "every answer has a request id"
+    );
     let (_, metrics) = app.call(reqwest::Method::GET, "/metrics", None, None).await;
     let metrics = metrics.as_str().expect("text").to_owned();
     assert!(
