@@ -5,10 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use gantry_server::{MASTER_KEY_ENV, ServerConfig};
-use gantry_store::Store;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -93,14 +91,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => serve(args).await,
         Command::Migrate(args) => {
-            let config = server_config_for(&args);
-            let store = Store::connect(&config.database_url())
-                .await
-                .context("cannot open the database")?;
-            store
-                .migrate()
-                .await
-                .context("cannot migrate the database")?;
+            gantry_server::open_database(&server_config_for(&args)).await?;
             println!("The database is up to date.");
             Ok(())
         }

@@ -18,7 +18,7 @@ mod views;
 
 pub use bootstrap::{INITIAL_ADMIN_TOKEN_FILE, MASTER_KEY_ENV, MASTER_KEY_FILE, load_master_key};
 pub use config::ServerConfig;
-pub use startup::{RunningServer, start};
+pub use startup::{RunningServer, open_database, start};
 
 /// The largest request body the API accepts.
 pub const API_BODY_LIMIT: usize = 1024 * 1024;

@@ -52,13 +52,7 @@ pub async fn start(
             )
         })?;
     let master_key = load_master_key(&config.data_dir, master_key_env)?;
-    let store = Store::connect(&config.database_url())
-        .await
-        .context("cannot open the database")?;
-    store
-        .migrate()
-        .await
-        .context("cannot migrate the database")?;
+    let store = open_database(&config).await?;
     if let Some(path) = first_start(&store, &config.data_dir).await? {
         tracing::info!(path = %path.display(), "first start: created space root and an admin API key; the key is in this file");
         println!(
@@ -87,6 +81,18 @@ pub async fn start(
         served.context("the HTTP server failed")
     });
     Ok(RunningServer { addr, store, task })
+}
+
+/// Connects to the configured database and applies missing migrations.
+pub async fn open_database(config: &ServerConfig) -> anyhow::Result<Store> {
+    let store = Store::connect(&config.database_url())
+        .await
+        .context("cannot open the database")?;
+    store
+        .migrate()
+        .await
+        .context("cannot migrate the database")?;
+    Ok(store)
 }
 
 /// Puts jobs whose worker stopped heartbeating back in the queue, checking

@@ -125,83 +125,67 @@ async fn key_rules(db: Db) {
         )
         .await;
     assert_eq!(status, StatusCode::CREATED);
-    assert_error(
-        &app.post(
-            "/api/v1/api-keys",
-            &team_admin,
+    // Refusals: (caller, body, status, code, what the message names).
+    let admin = app.admin.as_str();
+    let refusals = [
+        (
+            team_admin.as_str(),
             json!({ "name": "sneaky", "roles": [{ "space": "root", "role": "read" }] }),
-        )
-        .await,
-        StatusCode::FORBIDDEN,
-        "forbidden",
-        "\"root\"",
-    );
-    assert_error(
-        &app.post(
-            "/api/v1/api-keys",
-            &team_admin,
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "\"root\"",
+        ),
+        (
+            team_admin.as_str(),
             json!({ "name": "w", "roles": [{ "space": "root", "role": "worker" }] }),
-        )
-        .await,
-        StatusCode::FORBIDDEN,
-        "forbidden",
-        "\"root\"",
-    );
-    assert_error(
-        &app.post(
-            "/api/v1/api-keys",
-            &app.admin,
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "\"root\"",
+        ),
+        (
+            admin,
             json!({ "name": "w", "roles": [{ "space": "team", "role": "worker" }] }),
-        )
-        .await,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "invalid",
-        "worker role can only be granted on \"root\"",
-    );
-    assert_error(
-        &app.post(
-            "/api/v1/api-keys",
-            &app.admin,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            "worker role can only be granted on \"root\"",
+        ),
+        (
+            admin,
             json!({ "name": "none", "roles": [] }),
-        )
-        .await,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "invalid",
-        "`roles`",
-    );
-    assert_error(
-        &app.post(
-            "/api/v1/api-keys",
-            &app.admin,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            "`roles`",
+        ),
+        (
+            admin,
             json!({ "name": "x", "roles": [{ "space": "ghost", "role": "read" }] }),
-        )
-        .await,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "invalid",
-        "\"ghost\"",
-    );
-    assert_error(
-        &app.post(
-            "/api/v1/api-keys",
-            &app.admin,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            "\"ghost\"",
+        ),
+        (
+            admin,
             json!({ "name": "x", "roles": [{ "space": "root", "role": "owner" }] }),
-        )
-        .await,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "invalid",
-        "owner",
-    );
-    assert_error(
-        &app.post(
-            "/api/v1/api-keys",
-            &app.admin,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            "owner",
+        ),
+        (
+            admin,
             json!({ "name": "Team CI", "roles": [{ "space": "root", "role": "read" }] }),
-        )
-        .await,
-        StatusCode::CONFLICT,
-        "conflict",
-        "\"team-ci\"",
-    );
+            StatusCode::CONFLICT,
+            "conflict",
+            "\"team-ci\"",
+        ),
+    ];
+    for (caller, body, status, code, mentions) in refusals {
+        assert_error(
+            &app.post("/api/v1/api-keys", caller, body).await,
+            status,
+            code,
+            mentions,
+        );
+    }
 
     // The team admin sees its own subtree's keys, and can revoke them but not the root admin.
     let (_, list) = app.get("/api/v1/api-keys", &team_admin).await;
