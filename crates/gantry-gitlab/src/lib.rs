@@ -1,0 +1,7 @@
+//! What Gantry knows of GitLab: the API responses it reads, GitLab's error
+//! bodies, and the rules of the token check. GitLab-specific code lives
+//! here and nowhere else.
+
+pub mod error_body;
+pub mod token;
+pub mod types;

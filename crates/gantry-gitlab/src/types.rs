@@ -1,0 +1,45 @@
+//! The parts of GitLab's API responses Gantry uses. Unknown fields are
+//! ignored and optional ones may be missing or `null`, so responses of
+//! older and newer GitLab versions parse alike.
+
+use serde::Deserialize;
+
+/// `GET /api/v4/personal_access_tokens/self` (GitLab 15.5+): the token
+/// making the request. Project, group and service-account tokens answer in
+/// the same shape.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct AccessTokenSelf {
+    pub id: u64,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub revoked: bool,
+    /// `false` once expired or revoked.
+    #[serde(default = "yes")]
+    pub active: bool,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// A date (`2026-12-31`) as GitLab gives it, or `null` for no expiry.
+    #[serde(default)]
+    pub expires_at: Option<String>,
+    #[serde(default)]
+    pub user_id: Option<u64>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `GET /api/v4/user`: the user the token acts as.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct CurrentUser {
+    pub id: u64,
+    pub username: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `active`, `blocked`, `deactivated`, …
+    #[serde(default)]
+    pub state: Option<String>,
+    #[serde(default)]
+    pub bot: Option<bool>,
+}
