@@ -3,7 +3,7 @@
 //! beside the checkout; without it these tests are skipped, except under
 //! `CI=true`, where they fail.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use gantry_gitlab::error_body;
 use gantry_gitlab::token::judge;
@@ -31,7 +31,7 @@ fn corpus() -> Option<PathBuf> {
     None
 }
 
-fn read(dir: &PathBuf, name: &str) -> Vec<u8> {
+fn read(dir: &Path, name: &str) -> Vec<u8> {
     std::fs::read(dir.join("api").join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
