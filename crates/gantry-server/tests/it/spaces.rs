@@ -37,57 +37,47 @@ async fn spaces_form_a_tree_with_clear_conflicts(db: Db) {
     assert_eq!(status, StatusCode::CREATED, "{dev}");
     assert_eq!(dev["parent"], "team-network");
 
-    assert_error(
-        &app.post(
-            "/api/v1/spaces",
-            &app.admin,
+    // Refusals: (body, status, code, what the message names).
+    let refusals = [
+        (
             json!({ "name": "X", "parent": "nowhere" }),
-        )
-        .await,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "invalid",
-        "\"nowhere\"",
-    );
-    assert_error(
-        &app.post(
-            "/api/v1/spaces",
-            &app.admin,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            "\"nowhere\"",
+        ),
+        (
             json!({ "name": "Dev", "id": "dev-2", "parent": "team-network" }),
-        )
-        .await,
-        StatusCode::CONFLICT,
-        "conflict",
-        "already has a child named \"Dev\"",
-    );
-    assert_error(
-        &app.post(
-            "/api/v1/spaces",
-            &app.admin,
+            StatusCode::CONFLICT,
+            "conflict",
+            "already has a child named \"Dev\"",
+        ),
+        (
             json!({ "name": "team network!", "parent": "net-dev" }),
-        )
-        .await,
-        StatusCode::CONFLICT,
-        "conflict",
-        "\"team-network\"",
-    );
-    assert_error(
-        &app.post("/api/v1/spaces", &app.admin, json!({ "name": "   " }))
-            .await,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "invalid",
-        "`name`",
-    );
-    assert_error(
-        &app.post(
-            "/api/v1/spaces",
-            &app.admin,
+            StatusCode::CONFLICT,
+            "conflict",
+            "\"team-network\"",
+        ),
+        (
+            json!({ "name": "   " }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            "`name`",
+        ),
+        (
             json!({ "name": "ok", "id": "Not A Slug" }),
-        )
-        .await,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "invalid",
-        "\"Not A Slug\"",
-    );
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            "\"Not A Slug\"",
+        ),
+    ];
+    for (body, status, code, mentions) in refusals {
+        assert_error(
+            &app.post("/api/v1/spaces", &app.admin, body).await,
+            status,
+            code,
+            mentions,
+        );
+    }
 
     // Nothing was created by the refused requests.
     let (_, list) = app.get("/api/v1/spaces", &app.admin).await;
