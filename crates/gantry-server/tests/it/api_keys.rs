@@ -1,7 +1,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use crate::harness::{Db, TestApp, assert_error};
+use crate::harness::{Db, TestApp, assert_error, ids};
 use crate::on_both_databases;
 
 on_both_databases!(
@@ -189,12 +189,7 @@ async fn key_rules(db: Db) {
 
     // The team admin sees its own subtree's keys, and can revoke them but not the root admin.
     let (_, list) = app.get("/api/v1/api-keys", &team_admin).await;
-    let mut ids: Vec<&str> = list["items"]
-        .as_array()
-        .expect("items")
-        .iter()
-        .filter_map(|k| k["id"].as_str())
-        .collect();
+    let mut ids = ids(&list);
     ids.sort_unstable();
     assert_eq!(ids, ["team-admin", "team-ci"]);
     assert_error(

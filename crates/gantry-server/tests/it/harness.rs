@@ -160,6 +160,16 @@ impl TestApp {
     }
 }
 
+/// The `id`s of a list answer's items, in order.
+pub fn ids(list: &Value) -> Vec<&str> {
+    list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|item| item["id"].as_str())
+        .collect()
+}
+
 /// Asserts an error answer: its status, code, and that its message
 /// contains `mentions`.
 #[track_caller]

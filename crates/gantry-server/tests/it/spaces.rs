@@ -1,7 +1,7 @@
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::harness::{Db, TestApp, assert_error};
+use crate::harness::{Db, TestApp, assert_error, ids};
 use crate::on_both_databases;
 
 on_both_databases!(
@@ -81,12 +81,7 @@ async fn spaces_form_a_tree_with_clear_conflicts(db: Db) {
 
     // Nothing was created by the refused requests.
     let (_, list) = app.get("/api/v1/spaces", &app.admin).await;
-    let ids: Vec<&str> = list["items"]
-        .as_array()
-        .expect("items")
-        .iter()
-        .filter_map(|s| s["id"].as_str())
-        .collect();
+    let ids = ids(&list);
     assert_eq!(ids.len(), 3, "{list}");
     app.stop().await;
 }
@@ -100,12 +95,7 @@ async fn space_lists_show_what_a_key_can_read(db: Db) {
         .key("a-reader", json!([{ "space": "a", "role": "read" }]))
         .await;
     let (_, list) = app.get("/api/v1/spaces", &a_reader).await;
-    let ids: Vec<&str> = list["items"]
-        .as_array()
-        .expect("items")
-        .iter()
-        .filter_map(|s| s["id"].as_str())
-        .collect();
+    let ids = ids(&list);
     assert_eq!(ids, ["a1", "a"]);
 
     // Paging walks the whole list once, newest first.
