@@ -2,6 +2,9 @@
 //! bodies, and the rules of the token check. GitLab-specific code lives
 //! here and nowhere else.
 
+pub mod client;
 pub mod error_body;
 pub mod token;
 pub mod types;
+
+pub use client::{ClientConfig, ClientMetrics, GitLab, GitLabError, Http, Reply};

@@ -6,6 +6,7 @@
 use time::Date;
 use time::format_description::well_known::Iso8601;
 
+use crate::client::{GitLab, GitLabError};
 use crate::types::{AccessTokenSelf, CurrentUser};
 
 /// A token expiring within this many days is accepted with a warning.
@@ -44,6 +45,40 @@ pub enum TokenRefused {
     MissingApiScope(String),
     #[error("the token's user {0:?} is {1} in GitLab; use a token of an active user")]
     UserNotActive(String, String),
+}
+
+/// Why the token check did not accept a token.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenCheckError {
+    /// GitLab answered, and the token is not fit for Gantry.
+    #[error(transparent)]
+    Refused(#[from] TokenRefused),
+    /// GitLab could not be asked (down, unreachable, rate limiting, …).
+    #[error(transparent)]
+    GitLab(GitLabError),
+}
+
+/// Asks GitLab about the client's token (`/personal_access_tokens/self`,
+/// then `/user`) and judges the answers with [`judge`].
+pub async fn check(client: &GitLab, today: Date) -> Result<TokenFacts, TokenCheckError> {
+    let refused = |error: GitLabError| match error {
+        GitLabError::Unauthorized { .. } => TokenCheckError::Refused(TokenRefused::Rejected),
+        other => TokenCheckError::GitLab(other),
+    };
+    let token_self = gitlab::api::personal_access_tokens::PersonalAccessTokenSelf::builder()
+        .build()
+        .map_err(|error| TokenCheckError::GitLab(GitLabError::Request(error.to_string())))?;
+    let token: Option<AccessTokenSelf> = match client.query(&token_self).await {
+        Ok(token) => Some(token),
+        // GitLab before 15.5 has no such endpoint.
+        Err(GitLabError::NotFound { .. }) => None,
+        Err(error) => return Err(refused(error)),
+    };
+    let current_user = gitlab::api::users::CurrentUser::builder()
+        .build()
+        .map_err(|error| TokenCheckError::GitLab(GitLabError::Request(error.to_string())))?;
+    let user: CurrentUser = client.query(&current_user).await.map_err(refused)?;
+    Ok(judge(token.as_ref(), &user, today)?)
 }
 
 /// Judges a token from GitLab's answers: `token` is the answer of

@@ -1,0 +1,962 @@
+//! The REST endpoints, with GitLab's shapes, status codes and error bodies.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use serde_json::{Value, json};
+
+use crate::state::{AccessLevel, LoggedRequest, Note, now};
+use crate::{FaultKind, Shared, git};
+
+type SimState = State<Arc<Shared>>;
+
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/api/v4/personal_access_tokens/self", get(token_self))
+        .route("/api/v4/user", get(current_user))
+        .route("/api/v4/projects/{id}", get(project))
+        .route("/api/v4/projects/{id}/members/all/{user_id}", get(member))
+        .route(
+            "/api/v4/projects/{id}/hooks",
+            get(list_hooks).post(create_hook),
+        )
+        .route("/api/v4/projects/{id}/statuses/{sha}", post(create_status))
+        .route(
+            "/api/v4/projects/{id}/repository/commits/{sha}/statuses",
+            get(list_statuses),
+        )
+        .route("/api/v4/projects/{id}/repository/compare", get(compare))
+        .route(
+            "/api/v4/projects/{id}/merge_requests/{iid}",
+            get(merge_request),
+        )
+        .route(
+            "/api/v4/projects/{id}/merge_requests/{iid}/notes",
+            get(list_notes).post(create_note),
+        )
+        .route(
+            "/api/v4/projects/{id}/merge_requests/{iid}/notes/{note_id}",
+            put(edit_note),
+        )
+        .route(
+            "/api/v4/projects/{id}/deployments",
+            get(list_deployments).post(create_deployment),
+        )
+        .route(
+            "/api/v4/projects/{id}/deployments/{deployment_id}",
+            put(edit_deployment),
+        )
+        .fallback(git::serve)
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            log_and_fault,
+        ))
+        .with_state(shared)
+}
+
+/// GitLab's error body: `{"message": "…"}`.
+pub(crate) fn error(status: StatusCode, message: &str) -> Response {
+    (status, axum::Json(json!({ "message": message }))).into_response()
+}
+
+fn not_found(what: &str) -> Response {
+    error(StatusCode::NOT_FOUND, &format!("404 {what} Not Found"))
+}
+
+fn unauthorized() -> Response {
+    error(StatusCode::UNAUTHORIZED, "401 Unauthorized")
+}
+
+fn insufficient_scope() -> Response {
+    (
+        StatusCode::FORBIDDEN,
+        axum::Json(json!({
+            "error": "insufficient_scope",
+            "error_description": "The request requires higher privileges than provided by the access token.",
+            "scope": "api read_api"
+        })),
+    )
+        .into_response()
+}
+
+fn bad_request(message: &str) -> Response {
+    error(StatusCode::BAD_REQUEST, message)
+}
+
+async fn log_and_fault(State(shared): SimState, request: Request, next: Next) -> Response {
+    let method = request.method().as_str().to_owned();
+    let path = request.uri().path().to_owned();
+    let query = request.uri().query().map(str::to_owned);
+    let auth = auth_kind(request.headers());
+    shared.enter();
+    let fault = {
+        let mut state = shared.lock();
+        let position = state
+            .faults
+            .iter()
+            .position(|fault| path.contains(&fault.path_contains));
+        position.and_then(|index| state.faults.remove(index))
+    };
+    let response = match fault.map(|fault| fault.kind) {
+        Some(FaultKind::Status(code)) => {
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            error(
+                status,
+                &format!("{} {}", code, status.canonical_reason().unwrap_or("Error")),
+            )
+        }
+        Some(FaultKind::RateLimited {
+            retry_after,
+            ratelimit_reset,
+        }) => {
+            let mut response = (
+                StatusCode::TOO_MANY_REQUESTS,
+                "Retry later\n", // GitLab's Rack::Attack answers in plain text.
+            )
+                .into_response();
+            let headers = response.headers_mut();
+            if let Some(seconds) = retry_after {
+                headers.insert("retry-after", seconds.into());
+            }
+            if let Some(reset) = ratelimit_reset {
+                headers.insert("ratelimit-reset", reset.into());
+            }
+            response
+        }
+        Some(FaultKind::Delay(wait)) => {
+            tokio::time::sleep(wait).await;
+            next.run(request).await
+        }
+        None => next.run(request).await,
+    };
+    shared.leave();
+    shared.lock().log.push(LoggedRequest {
+        method,
+        path,
+        query,
+        auth,
+        status: response.status().as_u16(),
+    });
+    response
+}
+
+fn auth_kind(headers: &HeaderMap) -> &'static str {
+    if headers.contains_key("private-token") {
+        "private-token"
+    } else {
+        match headers
+            .get("authorization")
+            .and_then(|value| value.to_str().ok())
+        {
+            Some(value) if value.starts_with("Bearer ") => "bearer",
+            Some(value) if value.starts_with("Basic ") => "basic",
+            _ => "none",
+        }
+    }
+}
+
+/// The token of a request: `PRIVATE-TOKEN` or `Authorization: Bearer`.
+pub(crate) fn token_of(headers: &HeaderMap) -> Option<String> {
+    if let Some(value) = headers.get("private-token") {
+        return value.to_str().ok().map(str::to_owned);
+    }
+    let value = headers.get("authorization")?.to_str().ok()?;
+    value.strip_prefix("Bearer ").map(str::to_owned)
+}
+
+/// Who a token acts for, if GitLab would accept it: known, not revoked,
+/// active, and its user not blocked.
+pub(crate) struct Caller {
+    pub user_id: u64,
+    pub scopes: Vec<String>,
+}
+
+impl Caller {
+    fn may_write(&self) -> bool {
+        self.scopes.iter().any(|scope| scope == "api")
+    }
+
+    fn may_read(&self) -> bool {
+        self.scopes
+            .iter()
+            .any(|scope| scope == "api" || scope == "read_api")
+    }
+}
+
+pub(crate) fn caller_for_token(shared: &Shared, secret: &str) -> Option<Caller> {
+    let state = shared.lock();
+    let token = state.tokens.get(secret)?;
+    if token.revoked || !token.spec.active {
+        return None;
+    }
+    let user = state.user(token.spec.user_id)?;
+    if user.state == "blocked" {
+        return None;
+    }
+    Some(Caller {
+        user_id: user.id,
+        scopes: token.spec.scopes.clone(),
+    })
+}
+
+fn authenticate(shared: &Shared, headers: &HeaderMap) -> Result<Caller, Response> {
+    let secret = token_of(headers).ok_or_else(unauthorized)?;
+    caller_for_token(shared, &secret).ok_or_else(unauthorized)
+}
+
+/// The project named by `:id`, if the caller may see it (GitLab hides
+/// projects from non-members behind a 404), with the caller's level.
+fn visible_project(
+    shared: &Shared,
+    caller: &Caller,
+    id: &str,
+) -> Result<(u64, AccessLevel), Response> {
+    let state = shared.lock();
+    let project_id = state.find_project(id).ok_or_else(|| not_found("Project"))?;
+    let project = state
+        .project(project_id)
+        .ok_or_else(|| not_found("Project"))?;
+    let level = project
+        .members
+        .get(&caller.user_id)
+        .copied()
+        .ok_or_else(|| not_found("Project"))?;
+    Ok((project_id, level))
+}
+
+/// Authenticates, checks the scope for the method and finds the project.
+fn project_access(
+    shared: &Shared,
+    headers: &HeaderMap,
+    method: &Method,
+    id: &str,
+    needed: AccessLevel,
+) -> Result<(Caller, u64), Response> {
+    let caller = authenticate(shared, headers)?;
+    let scoped = if method == Method::GET {
+        caller.may_read()
+    } else {
+        caller.may_write()
+    };
+    if !scoped {
+        return Err(insufficient_scope());
+    }
+    let (project_id, level) = visible_project(shared, &caller, id)?;
+    if level < needed {
+        return Err(error(StatusCode::FORBIDDEN, "403 Forbidden"));
+    }
+    Ok((caller, project_id))
+}
+
+/// Parameters as GitLab takes them: from the query string and from a form
+/// or JSON body.
+fn params(uri: &Uri, headers: &HeaderMap, body: &[u8]) -> HashMap<String, String> {
+    let mut out: HashMap<String, String> = uri
+        .query()
+        .map(|query| url_pairs(query.as_bytes()))
+        .unwrap_or_default();
+    let is_json = headers
+        .get("content-type")
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/json"));
+    if is_json {
+        if let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(body) {
+            for (key, value) in map {
+                let text = match value {
+                    Value::String(text) => text,
+                    other => other.to_string(),
+                };
+                out.insert(key, text);
+            }
+        }
+    } else {
+        out.extend(url_pairs(body));
+    }
+    out
+}
+
+fn url_pairs(bytes: &[u8]) -> HashMap<String, String> {
+    url::form_urlencoded::parse(bytes).into_owned().collect()
+}
+
+fn yes(value: Option<&String>) -> bool {
+    value.is_some_and(|value| value == "true" || value == "1")
+}
+
+async fn token_self(State(shared): SimState, headers: HeaderMap) -> Response {
+    if !shared.lock().token_self_endpoint {
+        return error(StatusCode::NOT_FOUND, "404 Not Found");
+    }
+    let Some(secret) = token_of(&headers) else {
+        return unauthorized();
+    };
+    if caller_for_token(&shared, &secret).is_none() {
+        return unauthorized();
+    }
+    let state = shared.lock();
+    let Some(token) = state.tokens.get(&secret) else {
+        return unauthorized();
+    };
+    axum::Json(json!({
+        "id": token.id,
+        "name": token.spec.name,
+        "revoked": token.revoked,
+        "created_at": "2026-01-01T00:00:00.000Z",
+        "scopes": token.spec.scopes,
+        "user_id": token.spec.user_id,
+        "last_used_at": now(),
+        "active": token.spec.active,
+        "expires_at": token.spec.expires_at,
+    }))
+    .into_response()
+}
+
+async fn current_user(State(shared): SimState, headers: HeaderMap) -> Response {
+    let caller = match authenticate(&shared, &headers) {
+        Ok(caller) => caller,
+        Err(response) => return response,
+    };
+    let state = shared.lock();
+    let mut user = state.user_json(caller.user_id, &shared.url);
+    user["bot"] = json!(false);
+    user["created_at"] = json!("2026-01-01T00:00:00.000Z");
+    axum::Json(user).into_response()
+}
+
+async fn project(State(shared): SimState, Path(id): Path<String>, headers: HeaderMap) -> Response {
+    let project_id = match project_access(&shared, &headers, &Method::GET, &id, AccessLevel::Guest)
+    {
+        Ok((_, project_id)) => project_id,
+        Err(response) => return response,
+    };
+    let state = shared.lock();
+    let Some(project) = state.project(project_id) else {
+        return not_found("Project");
+    };
+    let (namespace, name) = project.path.rsplit_once('/').unwrap_or(("", &project.path));
+    axum::Json(json!({
+        "id": project.id,
+        "description": "",
+        "default_branch": project.default_branch,
+        "visibility": "private",
+        "ssh_url_to_repo": format!("git@sim:{}.git", project.path),
+        "http_url_to_repo": format!("{}/{}.git", shared.url, project.path),
+        "web_url": format!("{}/{}", shared.url, project.path),
+        "name": name,
+        "name_with_namespace": project.path.replace('/', " / "),
+        "path": name,
+        "path_with_namespace": project.path,
+        "namespace": {"name": namespace, "path": namespace, "kind": "group", "full_path": namespace},
+        "archived": false,
+        "created_at": "2026-01-01T00:00:00.000Z",
+        "last_activity_at": now(),
+    }))
+    .into_response()
+}
+
+async fn member(
+    State(shared): SimState,
+    Path((id, user_id)): Path<(String, u64)>,
+    headers: HeaderMap,
+) -> Response {
+    let project_id = match project_access(&shared, &headers, &Method::GET, &id, AccessLevel::Guest)
+    {
+        Ok((_, project_id)) => project_id,
+        Err(response) => return response,
+    };
+    let state = shared.lock();
+    let level = state
+        .project(project_id)
+        .and_then(|project| project.members.get(&user_id).copied());
+    let Some(level) = level else {
+        return not_found("Member");
+    };
+    let mut user = state.user_json(user_id, &shared.url);
+    user["access_level"] = json!(level as u8);
+    user["expires_at"] = Value::Null;
+    axum::Json(user).into_response()
+}
+
+fn hook_json(project_id: u64, hook: &crate::state::Hook) -> Value {
+    json!({
+        "id": hook.id,
+        "url": hook.url,
+        "project_id": project_id,
+        "push_events": hook.push_events,
+        "tag_push_events": hook.tag_push_events,
+        "merge_requests_events": hook.merge_requests_events,
+        "issues_events": false,
+        "note_events": false,
+        "job_events": false,
+        "pipeline_events": false,
+        "wiki_page_events": false,
+        "enable_ssl_verification": true,
+        "created_at": hook.created_at,
+    })
+}
+
+async fn list_hooks(
+    State(shared): SimState,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let project_id = match project_access(
+        &shared,
+        &headers,
+        &Method::GET,
+        &id,
+        AccessLevel::Maintainer,
+    ) {
+        Ok((_, project_id)) => project_id,
+        Err(response) => return response,
+    };
+    let state = shared.lock();
+    let hooks: Vec<Value> = state
+        .project(project_id)
+        .map(|project| {
+            project
+                .hooks
+                .iter()
+                .map(|hook| hook_json(project_id, hook))
+                .collect()
+        })
+        .unwrap_or_default();
+    axum::Json(hooks).into_response()
+}
+
+async fn create_hook(
+    State(shared): SimState,
+    Path(id): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let project_id = match project_access(
+        &shared,
+        &headers,
+        &Method::POST,
+        &id,
+        AccessLevel::Maintainer,
+    ) {
+        Ok((_, project_id)) => project_id,
+        Err(response) => return response,
+    };
+    let params = params(&uri, &headers, &body);
+    let Some(url) = params.get("url") else {
+        return bad_request("url is missing");
+    };
+    let mut state = shared.lock();
+    let Some(hook_id) = state.add_hook(project_id, url, params.get("token").map(String::as_str))
+    else {
+        return not_found("Project");
+    };
+    let Some(hook) = state
+        .project_mut(project_id)
+        .and_then(|project| project.hooks.iter_mut().find(|hook| hook.id == hook_id))
+    else {
+        return not_found("Hook");
+    };
+    hook.push_events = params
+        .get("push_events")
+        .is_none_or(|value| value == "true");
+    hook.tag_push_events = yes(params.get("tag_push_events"));
+    hook.merge_requests_events = yes(params.get("merge_requests_events"));
+    (StatusCode::CREATED, axum::Json(hook_json(project_id, hook))).into_response()
+}
+
+/// GitLab's commit status state machine, as `POST …/statuses/:sha` applies
+/// it: the latest pending or running status with the same name and ref
+/// moves on; a finished one starts afresh; an event that does not apply to
+/// the current state is refused with 400 "Cannot transition status …".
+async fn create_status(
+    State(shared): SimState,
+    Path((id, sha)): Path<(String, String)>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (caller, project_id) = match project_access(
+        &shared,
+        &headers,
+        &Method::POST,
+        &id,
+        AccessLevel::Developer,
+    ) {
+        Ok(found) => found,
+        Err(response) => return response,
+    };
+    let params = params(&uri, &headers, &body);
+    let Some(new_state) = params.get("state").cloned() else {
+        return bad_request("state is missing");
+    };
+    let event = match new_state.as_str() {
+        "pending" => "enqueue",
+        "running" => "run",
+        "success" => "success",
+        "failed" => "drop",
+        "canceled" => "cancel",
+        "skipped" => "skip",
+        _ => return bad_request("state does not have a valid value"),
+    };
+    let name = params
+        .get("name")
+        .or(params.get("context"))
+        .cloned()
+        .unwrap_or_else(|| "default".to_owned());
+    let reference = params.get("ref").cloned();
+    let known = match git::rev_parse_in(&shared, project_id, &sha) {
+        Ok(known) => known,
+        Err(response) => return response,
+    };
+    if !known {
+        return not_found("Commit");
+    }
+    if let Some(description) = params.get("description")
+        && description.chars().count() > 255
+    {
+        return bad_request("description is too long (maximum is 255 characters)");
+    }
+    let mut state = shared.lock();
+    let author = state.user_json(caller.user_id, &shared.url);
+    let id = state.next_id();
+    let Some(project) = state.project_mut(project_id) else {
+        return not_found("Project");
+    };
+    let current = project.statuses.iter_mut().rev().find(|status| {
+        status["sha"] == sha.as_str()
+            && status["name"] == name.as_str()
+            && reference
+                .as_deref()
+                .is_none_or(|reference| status["ref"] == reference)
+            && matches!(status["status"].as_str(), Some("pending" | "running"))
+    });
+    let from = current
+        .as_ref()
+        .and_then(|status| status["status"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| "created".to_owned());
+    let allowed = match event {
+        "enqueue" => from == "created",
+        "run" => from == "created" || from == "pending",
+        _ => true,
+    };
+    if !allowed {
+        return bad_request(&format!(
+            "Cannot transition status via :{event} from :{from} (Reason(s): Status cannot transition via \"{event}\")"
+        ));
+    }
+    let finished = matches!(
+        new_state.as_str(),
+        "success" | "failed" | "canceled" | "skipped"
+    );
+    let timestamp = now();
+    let record = match current {
+        Some(status) => {
+            status["status"] = json!(new_state);
+            status["description"] = json!(params.get("description"));
+            status["target_url"] = json!(params.get("target_url"));
+            if finished {
+                status["finished_at"] = json!(timestamp);
+            }
+            status.clone()
+        }
+        None => {
+            let status = json!({
+                "id": id,
+                "sha": sha,
+                "ref": reference,
+                "status": new_state,
+                "name": name,
+                "target_url": params.get("target_url"),
+                "description": params.get("description"),
+                "created_at": timestamp,
+                "started_at": null,
+                "finished_at": if finished { json!(timestamp) } else { Value::Null },
+                "allow_failure": false,
+                "coverage": null,
+                "author": author,
+            });
+            project.statuses.push(status.clone());
+            status
+        }
+    };
+    (StatusCode::CREATED, axum::Json(record)).into_response()
+}
+
+async fn list_statuses(
+    State(shared): SimState,
+    Path((id, sha)): Path<(String, String)>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let project_id =
+        match project_access(&shared, &headers, &Method::GET, &id, AccessLevel::Reporter) {
+            Ok((_, project_id)) => project_id,
+            Err(response) => return response,
+        };
+    let mut statuses = shared.lock().statuses_of(project_id, &sha);
+    statuses.reverse();
+    paginate(statuses, &params(&uri, &headers, &[]))
+}
+
+/// GitLab's offset pagination: `page`, `per_page` (default 20, at most
+/// 100) and the `X-Page`, `X-Next-Page`, `X-Total` headers.
+fn paginate(items: Vec<Value>, params: &HashMap<String, String>) -> Response {
+    let page: usize = params
+        .get("page")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(1)
+        .max(1);
+    let per_page: usize = params
+        .get("per_page")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(20)
+        .clamp(1, 100);
+    let total = items.len();
+    let slice: Vec<Value> = items
+        .into_iter()
+        .skip((page - 1) * per_page)
+        .take(per_page)
+        .collect();
+    let next = if page * per_page < total {
+        (page + 1).to_string()
+    } else {
+        String::new()
+    };
+    let mut response = axum::Json(slice).into_response();
+    let headers = response.headers_mut();
+    headers.insert("x-page", page.into());
+    headers.insert("x-per-page", per_page.into());
+    headers.insert("x-total", total.into());
+    if let Ok(value) = next.parse() {
+        headers.insert("x-next-page", value);
+    }
+    response
+}
+
+async fn compare(
+    State(shared): SimState,
+    Path(id): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let project_id =
+        match project_access(&shared, &headers, &Method::GET, &id, AccessLevel::Reporter) {
+            Ok((_, project_id)) => project_id,
+            Err(response) => return response,
+        };
+    let params = params(&uri, &headers, &[]);
+    let (Some(from), Some(to)) = (params.get("from"), params.get("to")) else {
+        return bad_request("from is missing, to is missing");
+    };
+    let straight = yes(params.get("straight"));
+    match git::compare(&shared, project_id, from, to, straight) {
+        Ok(Some(body)) => axum::Json(body).into_response(),
+        Ok(None) => not_found("Ref"),
+        Err(response) => response,
+    }
+}
+
+fn merge_request_json(project_id: u64, mr: &crate::state::MergeRequest) -> Value {
+    json!({
+        "id": mr.id,
+        "iid": mr.iid,
+        "project_id": project_id,
+        "title": mr.title,
+        "state": "opened",
+        "source_branch": mr.source_branch,
+        "target_branch": mr.target_branch,
+        "source_project_id": project_id,
+        "target_project_id": project_id,
+        "sha": mr.sha,
+        "draft": false,
+    })
+}
+
+async fn merge_request(
+    State(shared): SimState,
+    Path((id, iid)): Path<(String, u64)>,
+    headers: HeaderMap,
+) -> Response {
+    let project_id = match project_access(&shared, &headers, &Method::GET, &id, AccessLevel::Guest)
+    {
+        Ok((_, project_id)) => project_id,
+        Err(response) => return response,
+    };
+    let state = shared.lock();
+    state
+        .project(project_id)
+        .and_then(|project| project.merge_requests.iter().find(|mr| mr.iid == iid))
+        .map_or_else(
+            || not_found("Merge Request"),
+            |mr| axum::Json(merge_request_json(project_id, mr)).into_response(),
+        )
+}
+
+/// GitLab refuses notes longer than this.
+const NOTE_LIMIT: usize = 1_000_000;
+
+fn note_json(
+    state: &crate::state::State,
+    base_url: &str,
+    mr: &crate::state::MergeRequest,
+    note: &Note,
+) -> Value {
+    json!({
+        "id": note.id,
+        "type": null,
+        "body": note.body,
+        "attachment": null,
+        "author": state.user_json(note.author_id, base_url),
+        "created_at": note.created_at,
+        "updated_at": note.updated_at,
+        "system": false,
+        "noteable_id": mr.id,
+        "noteable_type": "MergeRequest",
+        "noteable_iid": mr.iid,
+        "resolvable": false,
+    })
+}
+
+async fn list_notes(
+    State(shared): SimState,
+    Path((id, iid)): Path<(String, u64)>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let project_id = match project_access(&shared, &headers, &Method::GET, &id, AccessLevel::Guest)
+    {
+        Ok((_, project_id)) => project_id,
+        Err(response) => return response,
+    };
+    let state = shared.lock();
+    let Some(mr) = state
+        .project(project_id)
+        .and_then(|project| project.merge_requests.iter().find(|mr| mr.iid == iid))
+    else {
+        return not_found("Merge Request");
+    };
+    // GitLab lists notes newest first by default.
+    let notes: Vec<Value> = mr
+        .notes
+        .iter()
+        .rev()
+        .map(|note| note_json(&state, &shared.url, mr, note))
+        .collect();
+    paginate(notes, &params(&uri, &headers, &[]))
+}
+
+fn note_body(params: &HashMap<String, String>) -> Result<String, Response> {
+    let Some(body) = params.get("body") else {
+        return Err(bad_request("body is missing"));
+    };
+    if body.chars().count() > NOTE_LIMIT {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            axum::Json(
+                json!({"message": {"note": ["is too long (maximum is 1000000 characters)"]}}),
+            ),
+        )
+            .into_response());
+    }
+    Ok(body.clone())
+}
+
+async fn create_note(
+    State(shared): SimState,
+    Path((id, iid)): Path<(String, u64)>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (caller, project_id) =
+        match project_access(&shared, &headers, &Method::POST, &id, AccessLevel::Guest) {
+            Ok(found) => found,
+            Err(response) => return response,
+        };
+    let text = match note_body(&params(&uri, &headers, &body)) {
+        Ok(text) => text,
+        Err(response) => return response,
+    };
+    let mut state = shared.lock();
+    let note_id = state.next_id();
+    let timestamp = now();
+    let note = Note {
+        id: note_id,
+        body: text,
+        author_id: caller.user_id,
+        created_at: timestamp.clone(),
+        updated_at: timestamp,
+    };
+    let Some(mr) = state
+        .project_mut(project_id)
+        .and_then(|project| project.merge_requests.iter_mut().find(|mr| mr.iid == iid))
+    else {
+        return not_found("Merge Request");
+    };
+    mr.notes.push(note.clone());
+    let state = &*state;
+    let Some(mr) = state
+        .project(project_id)
+        .and_then(|project| project.merge_requests.iter().find(|mr| mr.iid == iid))
+    else {
+        return not_found("Merge Request");
+    };
+    (
+        StatusCode::CREATED,
+        axum::Json(note_json(state, &shared.url, mr, &note)),
+    )
+        .into_response()
+}
+
+async fn edit_note(
+    State(shared): SimState,
+    Path((id, iid, note_id)): Path<(String, u64, u64)>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (caller, project_id) =
+        match project_access(&shared, &headers, &Method::PUT, &id, AccessLevel::Guest) {
+            Ok(found) => found,
+            Err(response) => return response,
+        };
+    let text = match note_body(&params(&uri, &headers, &body)) {
+        Ok(text) => text,
+        Err(response) => return response,
+    };
+    let mut state = shared.lock();
+    let Some(note) = state
+        .project_mut(project_id)
+        .and_then(|project| project.merge_requests.iter_mut().find(|mr| mr.iid == iid))
+        .and_then(|mr| mr.notes.iter_mut().find(|note| note.id == note_id))
+    else {
+        return not_found("Note");
+    };
+    if note.author_id != caller.user_id {
+        return error(StatusCode::FORBIDDEN, "403 Forbidden");
+    }
+    note.body = text;
+    note.updated_at = now();
+    let note = note.clone();
+    let state = &*state;
+    let Some(mr) = state
+        .project(project_id)
+        .and_then(|project| project.merge_requests.iter().find(|mr| mr.iid == iid))
+    else {
+        return not_found("Merge Request");
+    };
+    axum::Json(note_json(state, &shared.url, mr, &note)).into_response()
+}
+
+async fn list_deployments(
+    State(shared): SimState,
+    Path(id): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let project_id =
+        match project_access(&shared, &headers, &Method::GET, &id, AccessLevel::Reporter) {
+            Ok((_, project_id)) => project_id,
+            Err(response) => return response,
+        };
+    let deployments = shared.lock().deployments_of(project_id);
+    paginate(deployments, &params(&uri, &headers, &[]))
+}
+
+const DEPLOYMENT_STATES: [&str; 5] = ["running", "success", "failed", "canceled", "blocked"];
+
+async fn create_deployment(
+    State(shared): SimState,
+    Path(id): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (caller, project_id) = match project_access(
+        &shared,
+        &headers,
+        &Method::POST,
+        &id,
+        AccessLevel::Developer,
+    ) {
+        Ok(found) => found,
+        Err(response) => return response,
+    };
+    let params = params(&uri, &headers, &body);
+    let mut missing = Vec::new();
+    for field in ["environment", "sha", "ref", "tag", "status"] {
+        if !params.contains_key(field) {
+            missing.push(format!("{field} is missing"));
+        }
+    }
+    if !missing.is_empty() {
+        return bad_request(&missing.join(", "));
+    }
+    let status = params.get("status").cloned().unwrap_or_default();
+    if !DEPLOYMENT_STATES.contains(&status.as_str()) {
+        return bad_request("status does not have a valid value");
+    }
+    let mut state = shared.lock();
+    let user = state.user_json(caller.user_id, &shared.url);
+    let id = state.next_id();
+    let environment_id = state.next_id();
+    let Some(project) = state.project_mut(project_id) else {
+        return not_found("Project");
+    };
+    let iid = project.deployments.len() + 1;
+    let timestamp = now();
+    let deployment = json!({
+        "id": id,
+        "iid": iid,
+        "ref": params.get("ref"),
+        "sha": params.get("sha"),
+        "status": status,
+        "created_at": timestamp,
+        "updated_at": timestamp,
+        "user": user,
+        "deployable": null,
+        "environment": {"id": environment_id, "name": params.get("environment"), "external_url": null},
+    });
+    project.deployments.push(deployment.clone());
+    (StatusCode::CREATED, axum::Json(deployment)).into_response()
+}
+
+async fn edit_deployment(
+    State(shared): SimState,
+    Path((id, deployment_id)): Path<(String, u64)>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let project_id =
+        match project_access(&shared, &headers, &Method::PUT, &id, AccessLevel::Developer) {
+            Ok((_, project_id)) => project_id,
+            Err(response) => return response,
+        };
+    let params = params(&uri, &headers, &body);
+    let Some(status) = params.get("status") else {
+        return bad_request("status is missing");
+    };
+    if !DEPLOYMENT_STATES.contains(&status.as_str()) {
+        return bad_request("status does not have a valid value");
+    }
+    let mut state = shared.lock();
+    let Some(deployment) = state.project_mut(project_id).and_then(|project| {
+        project
+            .deployments
+            .iter_mut()
+            .find(|d| d["id"] == deployment_id)
+    }) else {
+        return not_found("Deployment");
+    };
+    deployment["status"] = json!(status);
+    deployment["updated_at"] = json!(now());
+    axum::Json(deployment.clone()).into_response()
+}

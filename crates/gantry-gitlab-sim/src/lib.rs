@@ -1,0 +1,317 @@
+//! A simulated GitLab for Gantry's tests and `gantry demo`.
+//!
+//! It answers the REST endpoints Gantry calls with GitLab's documented JSON
+//! shapes, status codes and error bodies, checks a token on every call,
+//! serves real git repositories over smart HTTP through `git http-backend`,
+//! delivers webhooks with GitLab's headers, and can be told to fail
+//! (5xx, 429 with `Retry-After`, slow answers). Every API request is logged
+//! so tests can assert what Gantry sent.
+//!
+//! State lives in memory; repositories live in a temporary directory that
+//! goes away with the [`Sim`].
+
+#![expect(
+    clippy::result_large_err,
+    reason = "helpers return the axum Response a handler answers with; in a test double its size does not matter"
+)]
+
+mod api;
+mod git;
+mod hooks;
+mod state;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::task::JoinHandle;
+
+pub use hooks::{Delivery, DeliveryAnswer};
+pub use state::{AccessLevel, LoggedRequest, Note, TokenSpec};
+
+use state::State;
+
+/// A scripted failure: the next API request whose path contains
+/// `path_contains` (every request when empty) gets it instead of its answer.
+#[derive(Clone, Debug)]
+pub struct Fault {
+    pub path_contains: String,
+    pub kind: FaultKind,
+}
+
+#[derive(Clone, Debug)]
+pub enum FaultKind {
+    /// Answer with this status and GitLab's error body.
+    Status(u16),
+    /// `429 Too Many Requests` with `Retry-After` (seconds) and
+    /// `RateLimit-Reset` (a Unix time), each when given.
+    RateLimited {
+        retry_after: Option<u64>,
+        ratelimit_reset: Option<i64>,
+    },
+    /// Answer normally, after this long.
+    Delay(Duration),
+}
+
+/// Errors of the simulator's own set-up (git failing, bad arguments).
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("git {args}: {message}")]
+    Git { args: String, message: String },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("no project {0}")]
+    NoProject(String),
+}
+
+pub(crate) struct Shared {
+    state: Mutex<State>,
+    root: PathBuf,
+    url: String,
+    http: reqwest::Client,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+}
+
+impl Shared {
+    pub(crate) fn enter(&self) {
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+    }
+
+    pub(crate) fn leave(&self) {
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// A running simulated GitLab on `127.0.0.1` with a random port.
+pub struct Sim {
+    shared: Arc<Shared>,
+    server: JoinHandle<()>,
+    _dir: tempdir::Dir,
+}
+
+mod tempdir {
+    use std::path::PathBuf;
+
+    /// A directory removed on drop.
+    pub struct Dir(pub PathBuf);
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+impl Sim {
+    /// Starts the simulator. Panics only if no local port can be bound.
+    pub async fn start() -> Result<Self, SimError> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr: SocketAddr = listener.local_addr()?;
+        let root = std::env::temp_dir().join(format!(
+            "gantry-gitlab-sim-{}-{}",
+            std::process::id(),
+            addr.port()
+        ));
+        std::fs::create_dir_all(root.join("repos"))?;
+        std::fs::create_dir_all(root.join("work"))?;
+        let url = format!("http://{addr}");
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            root: root.clone(),
+            url,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(15))
+                .build()
+                .map_err(|error| std::io::Error::other(error.to_string()))?,
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(0),
+        });
+        let app = api::router(shared.clone());
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self {
+            shared,
+            server,
+            _dir: tempdir::Dir(root),
+        })
+    }
+
+    /// `http://127.0.0.1:<port>`: both the API host URL and the web URL.
+    pub fn url(&self) -> &str {
+        &self.shared.url
+    }
+
+    /// Adds an active user and returns its id.
+    pub fn add_user(&self, username: &str) -> u64 {
+        self.shared.lock().add_user(username)
+    }
+
+    /// Sets a user's state (`active`, `blocked`, `deactivated`).
+    pub fn set_user_state(&self, user_id: u64, state: &str) {
+        self.shared.lock().set_user_state(user_id, state);
+    }
+
+    /// Adds an access token and returns its secret value.
+    pub fn add_token(&self, spec: TokenSpec) -> String {
+        self.shared.lock().add_token(spec)
+    }
+
+    /// Revokes a token (GitLab then answers 401 to it).
+    pub fn revoke_token(&self, token: &str) {
+        self.shared.lock().revoke_token(token);
+    }
+
+    /// Behave like GitLab before 15.5, which has no
+    /// `/personal_access_tokens/self` (404).
+    pub fn without_token_self_endpoint(&self) {
+        self.shared.lock().token_self_endpoint = false;
+    }
+
+    /// Adds a project with an empty repository on `default_branch` and
+    /// returns its numeric id.
+    pub fn add_project(
+        &self,
+        path_with_namespace: &str,
+        default_branch: &str,
+    ) -> Result<u64, SimError> {
+        let id = self
+            .shared
+            .lock()
+            .add_project(path_with_namespace, default_branch);
+        git::init(&self.shared.root, path_with_namespace, default_branch)?;
+        Ok(id)
+    }
+
+    /// Gives a user an access level on a project.
+    pub fn add_member(&self, project_id: u64, user_id: u64, level: AccessLevel) {
+        self.shared.lock().add_member(project_id, user_id, level);
+    }
+
+    /// Commits `files` (path → content; `None` deletes) on `branch` of the
+    /// project's repository, creating the branch from the default branch if
+    /// needed, and returns `(before, after)` commit ids (`before` is forty
+    /// zeros for a new branch).
+    pub fn commit(
+        &self,
+        project_id: u64,
+        branch: &str,
+        files: &[(&str, Option<&str>)],
+        message: &str,
+    ) -> Result<(String, String), SimError> {
+        let (path, default_branch) = self.project_path(project_id)?;
+        git::commit(
+            &self.shared.root,
+            &path,
+            &default_branch,
+            branch,
+            files,
+            message,
+        )
+    }
+
+    /// Opens a merge request and returns its iid.
+    pub fn open_merge_request(
+        &self,
+        project_id: u64,
+        source_branch: &str,
+        target_branch: &str,
+        title: &str,
+    ) -> Result<u64, SimError> {
+        let (path, _) = self.project_path(project_id)?;
+        let sha = git::rev_parse(&self.shared.root, &path, source_branch)?;
+        self.shared
+            .lock()
+            .open_merge_request(project_id, source_branch, target_branch, title, &sha)
+            .ok_or_else(|| SimError::NoProject(project_id.to_string()))
+    }
+
+    /// Adds a project hook, as an owner would in GitLab's settings.
+    pub fn add_hook(&self, project_id: u64, url: &str, token: &str) -> Option<u64> {
+        self.shared.lock().add_hook(project_id, url, Some(token))
+    }
+
+    /// Sends a webhook to every hook of the project that wants `event`
+    /// (`Push Hook`, `Tag Push Hook`, `Merge Request Hook`, …), with GitLab's
+    /// headers, and returns what each hook answered.
+    pub async fn deliver(&self, project_id: u64, event: &str, body: &Value) -> Vec<DeliveryAnswer> {
+        hooks::deliver_to_project(&self.shared, project_id, event, body).await
+    }
+
+    /// Sends one delivery exactly as given (for resends and odd headers).
+    pub async fn send(&self, delivery: &Delivery) -> DeliveryAnswer {
+        hooks::send(&self.shared, delivery).await
+    }
+
+    /// Queues a scripted failure.
+    pub fn inject(&self, fault: Fault) {
+        self.shared.lock().faults.push_back(fault);
+    }
+
+    /// Every API request so far, oldest first.
+    pub fn requests(&self) -> Vec<LoggedRequest> {
+        self.shared.lock().log.clone()
+    }
+
+    /// The most API requests that were ever in flight at once.
+    pub fn max_concurrent_requests(&self) -> usize {
+        self.shared.max_in_flight.load(Ordering::SeqCst)
+    }
+
+    /// The commit statuses of a commit, oldest first, as GitLab lists them.
+    pub fn statuses(&self, project_id: u64, sha: &str) -> Vec<Value> {
+        self.shared.lock().statuses_of(project_id, sha)
+    }
+
+    /// The notes of a merge request, oldest first.
+    pub fn notes(&self, project_id: u64, iid: u64) -> Vec<Note> {
+        self.shared.lock().notes_of(project_id, iid)
+    }
+
+    /// The deployments of a project, oldest first.
+    pub fn deployments(&self, project_id: u64) -> Vec<Value> {
+        self.shared.lock().deployments_of(project_id)
+    }
+
+    /// The HTTP clone URL of a project.
+    pub fn clone_url(&self, project_id: u64) -> Result<String, SimError> {
+        let (path, _) = self.project_path(project_id)?;
+        Ok(format!("{}/{path}.git", self.shared.url))
+    }
+
+    /// Where the bare repository of a project lies.
+    pub fn repository_dir(&self, project_id: u64) -> Result<PathBuf, SimError> {
+        let (path, _) = self.project_path(project_id)?;
+        Ok(git::bare_dir(&self.shared.root, &path))
+    }
+
+    fn project_path(&self, project_id: u64) -> Result<(String, String), SimError> {
+        let state = self.shared.lock();
+        let project = state
+            .project(project_id)
+            .ok_or_else(|| SimError::NoProject(project_id.to_string()))?;
+        Ok((project.path.clone(), project.default_branch.clone()))
+    }
+
+    /// The directory holding the simulator's repositories.
+    pub fn root(&self) -> &Path {
+        &self.shared.root
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
