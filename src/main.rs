@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+mod client;
+
 use clap::{Parser, Subcommand, ValueEnum};
 use gantry_server::{MASTER_KEY_ENV, ServerConfig};
 use tracing_subscriber::EnvFilter;
@@ -35,6 +37,9 @@ enum Command {
     Serve(ServeArgs),
     /// Apply database migrations and exit.
     Migrate(DatabaseArgs),
+    /// Manage GitLab integrations on a server (GANTRY_URL, GANTRY_TOKEN).
+    #[command(subcommand)]
+    Integration(client::IntegrationCommand),
 }
 
 #[derive(clap::Args)]
@@ -63,6 +68,13 @@ struct ServeArgs {
     /// Seconds a worker's lease on a job or run lasts without a heartbeat.
     #[arg(long, env = "GANTRY_LEASE_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(3..=3600))]
     lease_seconds: u64,
+    /// Seconds a rotated webhook secret keeps working beside the new one.
+    #[arg(
+        long,
+        env = "GANTRY_WEBHOOK_SECRET_GRACE_SECONDS",
+        default_value_t = 86_400
+    )]
+    webhook_secret_grace_seconds: u64,
 }
 
 fn main() -> ExitCode {
@@ -95,6 +107,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             println!("The database is up to date.");
             Ok(())
         }
+        Command::Integration(command) => client::integration(command).await,
     }
 }
 
@@ -108,6 +121,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .to_owned(),
         embedded_workers: args.embedded_workers,
         lease: Duration::from_secs(args.lease_seconds),
+        webhook_secret_grace: Duration::from_secs(args.webhook_secret_grace_seconds),
         ..server_config_for(&args.database)
     };
     let master_key = std::env::var(MASTER_KEY_ENV).ok().map(Into::into);
@@ -125,6 +139,8 @@ fn server_config_for(args: &DatabaseArgs) -> ServerConfig {
         public_url: "http://127.0.0.1:8080".to_owned(),
         embedded_workers: 0,
         lease: Duration::from_secs(30),
+        webhook_secret_grace: gantry_server::DEFAULT_WEBHOOK_SECRET_GRACE,
+        gitlab: gantry_gitlab::ClientConfig::default(),
     }
 }
 

@@ -15,7 +15,15 @@ pub struct ServerConfig {
     pub embedded_workers: u32,
     /// How long a claimed job or run stays leased without a heartbeat.
     pub lease: Duration,
+    /// How long a rotated webhook secret stays valid beside the new one.
+    pub webhook_secret_grace: Duration,
+    /// Timeouts, retries and host limits of calls to GitLab.
+    pub gitlab: gantry_gitlab::ClientConfig,
 }
+
+/// The default grace period of a rotated webhook secret: a day to update
+/// the hooks in GitLab.
+pub const DEFAULT_WEBHOOK_SECRET_GRACE: Duration = Duration::from_secs(24 * 3600);
 
 impl ServerConfig {
     pub fn database_url(&self) -> String {

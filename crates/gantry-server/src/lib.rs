@@ -17,7 +17,7 @@ mod state;
 mod views;
 
 pub use bootstrap::{INITIAL_ADMIN_TOKEN_FILE, MASTER_KEY_ENV, MASTER_KEY_FILE, load_master_key};
-pub use config::ServerConfig;
+pub use config::{DEFAULT_WEBHOOK_SECRET_GRACE, ServerConfig};
 pub use startup::{RunningServer, open_database, start};
 
 /// The largest request body the API accepts.

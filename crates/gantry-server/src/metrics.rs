@@ -32,8 +32,9 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    pub fn new(gitlab: &gantry_gitlab::ClientMetrics) -> Self {
         let mut registry = Registry::with_prefix("gantry");
+        gitlab.register(&mut registry);
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "http_requests",

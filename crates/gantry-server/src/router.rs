@@ -17,7 +17,7 @@ use utoipa_axum::routes;
 use crate::API_BODY_LIMIT;
 use crate::error::ApiError;
 use crate::metrics;
-use crate::routes::{api_keys, audit, health, me, spaces};
+use crate::routes::{api_keys, audit, health, integrations, me, spaces};
 use crate::state::AppState;
 
 #[derive(OpenApi)]
@@ -51,6 +51,13 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(api_keys::create, api_keys::list))
         .routes(routes!(api_keys::revoke))
         .routes(routes!(audit::list))
+        .routes(routes!(integrations::create, integrations::list))
+        .routes(routes!(
+            integrations::show,
+            integrations::update,
+            integrations::delete
+        ))
+        .routes(routes!(integrations::rotate_secret))
         .split_for_parts();
     let openapi = Arc::new(openapi);
 

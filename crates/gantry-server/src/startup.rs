@@ -64,11 +64,14 @@ pub async fn start(
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
+    let gitlab_metrics = gantry_gitlab::ClientMetrics::default();
+    let gitlab = gantry_gitlab::Http::new(config.gitlab.clone(), gitlab_metrics.clone())?;
     let state = AppState {
         store: store.clone(),
         config: Arc::new(config),
-        metrics: Arc::new(Metrics::new()),
+        metrics: Arc::new(Metrics::new(&gitlab_metrics)),
         keyring: Arc::new(Keyring::new(master_key)),
+        gitlab,
     };
     let reaper = tokio::spawn(reap_lapsed_leases(store.clone(), state.config.lease));
     let app = router(state);

@@ -14,9 +14,7 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Seals and opens secrets at rest (integration tokens, webhook
     /// secrets, secret variables).
-    #[expect(
-        dead_code,
-        reason = "integrations, the first users of the keyring, come next"
-    )]
     pub keyring: Arc<Keyring>,
+    /// The GitLab client shared by all integrations.
+    pub gitlab: gantry_gitlab::Http,
 }

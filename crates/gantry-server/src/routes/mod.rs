@@ -3,5 +3,6 @@
 pub mod api_keys;
 pub mod audit;
 pub mod health;
+pub mod integrations;
 pub mod me;
 pub mod spaces;

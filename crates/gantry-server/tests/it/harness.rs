@@ -1,4 +1,5 @@
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use gantry_server::{INITIAL_ADMIN_TOKEN_FILE, RunningServer, ServerConfig};
@@ -41,6 +42,13 @@ impl Db {
             public_url: "http://gantry.test".into(),
             embedded_workers: 0,
             lease: Duration::from_secs(30),
+            webhook_secret_grace: gantry_server::DEFAULT_WEBHOOK_SECRET_GRACE,
+            gitlab: gantry_gitlab::ClientConfig {
+                initial_backoff: Duration::from_millis(10),
+                max_backoff: Duration::from_millis(50),
+                max_attempts: 3,
+                ..gantry_gitlab::ClientConfig::default()
+            },
         }
     }
 }
@@ -54,8 +62,50 @@ pub struct TestApp {
     stop: Option<oneshot::Sender<()>>,
 }
 
+/// Everything every server of this test process logged, at `debug` and
+/// above, so tests can search it for secrets.
+pub fn captured_logs() -> String {
+    String::from_utf8_lossy(
+        &log_buffer()
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    )
+    .into_owned()
+}
+
+fn log_buffer() -> &'static Arc<Mutex<Vec<u8>>> {
+    static BUFFER: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    BUFFER.get_or_init(|| {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let writer = buffer.clone();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("debug")
+            .with_ansi(false)
+            .with_writer(move || LogWriter(writer.clone()))
+            .try_init();
+        buffer
+    })
+}
+
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 impl TestApp {
     pub async fn start(db: &Db) -> Self {
+        log_buffer();
         let (stop, stopped) = oneshot::channel::<()>();
         let server = gantry_server::start(db.config(), None, async {
             let _ = stopped.await;
@@ -109,6 +159,15 @@ impl TestApp {
         self.call(Method::POST, path, Some(token), Some(body)).await
     }
 
+    pub async fn patch(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+        self.call(Method::PATCH, path, Some(token), Some(body))
+            .await
+    }
+
+    pub async fn delete(&self, path: &str, token: &str) -> (StatusCode, Value) {
+        self.call(Method::DELETE, path, Some(token), None).await
+    }
+
     /// Sends `body` as it is; answers with the status and the body as JSON
     /// (or as a JSON string when it is not JSON).
     pub async fn raw(
@@ -157,6 +216,49 @@ impl TestApp {
             .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
         body["id"].as_str().expect("id").to_owned()
+    }
+}
+
+/// Stops the app, then fails if any of `secrets` is stored in plaintext:
+/// on PostgreSQL in any row of any table (read as text), on SQLite anywhere
+/// in the database file or its WAL.
+pub async fn stop_and_assert_not_stored(app: TestApp, db: &Db, secrets: &[&str]) {
+    if db.database_url.is_some() {
+        let mut conn = app.store().conn().await.expect("conn");
+        let tables: Vec<(String,)> = sqlx::query_as(
+            "SELECT table_name::text FROM information_schema.tables WHERE table_schema = current_schema()",
+        )
+        .fetch_all(&mut *conn)
+        .await
+        .expect("tables");
+        assert!(tables.len() > 3, "{tables:?}");
+        for (table,) in tables {
+            let rows: Vec<(String,)> =
+                sqlx::query_as(&format!("SELECT CAST(t AS TEXT) FROM {table} t"))
+                    .fetch_all(&mut *conn)
+                    .await
+                    .expect("rows");
+            for (row,) in rows {
+                for secret in secrets {
+                    assert!(
+                        !row.contains(secret),
+                        "{table} holds a secret in plaintext: {row}"
+                    );
+                }
+            }
+        }
+    }
+    app.stop().await;
+    if db.database_url.is_none() {
+        for file in ["gantry.db", "gantry.db-wal"] {
+            let bytes = std::fs::read(db.data_dir().join(file)).unwrap_or_default();
+            for secret in secrets {
+                assert!(
+                    !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                    "{file} holds a secret in plaintext"
+                );
+            }
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 mod api_keys;
 mod bad_input;
 mod harness;
+mod integrations;
 mod roles;
 mod spaces;
 mod startup;

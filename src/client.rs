@@ -1,0 +1,282 @@
+//! Client commands: `gantry integration …` against a server's API, with
+//! `GANTRY_URL` and `GANTRY_TOKEN`. Secrets are read from a file or stdin,
+//! never from the command line, so they stay out of shell history.
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use serde_json::{Map, Value, json};
+
+#[derive(Args)]
+pub struct Connection {
+    /// The server's URL.
+    #[arg(
+        long = "server",
+        env = "GANTRY_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    url: String,
+    /// An API key.
+    #[arg(long, env = "GANTRY_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum IntegrationCommand {
+    /// Create an integration; the GitLab token is read from a file or stdin.
+    Create {
+        #[command(flatten)]
+        connection: Connection,
+        #[arg(long)]
+        name: String,
+        /// Default: root.
+        #[arg(long)]
+        space: Option<String>,
+        /// Make it the default integration (lives in root).
+        #[arg(long)]
+        default: bool,
+        /// Such as https://gitlab.com.
+        #[arg(long)]
+        api_host_url: String,
+        #[arg(long)]
+        user_facing_host_url: Option<String>,
+        /// A file holding the GitLab token, or `-` for stdin.
+        #[arg(long, value_name = "PATH")]
+        api_token_file: PathBuf,
+        /// Repeat for several labels.
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// List the integrations you can see.
+    List {
+        #[command(flatten)]
+        connection: Connection,
+        #[arg(long)]
+        limit: Option<u32>,
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// Show one integration (admins also see its webhook endpoint and secret).
+    Show {
+        #[command(flatten)]
+        connection: Connection,
+        id: String,
+    },
+    /// Change an integration; the name cannot change.
+    Update {
+        #[command(flatten)]
+        connection: Connection,
+        id: String,
+        #[arg(long)]
+        space: Option<String>,
+        #[arg(long)]
+        default: Option<bool>,
+        #[arg(long)]
+        api_host_url: Option<String>,
+        #[arg(long)]
+        user_facing_host_url: Option<String>,
+        /// A file holding a new GitLab token, or `-` for stdin.
+        #[arg(long, value_name = "PATH")]
+        api_token_file: Option<PathBuf>,
+        /// Replaces the labels; repeat for several.
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        /// Remove every label.
+        #[arg(long, conflicts_with = "labels")]
+        clear_labels: bool,
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// Delete an integration.
+    Delete {
+        #[command(flatten)]
+        connection: Connection,
+        id: String,
+        /// Delete even while stacks use it.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Make a new webhook secret; the old one works for the grace period.
+    RotateSecret {
+        #[command(flatten)]
+        connection: Connection,
+        id: String,
+        /// Default: the server's (a day).
+        #[arg(long)]
+        grace_seconds: Option<u64>,
+    },
+}
+
+fn read_secret(path: &PathBuf) -> anyhow::Result<String> {
+    let mut text = String::new();
+    if path.as_os_str() == "-" {
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("cannot read the token from stdin")?;
+    } else {
+        text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the token file {}", path.display()))?;
+    }
+    let token = text.trim().to_owned();
+    if token.is_empty() {
+        bail!("the token in {} is empty", path.display());
+    }
+    Ok(token)
+}
+
+const BASE: &str = "/api/v1/integrations/gitlab";
+
+pub async fn integration(command: IntegrationCommand) -> anyhow::Result<()> {
+    let (connection, method, path, body) = match command {
+        IntegrationCommand::Create {
+            connection,
+            name,
+            space,
+            default,
+            api_host_url,
+            user_facing_host_url,
+            api_token_file,
+            labels,
+            description,
+        } => {
+            let mut body = Map::new();
+            body.insert("name".into(), json!(name));
+            body.insert("default".into(), json!(default));
+            body.insert("api_host_url".into(), json!(api_host_url));
+            body.insert("api_token".into(), json!(read_secret(&api_token_file)?));
+            body.insert("labels".into(), json!(labels));
+            insert_some(&mut body, "space", space);
+            insert_some(&mut body, "user_facing_host_url", user_facing_host_url);
+            insert_some(&mut body, "description", description);
+            (
+                connection,
+                reqwest::Method::POST,
+                BASE.to_owned(),
+                Some(Value::Object(body)),
+            )
+        }
+        IntegrationCommand::List {
+            connection,
+            limit,
+            cursor,
+        } => {
+            let mut query = Vec::new();
+            if let Some(limit) = limit {
+                query.push(format!("limit={limit}"));
+            }
+            if let Some(cursor) = cursor {
+                query.push(format!("cursor={cursor}"));
+            }
+            let path = if query.is_empty() {
+                BASE.to_owned()
+            } else {
+                format!("{BASE}?{}", query.join("&"))
+            };
+            (connection, reqwest::Method::GET, path, None)
+        }
+        IntegrationCommand::Show { connection, id } => (
+            connection,
+            reqwest::Method::GET,
+            format!("{BASE}/{id}"),
+            None,
+        ),
+        IntegrationCommand::Update {
+            connection,
+            id,
+            space,
+            default,
+            api_host_url,
+            user_facing_host_url,
+            api_token_file,
+            labels,
+            clear_labels,
+            description,
+        } => {
+            let mut body = Map::new();
+            insert_some(&mut body, "space", space);
+            insert_some(&mut body, "default", default);
+            insert_some(&mut body, "api_host_url", api_host_url);
+            insert_some(&mut body, "user_facing_host_url", user_facing_host_url);
+            insert_some(&mut body, "description", description);
+            if let Some(path) = api_token_file {
+                body.insert("api_token".into(), json!(read_secret(&path)?));
+            }
+            if clear_labels || !labels.is_empty() {
+                body.insert("labels".into(), json!(labels));
+            }
+            let path = format!("{BASE}/{id}");
+            (
+                connection,
+                reqwest::Method::PATCH,
+                path,
+                Some(Value::Object(body)),
+            )
+        }
+        IntegrationCommand::Delete {
+            connection,
+            id,
+            force,
+        } => {
+            let path = format!("{BASE}/{id}?force={force}");
+            (connection, reqwest::Method::DELETE, path, None)
+        }
+        IntegrationCommand::RotateSecret {
+            connection,
+            id,
+            grace_seconds,
+        } => {
+            let mut path = format!("{BASE}/{id}/webhook-secret/rotate");
+            if let Some(seconds) = grace_seconds {
+                path.push_str(&format!("?grace_seconds={seconds}"));
+            }
+            (connection, reqwest::Method::POST, path, None)
+        }
+    };
+    let answer = call(&connection, method, &path, body).await?;
+    println!("{}", serde_json::to_string_pretty(&answer)?);
+    Ok(())
+}
+
+fn insert_some<T: Into<Value>>(body: &mut Map<String, Value>, key: &str, value: Option<T>) {
+    if let Some(value) = value {
+        body.insert(key.to_owned(), value.into());
+    }
+}
+
+/// Sends one request and returns the JSON answer, or an error carrying the
+/// server's message.
+async fn call(
+    connection: &Connection,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> anyhow::Result<Value> {
+    let Some(token) = connection.token.as_deref() else {
+        bail!("no API key: set GANTRY_TOKEN (or pass --token)");
+    };
+    let url = format!("{}{path}", connection.url.trim_end_matches('/'));
+    let mut request = reqwest::Client::new()
+        .request(method, &url)
+        .bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the Gantry server at {}", connection.url))?;
+    let status = response.status();
+    let answer: Value = response
+        .json()
+        .await
+        .with_context(|| format!("the server answered {status} with a body that is not JSON"))?;
+    if !status.is_success() {
+        let message = answer["error"]["message"].as_str().unwrap_or("no message");
+        bail!("{status}: {message}");
+    }
+    Ok(answer)
+}
