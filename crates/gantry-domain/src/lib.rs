@@ -4,6 +4,7 @@
 //! cannot hold invalid values ("parse, don't validate") and answers questions
 //! such as "does this role grant that one".
 
+pub mod event;
 mod name;
 mod role;
 

@@ -6,5 +6,6 @@ pub mod client;
 pub mod error_body;
 pub mod token;
 pub mod types;
+pub mod webhook;
 
 pub use client::{ClientConfig, ClientMetrics, GitLab, GitLabError, Http, Reply};

@@ -5,3 +5,4 @@
 mod client;
 mod corpus;
 mod sim_shapes;
+mod webhooks;
