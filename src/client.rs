@@ -255,7 +255,11 @@ async fn call(
     path: &str,
     body: Option<Value>,
 ) -> anyhow::Result<Value> {
-    let Some(token) = connection.token.as_deref().filter(|token| !token.trim().is_empty()) else {
+    let Some(token) = connection
+        .token
+        .as_deref()
+        .filter(|token| !token.trim().is_empty())
+    else {
         bail!("no API key: set GANTRY_TOKEN (or pass --token)");
     };
     let url = format!("{}{path}", connection.url.trim_end_matches('/'));

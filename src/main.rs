@@ -75,6 +75,12 @@ struct ServeArgs {
         default_value_t = 86_400
     )]
     webhook_secret_grace_seconds: u64,
+    /// The largest webhook body accepted, in bytes (GitLab sends up to 25 MiB).
+    #[arg(long, env = "GANTRY_WEBHOOK_BODY_LIMIT", default_value_t = gantry_server::DEFAULT_WEBHOOK_BODY_LIMIT)]
+    webhook_body_limit: usize,
+    /// Days to keep the bodies of processed deliveries (their summary stays).
+    #[arg(long, env = "GANTRY_DELIVERY_RETENTION_DAYS", default_value_t = 7)]
+    delivery_retention_days: u64,
 }
 
 fn main() -> ExitCode {
@@ -122,6 +128,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         embedded_workers: args.embedded_workers,
         lease: Duration::from_secs(args.lease_seconds),
         webhook_secret_grace: Duration::from_secs(args.webhook_secret_grace_seconds),
+        webhook_body_limit: args.webhook_body_limit,
+        delivery_retention: Duration::from_secs(args.delivery_retention_days * 24 * 3600),
         ..server_config_for(&args.database)
     };
     let master_key = std::env::var(MASTER_KEY_ENV).ok().map(Into::into);
@@ -140,6 +148,8 @@ fn server_config_for(args: &DatabaseArgs) -> ServerConfig {
         embedded_workers: 0,
         lease: Duration::from_secs(30),
         webhook_secret_grace: gantry_server::DEFAULT_WEBHOOK_SECRET_GRACE,
+        webhook_body_limit: gantry_server::DEFAULT_WEBHOOK_BODY_LIMIT,
+        delivery_retention: gantry_server::DEFAULT_DELIVERY_RETENTION,
         gitlab: gantry_gitlab::ClientConfig::default(),
     }
 }

@@ -25,7 +25,10 @@ impl Event {
     /// A short description for logs and delivery outcomes.
     pub fn describe(&self) -> String {
         match self {
-            Self::Push(push) => format!("push to {} ({} commits)", push.branch, push.total_commits_count),
+            Self::Push(push) => format!(
+                "push to {} ({} commits)",
+                push.branch, push.total_commits_count
+            ),
             Self::TagPush(tag) => format!("tag push of {}", tag.tag),
             Self::MergeRequest(mr) => format!(
                 "merge request !{} {}",
@@ -78,7 +81,9 @@ impl Push {
     /// Whether `commits` lists every commit of the push, so their files
     /// are all the files changed; otherwise ask GitLab's compare API.
     pub fn lists_every_commit(&self) -> bool {
-        !self.creates_branch() && self.commits.len() as u64 >= self.total_commits_count && self.commits.len() < 20
+        !self.creates_branch()
+            && self.commits.len() as u64 >= self.total_commits_count
+            && self.commits.len() < 20
     }
 }
 

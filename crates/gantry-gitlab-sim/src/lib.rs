@@ -315,3 +315,46 @@ impl Drop for Sim {
         self.server.abort();
     }
 }
+
+/// The real GitLab payloads and responses of `shared/gitlab-corpus`: from
+/// `GANTRY_GITLAB_CORPUS`, or beside the checkout. `None` (and a visible
+/// SKIPPED) when absent, except under `CI=true`, where it panics.
+pub fn corpus_dir() -> Option<PathBuf> {
+    let dir = std::env::var_os("GANTRY_GITLAB_CORPUS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/gitlab-corpus")
+        });
+    if dir.join("api").is_dir() {
+        return Some(dir);
+    }
+    assert!(
+        !std::env::var("CI").is_ok_and(|v| v == "true"),
+        "the GitLab corpus is not at {}; set GANTRY_GITLAB_CORPUS",
+        dir.display()
+    );
+    eprintln!(
+        "SKIPPED: the GitLab corpus is not at {}; set GANTRY_GITLAB_CORPUS",
+        dir.display()
+    );
+    None
+}
+
+/// A corpus webhook delivery: its `X-Gitlab-*` and other headers as
+/// `(name, value)` pairs (the token placeholder replaced by `token`), and
+/// its body.
+pub fn corpus_delivery(dir: &Path, name: &str, token: &str) -> (Vec<(String, String)>, Vec<u8>) {
+    let webhooks = dir.join("webhooks");
+    let headers =
+        std::fs::read_to_string(webhooks.join(format!("{name}.headers"))).unwrap_or_default();
+    let headers = headers
+        .lines()
+        .filter_map(|line| line.split_once(": "))
+        .map(|(name, value)| {
+            let value = value.replace("REPLACE_WITH_WEBHOOK_SECRET_TOKEN", token);
+            (name.to_owned(), value)
+        })
+        .collect();
+    let body = std::fs::read(webhooks.join(format!("{name}.json"))).unwrap_or_default();
+    (headers, body)
+}

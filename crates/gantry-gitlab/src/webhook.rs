@@ -37,7 +37,10 @@ pub fn kind_of(event_header: &str, body: &[u8]) -> Result<Option<Kind>, PayloadE
                 event_name: Option<String>,
             }
             let envelope: Envelope = read(body)?;
-            let name = envelope.object_kind.or(envelope.event_name).unwrap_or_default();
+            let name = envelope
+                .object_kind
+                .or(envelope.event_name)
+                .unwrap_or_default();
             Ok(match name.as_str() {
                 "push" => Some(Kind::Push),
                 "tag_push" => Some(Kind::TagPush),
@@ -55,7 +58,11 @@ pub fn parse(kind: Kind, body: &[u8]) -> Result<Event, PayloadError> {
         Kind::Push => {
             let payload: RefPayload = read(body)?;
             let project = payload.project()?;
-            let branch = payload.git_ref.strip_prefix("refs/heads/").unwrap_or(&payload.git_ref).to_owned();
+            let branch = payload
+                .git_ref
+                .strip_prefix("refs/heads/")
+                .unwrap_or(&payload.git_ref)
+                .to_owned();
             let commits: Vec<Commit> = payload
                 .commits
                 .unwrap_or_default()
@@ -80,7 +87,11 @@ pub fn parse(kind: Kind, body: &[u8]) -> Result<Event, PayloadError> {
         Kind::TagPush => {
             let payload: RefPayload = read(body)?;
             let project = payload.project()?;
-            let tag = payload.git_ref.strip_prefix("refs/tags/").unwrap_or(&payload.git_ref).to_owned();
+            let tag = payload
+                .git_ref
+                .strip_prefix("refs/tags/")
+                .unwrap_or(&payload.git_ref)
+                .to_owned();
             Ok(Event::TagPush(TagPush {
                 project,
                 tag,
@@ -113,7 +124,10 @@ pub fn parse(kind: Kind, body: &[u8]) -> Result<Event, PayloadError> {
                 target_project_id: attributes.target_project_id,
                 target_branch: attributes.target_branch,
                 last_commit: attributes.last_commit.map(|commit| commit.id),
-                draft: attributes.draft.or(attributes.work_in_progress).unwrap_or(false),
+                draft: attributes
+                    .draft
+                    .or(attributes.work_in_progress)
+                    .unwrap_or(false),
             }))
         }
     }
@@ -125,7 +139,9 @@ fn read<T: DeserializeOwned>(body: &[u8]) -> Result<T, PayloadError> {
         let path = error.path().to_string();
         let inner = error.into_inner();
         if path.is_empty() || path == "." {
-            PayloadError(format!("the payload is not valid JSON of this event: {inner}"))
+            PayloadError(format!(
+                "the payload is not valid JSON of this event: {inner}"
+            ))
         } else {
             PayloadError(format!("`{path}`: {inner}"))
         }
@@ -150,7 +166,9 @@ impl RefPayload {
         let id = self
             .project_id
             .or_else(|| self.project.as_ref().and_then(|project| project.id))
-            .ok_or_else(|| PayloadError("`project_id`: missing, and `project.id` too".to_owned()))?;
+            .ok_or_else(|| {
+                PayloadError("`project_id`: missing, and `project.id` too".to_owned())
+            })?;
         let path = self
             .project
             .as_ref()

@@ -17,6 +17,11 @@ pub struct ServerConfig {
     pub lease: Duration,
     /// How long a rotated webhook secret stays valid beside the new one.
     pub webhook_secret_grace: Duration,
+    /// The largest webhook body accepted; GitLab sends up to 25 MiB.
+    pub webhook_body_limit: usize,
+    /// Bodies of processed deliveries are dropped after this long; their
+    /// summary stays in the delivery log.
+    pub delivery_retention: Duration,
     /// Timeouts, retries and host limits of calls to GitLab.
     pub gitlab: gantry_gitlab::ClientConfig,
 }
@@ -35,3 +40,9 @@ impl ServerConfig {
         })
     }
 }
+
+/// GitLab's own limit on webhook payloads.
+pub const DEFAULT_WEBHOOK_BODY_LIMIT: usize = 25 * 1024 * 1024;
+
+/// How long delivery bodies are kept after processing.
+pub const DEFAULT_DELIVERY_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);

@@ -9,6 +9,7 @@ mod bootstrap;
 mod config;
 mod error;
 mod extract;
+mod inbox;
 mod metrics;
 mod router;
 mod routes;
@@ -17,7 +18,10 @@ mod state;
 mod views;
 
 pub use bootstrap::{INITIAL_ADMIN_TOKEN_FILE, MASTER_KEY_ENV, MASTER_KEY_FILE, load_master_key};
-pub use config::{DEFAULT_WEBHOOK_SECRET_GRACE, ServerConfig};
+pub use config::{
+    DEFAULT_DELIVERY_RETENTION, DEFAULT_WEBHOOK_BODY_LIMIT, DEFAULT_WEBHOOK_SECRET_GRACE,
+    ServerConfig,
+};
 pub use startup::{RunningServer, open_database, start};
 
 /// The largest request body the API accepts.

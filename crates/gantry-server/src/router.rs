@@ -17,7 +17,7 @@ use utoipa_axum::routes;
 use crate::API_BODY_LIMIT;
 use crate::error::ApiError;
 use crate::metrics;
-use crate::routes::{api_keys, audit, health, integrations, me, spaces};
+use crate::routes::{api_keys, audit, deliveries, health, integrations, me, spaces, webhooks};
 use crate::state::AppState;
 
 #[derive(OpenApi)]
@@ -58,6 +58,9 @@ pub fn router(state: AppState) -> Router {
             integrations::delete
         ))
         .routes(routes!(integrations::rotate_secret))
+        .routes(routes!(deliveries::list))
+        .routes(routes!(deliveries::replay))
+        .routes(routes!(webhooks::receive))
         .split_for_parts();
     let openapi = Arc::new(openapi);
 

@@ -74,6 +74,12 @@ pub async fn start(
         gitlab,
     };
     let reaper = tokio::spawn(reap_lapsed_leases(store.clone(), state.config.lease));
+    let owner = format!("server-{}", uuid::Uuid::new_v4());
+    let inbox = tokio::spawn(crate::inbox::work(store.clone(), owner, state.config.lease));
+    let pruner = tokio::spawn(crate::inbox::prune(
+        store.clone(),
+        state.config.delivery_retention,
+    ));
     let app = router(state);
     tracing::info!(listen = %addr, "serving");
     let task = tokio::spawn(async move {
@@ -81,6 +87,8 @@ pub async fn start(
             .with_graceful_shutdown(shutdown)
             .await;
         reaper.abort();
+        inbox.abort();
+        pruner.abort();
         served.context("the HTTP server failed")
     });
     Ok(RunningServer { addr, store, task })

@@ -228,6 +228,13 @@ pub async fn heartbeat(
 
 /// Marks the job done.
 pub async fn complete(store: &Store, lease: &Lease, now: Millis) -> Result<(), LeaseError> {
+    let mut conn = store.conn().await?;
+    complete_in(&mut conn, lease, now).await
+}
+
+/// Marks the job done as part of the caller's transaction, so the job's
+/// effect and its completion commit together or not at all.
+pub async fn complete_in(conn: &mut Conn, lease: &Lease, now: Millis) -> Result<(), LeaseError> {
     let done = sqlx::query(
         "UPDATE jobs SET state = 'done', lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, \
              updated_at = $1 \
@@ -236,7 +243,7 @@ pub async fn complete(store: &Store, lease: &Lease, now: Millis) -> Result<(), L
     .bind(now.0)
     .bind(lease.job_id)
     .bind(&lease.token)
-    .execute(store.pool())
+    .execute(conn)
     .await?;
     lease_held(done.rows_affected(), lease)
 }

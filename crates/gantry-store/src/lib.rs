@@ -10,6 +10,7 @@
 pub mod api_keys;
 pub mod audit;
 pub mod crypto;
+pub mod deliveries;
 pub mod integrations;
 pub mod jobs;
 pub mod page;

@@ -10,25 +10,7 @@ use gantry_gitlab::token::judge;
 use gantry_gitlab::types::{AccessTokenSelf, CurrentUser};
 
 pub fn corpus() -> Option<PathBuf> {
-    let dir = std::env::var_os("GANTRY_GITLAB_CORPUS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/gitlab-corpus")
-        });
-    if dir.join("api").is_dir() {
-        return Some(dir);
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!(
-            "the GitLab corpus is not at {}; set GANTRY_GITLAB_CORPUS",
-            dir.display()
-        );
-    }
-    eprintln!(
-        "SKIPPED: the GitLab corpus is not at {}; set GANTRY_GITLAB_CORPUS",
-        dir.display()
-    );
-    None
+    gantry_gitlab_sim::corpus_dir()
 }
 
 pub fn read(dir: &Path, name: &str) -> Vec<u8> {

@@ -2,7 +2,9 @@
 
 pub mod api_keys;
 pub mod audit;
+pub mod deliveries;
 pub mod health;
 pub mod integrations;
 pub mod me;
 pub mod spaces;
+pub mod webhooks;

@@ -43,6 +43,8 @@ impl Db {
             embedded_workers: 0,
             lease: Duration::from_secs(30),
             webhook_secret_grace: gantry_server::DEFAULT_WEBHOOK_SECRET_GRACE,
+            webhook_body_limit: gantry_server::DEFAULT_WEBHOOK_BODY_LIMIT,
+            delivery_retention: gantry_server::DEFAULT_DELIVERY_RETENTION,
             gitlab: gantry_gitlab::ClientConfig {
                 initial_backoff: Duration::from_millis(10),
                 max_backoff: Duration::from_millis(50),
@@ -216,6 +218,62 @@ impl TestApp {
             .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
         body["id"].as_str().expect("id").to_owned()
+    }
+}
+
+/// A GitLab integration on a simulated GitLab, as a webhook sender sees it.
+pub struct Hooked {
+    /// Kept alive: the integration's GitLab.
+    pub _sim: gantry_gitlab_sim::Sim,
+    pub id: String,
+    pub secret: String,
+    pub url: String,
+}
+
+impl TestApp {
+    /// Creates the integration `name` (in `root`) against a fresh simulator.
+    pub async fn hooked(&self, name: &str) -> Hooked {
+        let sim = gantry_gitlab_sim::Sim::start().await.expect("sim");
+        let user = sim.add_user("gantry-bot");
+        let token = sim.add_token(gantry_gitlab_sim::TokenSpec::new(user, &["api"]));
+        let (status, created) = self
+            .post(
+                "/api/v1/integrations/gitlab",
+                &self.admin,
+                serde_json::json!({ "name": name, "api_host_url": sim.url(), "api_token": token }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        let id = created["id"].as_str().expect("id").to_owned();
+        Hooked {
+            _sim: sim,
+            url: format!("{}/webhooks/gitlab/{id}", self.base),
+            secret: created["webhook_secret"]
+                .as_str()
+                .expect("secret")
+                .to_owned(),
+            id,
+        }
+    }
+
+    /// Posts a webhook with these headers; answers status and JSON.
+    pub async fn webhook(
+        &self,
+        url: &str,
+        headers: &[(String, String)],
+        body: Vec<u8>,
+    ) -> (StatusCode, Value) {
+        let mut request = self.http.post(url).body(body);
+        for (name, value) in headers {
+            request = request.header(name.as_str(), value.as_str());
+        }
+        let response = request.send().await.expect("request");
+        let status = response.status();
+        let text = response.text().await.expect("body");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 }
 

@@ -7,6 +7,7 @@ mod integrations;
 mod roles;
 mod spaces;
 mod startup;
+mod webhooks;
 
 /// Runs `$test(db)` once on SQLite and once on PostgreSQL, as two tests.
 macro_rules! on_both_databases {

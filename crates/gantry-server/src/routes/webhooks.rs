@@ -1,0 +1,181 @@
+//! `POST /webhooks/gitlab/{integration-id}` (DESIGN.md section 3): check
+//! the secret, read the body within the limit, store the delivery and its
+//! job, answer. The handler never calls GitLab and never processes.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use gantry_gitlab::webhook;
+use gantry_store::deliveries::{self, NewDelivery, Status, Verdict};
+use gantry_store::{Millis, integrations};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use utoipa::ToSchema;
+
+use crate::error::{ApiError, ErrorBody};
+use crate::routes::integrations::webhook_secret_context;
+use crate::state::AppState;
+
+/// The answer GitLab gets.
+#[derive(Serialize, ToSchema)]
+pub struct Acknowledgement {
+    /// The id of the stored delivery, as the delivery log lists it.
+    pub delivery: String,
+    /// `accepted`, `duplicate` or `ignored`.
+    pub status: String,
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get(name)
+        .and_then(|value| value.to_str().ok())
+        .map(str::trim)
+        .filter(|value| !value.is_empty())
+}
+
+/// Constant-time equality of two secrets of any length: their SHA-256
+/// digests are compared.
+fn same_secret(given: &str, expected: &str) -> bool {
+    Sha256::digest(given.as_bytes())
+        .ct_eq(&Sha256::digest(expected.as_bytes()))
+        .into()
+}
+
+/// Receives a GitLab webhook delivery.
+#[utoipa::path(post, path = "/webhooks/gitlab/{id}", tag = "webhooks",
+    params(("id" = String, Path, description = "the integration id"),
+        ("X-Gitlab-Token" = String, Header, description = "the integration's webhook secret"),
+        ("X-Gitlab-Event" = String, Header, description = "`Push Hook`, `Tag Push Hook`, `Merge Request Hook`, …")),
+    responses((status = 200, body = Acknowledgement), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody)))]
+pub async fn receive(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    request: Request,
+) -> Result<Json<Acknowledgement>, Response> {
+    let received_at = Millis::now();
+    let (parts, body) = request.into_parts();
+    let headers = &parts.headers;
+    let integration = {
+        let mut conn = state.store.conn().await.map_err(error)?;
+        integrations::get(&mut conn, &id).await.map_err(error)?
+    }
+    .ok_or_else(|| {
+        ApiError::not_found(format!(
+            "no GitLab integration {id:?}; check the hook's URL"
+        ))
+        .into_response()
+    })?;
+
+    let Some(token) = header(headers, "x-gitlab-token") else {
+        return Err(ApiError::unauthorized(
+            "no X-Gitlab-Token: set the hook's secret token to the integration's webhook secret",
+        )
+        .into_response());
+    };
+    let mut authentic = false;
+    for sealed in integration.accepted_secrets(received_at) {
+        let secret = state
+            .keyring
+            .decrypt(&webhook_secret_context(&integration.id), sealed)
+            .map_err(|err| {
+                tracing::error!(integration.id = %integration.id, error = %err, "cannot open a webhook secret");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the server cannot check the secret")
+                    .into_response()
+            })?;
+        // Both secrets are compared, so timing says nothing of which matched.
+        authentic |= same_secret(token, secrecy::ExposeSecret::expose_secret(&secret));
+    }
+    if !authentic {
+        tracing::warn!(integration.id = %integration.id, "webhook refused: wrong X-Gitlab-Token");
+        return Err(ApiError::unauthorized(
+            "wrong X-Gitlab-Token: set the hook's secret token to the integration's current webhook secret",
+        )
+        .into_response());
+    }
+
+    if let Some(content_type) = header(headers, header::CONTENT_TYPE.as_str())
+        && !content_type.starts_with("application/json")
+    {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("Content-Type is {content_type:?}; GitLab webhooks are application/json"),
+        )
+        .into_response());
+    }
+    let limit = state.config.webhook_body_limit;
+    let declared =
+        header(headers, header::CONTENT_LENGTH.as_str()).and_then(|len| len.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(ApiError::too_large(limit).into_response());
+    }
+    let body = axum::body::to_bytes(Body::new(body), limit)
+        .await
+        .map_err(|_| ApiError::too_large(limit).into_response())?;
+
+    let Some(event) = header(headers, "x-gitlab-event") else {
+        return Err(ApiError::bad_request(
+            "no X-Gitlab-Event header: this is not a GitLab webhook delivery",
+        )
+        .into_response());
+    };
+    let verdict = match webhook::kind_of(event, &body) {
+        Ok(Some(kind)) => match webhook::parse(kind, &body) {
+            Ok(_) => Verdict::Supported,
+            Err(err) => Verdict::Rejected {
+                error: err.to_string(),
+            },
+        },
+        Ok(None) => Verdict::Ignored {
+            outcome: format!("Gantry does not act on {event:?} events"),
+        },
+        Err(err) => Verdict::Rejected {
+            error: err.to_string(),
+        },
+    };
+    let rejected = match &verdict {
+        Verdict::Rejected { error } => Some(error.clone()),
+        _ => None,
+    };
+    let new = NewDelivery {
+        integration_id: &integration.id,
+        event,
+        verdict,
+        body: &body,
+        idempotency_key: header(headers, "idempotency-key"),
+        event_uuid: header(headers, "x-gitlab-event-uuid"),
+        webhook_uuid: header(headers, "x-gitlab-webhook-uuid"),
+        instance: header(headers, "x-gitlab-instance"),
+        user_agent: header(headers, header::USER_AGENT.as_str()),
+        received_at,
+    };
+    let (delivery, status) = deliveries::receive(&state.store, &new)
+        .await
+        .map_err(error)?;
+    tracing::info!(
+        delivery.id = %delivery,
+        integration.id = %integration.id,
+        gitlab.event = event,
+        delivery.status = status.as_str(),
+        "webhook delivery stored"
+    );
+    if let Some(message) = rejected {
+        return Err(ApiError::bad_request(format!(
+            "the {event} payload cannot be read: {message}; it is stored as delivery {delivery} and can be replayed"
+        ))
+        .into_response());
+    }
+    debug_assert!(status != Status::Rejected);
+    Ok(Json(Acknowledgement {
+        delivery,
+        status: status.as_str().to_owned(),
+    }))
+}
+
+fn error(err: gantry_store::StoreError) -> Response {
+    ApiError::from(err).into_response()
+}

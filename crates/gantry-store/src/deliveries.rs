@@ -1,0 +1,342 @@
+//! Webhook deliveries, the durable inbox. [`receive`] decides whether a
+//! delivery is new or a duplicate and stores it, with the job that will
+//! process it, in one transaction: when it returns, the delivery survives
+//! any crash, and exactly one job exists for it.
+
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use sqlx::FromRow;
+
+use crate::jobs::{self, EnqueueError, Lease, LeaseError, NewJob};
+use crate::{Backend, Conn, Cursor, Millis, Page, Store, StoreError, Tx, is_unique_violation};
+
+/// The job that processes an accepted delivery.
+pub const PROCESS_JOB: &str = "process_delivery";
+
+/// Within this window a byte-identical body is a duplicate.
+pub const SAME_BODY_WINDOW: Duration = Duration::from_secs(24 * 3600);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Accepted,
+    Duplicate,
+    Ignored,
+    Rejected,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Accepted => "accepted",
+            Self::Duplicate => "duplicate",
+            Self::Ignored => "ignored",
+            Self::Rejected => "rejected",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        Some(match raw {
+            "accepted" => Self::Accepted,
+            "duplicate" => Self::Duplicate,
+            "ignored" => Self::Ignored,
+            "rejected" => Self::Rejected,
+            _ => return None,
+        })
+    }
+}
+
+/// How the receiver judged a delivery before storing it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// A supported event with a readable payload: accepted unless a duplicate.
+    Supported,
+    /// An event Gantry does not act on; the outcome says which.
+    Ignored { outcome: String },
+    /// A supported event whose payload cannot be read.
+    Rejected { error: String },
+}
+
+/// A delivery as received. Never holds the webhook token.
+#[derive(Clone, Debug)]
+pub struct NewDelivery<'a> {
+    pub integration_id: &'a str,
+    pub event: &'a str,
+    pub verdict: Verdict,
+    pub body: &'a [u8],
+    pub idempotency_key: Option<&'a str>,
+    pub event_uuid: Option<&'a str>,
+    pub webhook_uuid: Option<&'a str>,
+    pub instance: Option<&'a str>,
+    pub user_agent: Option<&'a str>,
+    pub received_at: Millis,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, FromRow)]
+pub struct Delivery {
+    pub id: String,
+    pub integration_id: String,
+    pub event: String,
+    pub status: String,
+    pub idempotency_key: Option<String>,
+    pub event_uuid: Option<String>,
+    pub webhook_uuid: Option<String>,
+    pub duplicate_of: Option<String>,
+    pub outcome: Option<String>,
+    /// A JSON array of run ids.
+    pub runs: String,
+    pub error: Option<String>,
+    pub received_at: i64,
+    pub processed_at: Option<i64>,
+    pub times_processed: i64,
+}
+
+const COLUMNS: &str = "id, integration_id, event, status, idempotency_key, event_uuid, webhook_uuid, \
+    duplicate_of, outcome, runs, error, received_at, processed_at, times_processed";
+
+/// Stores a delivery and, when it is accepted, its processing job, and
+/// commits. Returns its id and status.
+pub async fn receive(store: &Store, new: &NewDelivery<'_>) -> Result<(String, Status), StoreError> {
+    // A concurrent twin on another connection can win the unique index
+    // between our check and our insert; the second try then sees it.
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let mut tx = store.begin().await?;
+        match receive_in(&mut tx, new).await {
+            Ok(stored) => {
+                tx.commit().await?;
+                return Ok(stored);
+            }
+            Err(StoreError::Database(err)) if tries < 3 && is_unique_violation(&err) => {
+                drop(tx);
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+async fn receive_in(tx: &mut Tx, new: &NewDelivery<'_>) -> Result<(String, Status), StoreError> {
+    let body_sha256 = hex(&Sha256::digest(new.body));
+    let id = uuid::Uuid::now_v7().to_string();
+    let (status, duplicate_of, outcome, error) = match &new.verdict {
+        Verdict::Ignored { outcome } => (Status::Ignored, None, Some(outcome.clone()), None),
+        Verdict::Rejected { error } => (
+            Status::Rejected,
+            None,
+            Some("the payload could not be read; replay it after a fix".to_owned()),
+            Some(error.clone()),
+        ),
+        Verdict::Supported => match find_original(tx, new, &body_sha256).await? {
+            Some((original, why)) => (
+                Status::Duplicate,
+                Some(original.clone()),
+                Some(format!(
+                    "duplicate of delivery {original} ({why}); nothing done"
+                )),
+                None,
+            ),
+            None => (Status::Accepted, None, None, None),
+        },
+    };
+    let processed_at = (status != Status::Accepted).then_some(new.received_at.0);
+    sqlx::query(
+        "INSERT INTO deliveries (id, integration_id, event, status, body, body_sha256, idempotency_key, \
+             event_uuid, webhook_uuid, instance, user_agent, duplicate_of, outcome, error, received_at, processed_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+    )
+    .bind(&id)
+    .bind(new.integration_id)
+    .bind(new.event)
+    .bind(status.as_str())
+    .bind(new.body.to_vec())
+    .bind(&body_sha256)
+    .bind(new.idempotency_key)
+    .bind(new.event_uuid)
+    .bind(new.webhook_uuid)
+    .bind(new.instance)
+    .bind(new.user_agent)
+    .bind(duplicate_of)
+    .bind(outcome)
+    .bind(error)
+    .bind(new.received_at.0)
+    .bind(processed_at)
+    .execute(&mut **tx)
+    .await?;
+    if status == Status::Accepted {
+        let key = format!("{PROCESS_JOB}:{id}");
+        let mut job = NewJob::new(PROCESS_JOB, serde_json::json!({ "delivery": id }));
+        job.idempotency_key = Some(&key);
+        match jobs::enqueue(tx, &job, new.received_at).await {
+            Ok(_) => {}
+            Err(EnqueueError::Store(err)) => return Err(err),
+            // A fresh id cannot have a job yet.
+            Err(EnqueueError::Duplicate(_)) => {}
+        }
+    }
+    Ok((id, status))
+}
+
+/// The accepted delivery this one repeats: the same `Idempotency-Key`, or
+/// the same body within [`SAME_BODY_WINDOW`].
+async fn find_original(
+    tx: &mut Tx,
+    new: &NewDelivery<'_>,
+    body_sha256: &str,
+) -> Result<Option<(String, &'static str)>, StoreError> {
+    if tx.backend() == Backend::Postgres {
+        // Serialises identical bodies across servers; SQLite's write
+        // transactions are serial already.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(format!("{}:{body_sha256}", new.integration_id))
+            .execute(&mut **tx)
+            .await?;
+    }
+    if let Some(key) = new.idempotency_key {
+        let found: Option<(String,)> = sqlx::query_as(
+            "SELECT id FROM deliveries WHERE integration_id = $1 AND idempotency_key = $2 AND status = 'accepted'",
+        )
+        .bind(new.integration_id)
+        .bind(key)
+        .fetch_optional(&mut **tx)
+        .await?;
+        if let Some((id,)) = found {
+            return Ok(Some((id, "same Idempotency-Key")));
+        }
+    }
+    let since = new.received_at.0 - SAME_BODY_WINDOW.as_millis() as i64;
+    let found: Option<(String,)> = sqlx::query_as(
+        "SELECT id FROM deliveries WHERE integration_id = $1 AND body_sha256 = $2 AND status = 'accepted' \
+         AND received_at > $3 ORDER BY received_at LIMIT 1",
+    )
+    .bind(new.integration_id)
+    .bind(body_sha256)
+    .bind(since)
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(found.map(|(id,)| (id, "same body within 24 hours")))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+pub async fn get(
+    conn: &mut Conn,
+    integration_id: &str,
+    id: &str,
+) -> Result<Option<Delivery>, StoreError> {
+    Ok(sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM deliveries WHERE id = $1 AND integration_id = $2"
+    ))
+    .bind(id)
+    .bind(integration_id)
+    .fetch_optional(conn)
+    .await?)
+}
+
+/// A delivery by id alone, for the job that processes it.
+pub async fn by_id(conn: &mut Conn, id: &str) -> Result<Option<Delivery>, StoreError> {
+    Ok(
+        sqlx::query_as(&format!("SELECT {COLUMNS} FROM deliveries WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(conn)
+            .await?,
+    )
+}
+
+/// The stored body, unless retention pruned it.
+pub async fn body(conn: &mut Conn, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    let row: Option<(Option<Vec<u8>>,)> =
+        sqlx::query_as("SELECT body FROM deliveries WHERE id = $1")
+            .bind(id)
+            .fetch_optional(conn)
+            .await?;
+    Ok(row.and_then(|(body,)| body))
+}
+
+/// Which deliveries to list.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    pub status: Option<Status>,
+    /// The `X-Gitlab-Event` value, exactly.
+    pub event: Option<String>,
+}
+
+/// An integration's deliveries, newest first.
+pub async fn list(
+    conn: &mut Conn,
+    integration_id: &str,
+    filter: &Filter,
+    page: &Page,
+) -> Result<(Vec<Delivery>, Option<Cursor>), StoreError> {
+    let (at, id) = page.bounds();
+    let rows: Vec<Delivery> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM deliveries WHERE integration_id = $1 \
+           AND ($2 = '' OR status = $2) AND ($3 = '' OR event = $3) \
+           AND (received_at < $4 OR (received_at = $4 AND id < $5)) \
+         ORDER BY received_at DESC, id DESC LIMIT $6"
+    ))
+    .bind(integration_id)
+    .bind(filter.status.map_or("", Status::as_str))
+    .bind(filter.event.as_deref().unwrap_or(""))
+    .bind(at)
+    .bind(id)
+    .bind(page.fetch_limit())
+    .fetch_all(conn)
+    .await?;
+    Ok(page.finish(rows, |row| Cursor {
+        at: row.received_at,
+        id: row.id.clone(),
+    }))
+}
+
+/// What processing found.
+#[derive(Clone, Debug)]
+pub struct Processed<'a> {
+    /// A rejected delivery that now reads becomes accepted (on replay).
+    pub status: Status,
+    pub outcome: &'a str,
+    pub error: Option<&'a str>,
+    pub runs: &'a [String],
+}
+
+/// Records the result of processing, and when `lease` is given completes
+/// the processing job in the same transaction, so a delivery is processed
+/// exactly once even if the worker dies before or after.
+pub async fn finish(
+    tx: &mut Tx,
+    id: &str,
+    processed: &Processed<'_>,
+    lease: Option<&Lease>,
+    now: Millis,
+) -> Result<(), LeaseError> {
+    sqlx::query(
+        "UPDATE deliveries SET status = $2, outcome = $3, error = $4, runs = $5, processed_at = $6, \
+             times_processed = times_processed + 1 WHERE id = $1",
+    )
+    .bind(id)
+    .bind(processed.status.as_str())
+    .bind(processed.outcome)
+    .bind(processed.error)
+    .bind(serde_json::Value::from(processed.runs.to_vec()).to_string())
+    .bind(now.0)
+    .execute(&mut **tx)
+    .await?;
+    if let Some(lease) = lease {
+        jobs::complete_in(tx, lease, now).await?;
+    }
+    Ok(())
+}
+
+/// Drops the bodies of deliveries processed before `before`, keeping their
+/// summary. Returns how many were pruned.
+pub async fn prune_bodies(store: &Store, before: Millis) -> Result<u64, StoreError> {
+    let done = sqlx::query(
+        "UPDATE deliveries SET body = NULL WHERE body IS NOT NULL AND processed_at < $1",
+    )
+    .bind(before.0)
+    .execute(store.pool())
+    .await?;
+    Ok(done.rows_affected())
+}
