@@ -1,0 +1,43 @@
+//! Running `gantry serve` as a child process.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+}
+
+/// A free local port (bound, then released for the server to take).
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
+/// Starts `gantry serve` on `data_dir` and waits until `/healthz` answers.
+pub async fn serve(data_dir: &Path, port: u16, extra: &[&str]) -> Server {
+    let child = Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(extra)
+        .env("GANTRY_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("gantry serve starts");
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    for _ in 0..500 {
+        if http.get(format!("{base}/healthz")).send().await.is_ok_and(|r| r.status().is_success()) {
+            return Server { child, base };
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("gantry serve did not come up on {base}");
+}
