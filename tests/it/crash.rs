@@ -44,14 +44,22 @@ async fn acknowledged_deliveries_survive_kill_9_and_are_processed_once() {
         .json()
         .await
         .expect("json");
-    let secret = created["webhook_secret"].as_str().expect("secret").to_owned();
+    let secret = created["webhook_secret"]
+        .as_str()
+        .expect("secret")
+        .to_owned();
     let url = format!("{}/webhooks/gitlab/main", server.base);
 
     // Eight senders post until the server dies under them.
     let acknowledged: Arc<Mutex<Vec<String>>> = Arc::default();
     let mut senders = Vec::new();
     for sender in 0..8 {
-        let (http, url, secret, acknowledged) = (http.clone(), url.clone(), secret.clone(), acknowledged.clone());
+        let (http, url, secret, acknowledged) = (
+            http.clone(),
+            url.clone(),
+            secret.clone(),
+            acknowledged.clone(),
+        );
         senders.push(tokio::spawn(async move {
             for i in 0.. {
                 let n = sender * 1_000_000 + i;
@@ -68,7 +76,9 @@ async fn acknowledged_deliveries_survive_kill_9_and_are_processed_once() {
                 if response.status() != 200 {
                     return;
                 }
-                let Ok(body) = response.json::<Value>().await else { return };
+                let Ok(body) = response.json::<Value>().await else {
+                    return;
+                };
                 if let Some(id) = body["delivery"].as_str() {
                     acknowledged.lock().expect("lock").push(id.to_owned());
                 }
@@ -83,13 +93,15 @@ async fn acknowledged_deliveries_survive_kill_9_and_are_processed_once() {
     for sender in senders {
         sender.await.expect("sender");
     }
-    let acknowledged: HashSet<String> = acknowledged.lock().expect("lock").iter().cloned().collect();
+    let acknowledged: HashSet<String> =
+        acknowledged.lock().expect("lock").iter().cloned().collect();
     assert!(acknowledged.len() >= 300);
 
     let server = serve(&data, port, &lease).await;
-    let store = gantry_store::Store::connect(&format!("sqlite://{}", data.join("gantry.db").display()))
-        .await
-        .expect("open");
+    let store =
+        gantry_store::Store::connect(&format!("sqlite://{}", data.join("gantry.db").display()))
+            .await
+            .expect("open");
     // Wait for the inbox (and the reaper, for jobs leased at the kill).
     let mut rows: Vec<(String, String, Option<i64>, i64)> = Vec::new();
     for _ in 0..3000 {

@@ -34,7 +34,12 @@ pub async fn serve(data_dir: &Path, port: u16, extra: &[&str]) -> Server {
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
     for _ in 0..500 {
-        if http.get(format!("{base}/healthz")).send().await.is_ok_and(|r| r.status().is_success()) {
+        if http
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
             return Server { child, base };
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -6,8 +6,8 @@ use std::time::Duration;
 use gantry_domain::event::Event;
 use gantry_gitlab::webhook;
 use gantry_store::deliveries::{self, Delivery, Processed, Status};
-use gantry_store::jobs::{self, Lease, LeaseError};
-use gantry_store::{Millis, Store, StoreError};
+use gantry_store::jobs::{self, ClaimedJob, Lease, LeaseError};
+use gantry_store::{Millis, Store, StoreError, Tx};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
@@ -37,15 +37,21 @@ fn outcome_of(event: &Event) -> String {
     )
 }
 
-/// Processes a delivery and records the outcome. With a lease, the job is
-/// completed in the same transaction.
-pub async fn process(
-    store: &Store,
-    id: &str,
-    lease: Option<&Lease>,
-) -> Result<Delivery, ProcessError> {
+/// Processes a delivery and records the outcome (a replay).
+pub async fn process(store: &Store, id: &str) -> Result<Delivery, ProcessError> {
     let mut tx = store.begin().await?;
-    let delivery = deliveries::by_id(&mut tx, id)
+    process_in(&mut tx, id, None).await?;
+    tx.commit().await?;
+    let mut conn = store.conn().await?;
+    deliveries::by_id(&mut conn, id)
+        .await?
+        .ok_or_else(|| ProcessError::Missing(id.to_owned()))
+}
+
+/// Processes a delivery inside `tx`; with a lease, its job is completed in
+/// the same transaction.
+async fn process_in(tx: &mut Tx, id: &str, lease: Option<&Lease>) -> Result<(), ProcessError> {
+    let delivery = deliveries::by_id(tx, id)
         .await?
         .ok_or_else(|| ProcessError::Missing(id.to_owned()))?;
     let status = Status::parse(&delivery.status).unwrap_or(Status::Rejected);
@@ -59,90 +65,108 @@ pub async fn process(
             error: None,
             runs: &[],
         };
-        deliveries::finish(&mut tx, id, &processed, lease, now).await?;
-    } else {
-        let body = deliveries::body(&mut tx, id)
-            .await?
-            .ok_or_else(|| ProcessError::Pruned(id.to_owned()))?;
-        let parsed = webhook::kind_of(&delivery.event, &body).and_then(|kind| match kind {
-            Some(kind) => webhook::parse(kind, &body).map(Some),
-            None => Ok(None),
-        });
-        let (status, outcome, error) = match parsed {
-            Ok(Some(event)) => (Status::Accepted, outcome_of(&event), None),
-            Ok(None) => (
-                Status::Ignored,
-                format!("Gantry does not act on {:?} events", delivery.event),
-                None,
-            ),
-            Err(error) => (
-                Status::Rejected,
-                "the payload could not be read; replay it after a fix".to_owned(),
-                Some(error.to_string()),
-            ),
-        };
-        let processed = Processed {
-            status,
-            outcome: &outcome,
-            error: error.as_deref(),
-            runs: &[],
-        };
-        deliveries::finish(&mut tx, id, &processed, lease, now).await?;
+        deliveries::finish(tx, id, &processed, lease, now).await?;
+        return Ok(());
     }
-    tx.commit().await?;
-    let mut conn = store.conn().await?;
-    let delivery = deliveries::by_id(&mut conn, id)
+    let body = deliveries::body(tx, id)
         .await?
-        .ok_or_else(|| ProcessError::Missing(id.to_owned()))?;
-    tracing::info!(
-        delivery.id = %delivery.id,
-        integration.id = %delivery.integration_id,
-        delivery.status = %delivery.status,
-        outcome = delivery.outcome.as_deref().unwrap_or(""),
-        "delivery processed"
-    );
-    Ok(delivery)
+        .ok_or_else(|| ProcessError::Pruned(id.to_owned()))?;
+    let parsed = webhook::kind_of(&delivery.event, &body).and_then(|kind| match kind {
+        Some(kind) => webhook::parse(kind, &body).map(Some),
+        None => Ok(None),
+    });
+    let (status, outcome, error) = match parsed {
+        Ok(Some(event)) => (Status::Accepted, outcome_of(&event), None),
+        Ok(None) => (
+            Status::Ignored,
+            format!("Gantry does not act on {:?} events", delivery.event),
+            None,
+        ),
+        Err(error) => (
+            Status::Rejected,
+            "the payload could not be read; replay it after a fix".to_owned(),
+            Some(error.to_string()),
+        ),
+    };
+    let processed = Processed {
+        status,
+        outcome: &outcome,
+        error: error.as_deref(),
+        runs: &[],
+    };
+    deliveries::finish(tx, id, &processed, lease, now).await?;
+    tracing::debug!(delivery.id = %id, delivery.status = status.as_str(), outcome, "delivery processed");
+    Ok(())
 }
 
-/// Claims and processes delivery jobs until the task is dropped.
+/// The most delivery jobs one worker claims and commits together.
+const BATCH: u32 = 64;
+
+/// Claims and processes delivery jobs until the task is dropped: a batch
+/// at a time, in one transaction, each job inside a savepoint so that one
+/// failure is retried alone.
 pub async fn work(store: Store, owner: String, lease_for: Duration) {
     loop {
-        let claimed = jobs::claim_or_wait(
+        let claimed = jobs::claim_many_or_wait(
             &store,
             &[deliveries::PROCESS_JOB],
             &owner,
             lease_for,
             Duration::from_secs(60),
+            BATCH,
         )
         .await;
-        let job = match claimed {
-            Ok(Some(job)) => job,
-            Ok(None) => continue,
+        let batch = match claimed {
+            Ok(batch) => batch,
             Err(error) => {
                 tracing::warn!(%error, "cannot claim delivery jobs; trying again");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
         };
-        let id = job.payload["delivery"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        match process(&store, &id, Some(&job.lease)).await {
-            Ok(_) => {}
-            Err(ProcessError::Lease(LeaseError::Lost(_))) => {
-                tracing::warn!(delivery.id = %id, "lost the lease while processing; another worker has it");
-            }
-            Err(error) => {
-                tracing::warn!(delivery.id = %id, %error, "processing a delivery failed");
-                if let Err(error) =
-                    jobs::fail(&store, &job.lease, &error.to_string(), Millis::now()).await
-                {
-                    tracing::warn!(delivery.id = %id, %error, "cannot record the failure");
+        if batch.is_empty() {
+            continue;
+        }
+        match process_batch(&store, &batch).await {
+            Ok(failures) => {
+                for (job, error) in failures {
+                    let id = job.payload["delivery"].as_str().unwrap_or_default();
+                    tracing::warn!(delivery.id = %id, %error, "processing a delivery failed");
+                    if let Err(error) =
+                        jobs::fail(&store, &job.lease, &error.to_string(), Millis::now()).await
+                    {
+                        tracing::warn!(delivery.id = %id, %error, "cannot record the failure");
+                    }
                 }
+            }
+            // Nothing was committed; the leases lapse and the reaper
+            // queues the jobs again.
+            Err(error) => {
+                tracing::warn!(%error, jobs = batch.len(), "a batch of deliveries failed to commit")
             }
         }
     }
+}
+
+async fn process_batch<'a>(
+    store: &Store,
+    batch: &'a [ClaimedJob],
+) -> Result<Vec<(&'a ClaimedJob, ProcessError)>, StoreError> {
+    let mut tx = store.begin().await?;
+    let mut failures = Vec::new();
+    for job in batch {
+        let id = job.payload["delivery"].as_str().unwrap_or_default();
+        gantry_store::execute(&mut tx, "SAVEPOINT job").await?;
+        match process_in(&mut tx, id, Some(&job.lease)).await {
+            Ok(()) => gantry_store::execute(&mut tx, "RELEASE SAVEPOINT job").await?,
+            Err(error) => {
+                gantry_store::execute(&mut tx, "ROLLBACK TO SAVEPOINT job").await?;
+                failures.push((job, error));
+            }
+        }
+    }
+    tx.commit().await?;
+    Ok(failures)
 }
 
 /// Drops the bodies of deliveries processed longer ago than `retention`,

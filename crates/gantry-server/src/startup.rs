@@ -71,6 +71,7 @@ pub async fn start(
         config: Arc::new(config),
         metrics: Arc::new(Metrics::new(&gitlab_metrics)),
         keyring: Arc::new(Keyring::new(master_key)),
+        inbox: gantry_store::deliveries::Inbox::spawn(store.clone()),
         gitlab,
     };
     let reaper = tokio::spawn(reap_lapsed_leases(store.clone(), state.config.lease));

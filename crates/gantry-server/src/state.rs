@@ -15,6 +15,8 @@ pub struct AppState {
     /// Seals and opens secrets at rest (integration tokens, webhook
     /// secrets, secret variables).
     pub keyring: Arc<Keyring>,
+    /// Group commit of webhook deliveries.
+    pub inbox: gantry_store::deliveries::Inbox,
     /// The GitLab client shared by all integrations.
     pub gitlab: gantry_gitlab::Http,
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use sqlx::FromRow;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::jobs::{self, EnqueueError, Lease, LeaseError, NewJob};
 use crate::{Backend, Conn, Cursor, Millis, Page, Store, StoreError, Tx, is_unique_violation};
@@ -59,16 +60,16 @@ pub enum Verdict {
 
 /// A delivery as received. Never holds the webhook token.
 #[derive(Clone, Debug)]
-pub struct NewDelivery<'a> {
-    pub integration_id: &'a str,
-    pub event: &'a str,
+pub struct NewDelivery {
+    pub integration_id: String,
+    pub event: String,
     pub verdict: Verdict,
-    pub body: &'a [u8],
-    pub idempotency_key: Option<&'a str>,
-    pub event_uuid: Option<&'a str>,
-    pub webhook_uuid: Option<&'a str>,
-    pub instance: Option<&'a str>,
-    pub user_agent: Option<&'a str>,
+    pub body: Vec<u8>,
+    pub idempotency_key: Option<String>,
+    pub event_uuid: Option<String>,
+    pub webhook_uuid: Option<String>,
+    pub instance: Option<String>,
+    pub user_agent: Option<String>,
     pub received_at: Millis,
 }
 
@@ -96,7 +97,7 @@ const COLUMNS: &str = "id, integration_id, event, status, idempotency_key, event
 
 /// Stores a delivery and, when it is accepted, its processing job, and
 /// commits. Returns its id and status.
-pub async fn receive(store: &Store, new: &NewDelivery<'_>) -> Result<(String, Status), StoreError> {
+pub async fn receive(store: &Store, new: &NewDelivery) -> Result<(String, Status), StoreError> {
     // A concurrent twin on another connection can win the unique index
     // between our check and our insert; the second try then sees it.
     let mut tries = 0;
@@ -116,8 +117,103 @@ pub async fn receive(store: &Store, new: &NewDelivery<'_>) -> Result<(String, St
     }
 }
 
-async fn receive_in(tx: &mut Tx, new: &NewDelivery<'_>) -> Result<(String, Status), StoreError> {
-    let body_sha256 = hex(&Sha256::digest(new.body));
+/// The most deliveries one group commit writes.
+const BATCH: usize = 256;
+
+type Reply = oneshot::Sender<Result<(String, Status), StoreError>>;
+
+/// Group commit for deliveries: one task writes every delivery waiting at
+/// the moment in one transaction, so a burst costs one commit (one fsync)
+/// instead of one per delivery. Each caller's answer still waits for the
+/// commit that made its delivery durable.
+#[derive(Clone)]
+pub struct Inbox {
+    sender: mpsc::Sender<(NewDelivery, Reply)>,
+}
+
+impl Inbox {
+    /// Starts the writer task; it ends when every `Inbox` clone is dropped.
+    pub fn spawn(store: Store) -> Self {
+        let (sender, receiver) = mpsc::channel(4 * BATCH);
+        tokio::spawn(write_batches(store, receiver));
+        Self { sender }
+    }
+
+    /// Stores a delivery (see [`receive`]) as part of the next group commit.
+    pub async fn receive(&self, new: NewDelivery) -> Result<(String, Status), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.sender
+            .send((new, reply))
+            .await
+            .map_err(|_| StoreError::Database(sqlx::Error::PoolClosed))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Database(sqlx::Error::PoolClosed))?
+    }
+}
+
+async fn write_batches(store: Store, mut receiver: mpsc::Receiver<(NewDelivery, Reply)>) {
+    let mut batch = Vec::with_capacity(BATCH);
+    while receiver.recv_many(&mut batch, BATCH).await > 0 {
+        let outcomes = write_batch(&store, &batch).await;
+        for ((new, reply), outcome) in batch.drain(..).zip(outcomes) {
+            let outcome = match outcome {
+                // Lost a race on the unique index to another server: alone,
+                // the retry sees the winner and answers `duplicate`.
+                Err(StoreError::Database(err)) if is_unique_violation(&err) => {
+                    receive(&store, &new).await
+                }
+                other => other,
+            };
+            let _ = reply.send(outcome);
+        }
+    }
+}
+
+/// Writes a batch in one transaction, each delivery inside a savepoint so
+/// that one failure does not undo the others.
+async fn write_batch(
+    store: &Store,
+    batch: &[(NewDelivery, Reply)],
+) -> Vec<Result<(String, Status), StoreError>> {
+    let failed = |err: &StoreError| -> Vec<Result<(String, Status), StoreError>> {
+        batch
+            .iter()
+            .map(|_| {
+                Err(StoreError::Database(sqlx::Error::Protocol(format!(
+                    "group commit failed: {err}"
+                ))))
+            })
+            .collect()
+    };
+    let mut tx = match store.begin().await {
+        Ok(tx) => tx,
+        Err(err) => return failed(&err),
+    };
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for (new, _) in batch {
+        if let Err(err) = crate::execute(&mut tx, "SAVEPOINT delivery").await {
+            return failed(&err);
+        }
+        let outcome = receive_in(&mut tx, new).await;
+        let end = if outcome.is_ok() {
+            "RELEASE SAVEPOINT delivery"
+        } else {
+            "ROLLBACK TO SAVEPOINT delivery"
+        };
+        if let Err(err) = crate::execute(&mut tx, end).await {
+            return failed(&err);
+        }
+        outcomes.push(outcome);
+    }
+    match tx.commit().await {
+        Ok(()) => outcomes,
+        Err(err) => failed(&err),
+    }
+}
+
+async fn receive_in(tx: &mut Tx, new: &NewDelivery) -> Result<(String, Status), StoreError> {
+    let body_sha256 = hex(&Sha256::digest(&new.body));
     let id = uuid::Uuid::now_v7().to_string();
     let (status, duplicate_of, outcome, error) = match &new.verdict {
         Verdict::Ignored { outcome } => (Status::Ignored, None, Some(outcome.clone()), None),
@@ -146,16 +242,16 @@ async fn receive_in(tx: &mut Tx, new: &NewDelivery<'_>) -> Result<(String, Statu
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
     )
     .bind(&id)
-    .bind(new.integration_id)
-    .bind(new.event)
+    .bind(&new.integration_id)
+    .bind(&new.event)
     .bind(status.as_str())
-    .bind(new.body.to_vec())
+    .bind(new.body.as_slice())
     .bind(&body_sha256)
-    .bind(new.idempotency_key)
-    .bind(new.event_uuid)
-    .bind(new.webhook_uuid)
-    .bind(new.instance)
-    .bind(new.user_agent)
+    .bind(&new.idempotency_key)
+    .bind(&new.event_uuid)
+    .bind(&new.webhook_uuid)
+    .bind(&new.instance)
+    .bind(&new.user_agent)
     .bind(duplicate_of)
     .bind(outcome)
     .bind(error)
@@ -181,7 +277,7 @@ async fn receive_in(tx: &mut Tx, new: &NewDelivery<'_>) -> Result<(String, Statu
 /// the same body within [`SAME_BODY_WINDOW`].
 async fn find_original(
     tx: &mut Tx,
-    new: &NewDelivery<'_>,
+    new: &NewDelivery,
     body_sha256: &str,
 ) -> Result<Option<(String, &'static str)>, StoreError> {
     if tx.backend() == Backend::Postgres {
@@ -192,11 +288,11 @@ async fn find_original(
             .execute(&mut **tx)
             .await?;
     }
-    if let Some(key) = new.idempotency_key {
+    if let Some(key) = &new.idempotency_key {
         let found: Option<(String,)> = sqlx::query_as(
             "SELECT id FROM deliveries WHERE integration_id = $1 AND idempotency_key = $2 AND status = 'accepted'",
         )
-        .bind(new.integration_id)
+        .bind(&new.integration_id)
         .bind(key)
         .fetch_optional(&mut **tx)
         .await?;
@@ -209,7 +305,7 @@ async fn find_original(
         "SELECT id FROM deliveries WHERE integration_id = $1 AND body_sha256 = $2 AND status = 'accepted' \
          AND received_at > $3 ORDER BY received_at LIMIT 1",
     )
-    .bind(new.integration_id)
+    .bind(&new.integration_id)
     .bind(body_sha256)
     .bind(since)
     .fetch_optional(&mut **tx)

@@ -167,6 +167,21 @@ pub async fn claim(
     lease_for: Duration,
     now: Millis,
 ) -> Result<Option<ClaimedJob>, StoreError> {
+    Ok(claim_many(store, kinds, owner, lease_for, now, 1)
+        .await?
+        .pop())
+}
+
+/// Claims up to `limit` of the oldest due jobs of `kinds` in one statement,
+/// oldest first, each with its own lease (one token for the batch).
+pub async fn claim_many(
+    store: &Store,
+    kinds: &[&str],
+    owner: &str,
+    lease_for: Duration,
+    now: Millis,
+    limit: u32,
+) -> Result<Vec<ClaimedJob>, StoreError> {
     let lock = match store.backend() {
         Backend::Postgres => "FOR UPDATE SKIP LOCKED",
         Backend::Sqlite => "",
@@ -174,36 +189,42 @@ pub async fn claim(
     let sql = format!(
         "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_owner = $1, lease_token = $2, \
              lease_expires_at = $3, updated_at = $4 \
-         WHERE id = (SELECT id FROM jobs WHERE state = 'queued' AND run_at <= $4 AND kind IN ({kinds}) \
-                     ORDER BY run_at, id LIMIT 1 {lock}) \
+         WHERE id IN (SELECT id FROM jobs WHERE state = 'queued' AND run_at <= $4 AND kind IN ({kinds}) \
+                      ORDER BY run_at, id LIMIT $5 {lock}) \
          RETURNING id, kind, payload, attempts, max_attempts",
-        kinds = placeholders(5, kinds.len()),
+        kinds = placeholders(6, kinds.len()),
     );
     let token = uuid_like_token();
     let mut query = sqlx::query_as::<_, (i64, String, String, i64, i64)>(&sql)
         .bind(owner)
         .bind(&token)
         .bind(now.plus(lease_for).0)
-        .bind(now.0);
+        .bind(now.0)
+        .bind(i64::from(limit));
     for kind in kinds {
         query = query.bind(*kind);
     }
-    let Some((job_id, kind, payload, attempts, max_attempts)) =
-        query.fetch_optional(store.pool()).await?
-    else {
-        return Ok(None);
-    };
-    Ok(Some(ClaimedJob {
-        kind,
-        // The payload was written by `enqueue` from a `Value`.
-        payload: serde_json::from_str(&payload).unwrap_or(serde_json::Value::Null),
-        lease: Lease {
-            job_id,
-            token,
-            attempt: u32::try_from(attempts).unwrap_or(u32::MAX),
-            max_attempts: u32::try_from(max_attempts).unwrap_or(u32::MAX),
-        },
-    }))
+    // In a transaction, so SQLite writers of this process take turns.
+    let mut tx = store.begin().await?;
+    let mut claimed = query.fetch_all(&mut *tx).await?;
+    tx.commit().await?;
+    claimed.sort_by_key(|(job_id, ..)| *job_id);
+    Ok(claimed
+        .into_iter()
+        .map(
+            |(job_id, kind, payload, attempts, max_attempts)| ClaimedJob {
+                kind,
+                // The payload was written by `enqueue` from a `Value`.
+                payload: serde_json::from_str(&payload).unwrap_or(serde_json::Value::Null),
+                lease: Lease {
+                    job_id,
+                    token: token.clone(),
+                    attempt: u32::try_from(attempts).unwrap_or(u32::MAX),
+                    max_attempts: u32::try_from(max_attempts).unwrap_or(u32::MAX),
+                },
+            },
+        )
+        .collect())
 }
 
 /// Extends the lease to `lease_for` from `now`.
@@ -321,6 +342,22 @@ pub async fn claim_or_wait(
     lease_for: Duration,
     max_wait: Duration,
 ) -> Result<Option<ClaimedJob>, StoreError> {
+    Ok(
+        claim_many_or_wait(store, kinds, owner, lease_for, max_wait, 1)
+            .await?
+            .pop(),
+    )
+}
+
+/// [`claim_many`], waiting as [`claim_or_wait`] does; empty after `max_wait`.
+pub async fn claim_many_or_wait(
+    store: &Store,
+    kinds: &[&str],
+    owner: &str,
+    lease_for: Duration,
+    max_wait: Duration,
+    limit: u32,
+) -> Result<Vec<ClaimedJob>, StoreError> {
     let deadline = Millis::now().plus(max_wait);
     loop {
         // Registered before the claim, so an enqueue committed between the
@@ -330,11 +367,9 @@ pub async fn claim_or_wait(
         notified.as_mut().enable();
 
         let now = Millis::now();
-        if let Some(job) = claim(store, kinds, owner, lease_for, now).await? {
-            return Ok(Some(job));
-        }
-        if now >= deadline {
-            return Ok(None);
+        let jobs = claim_many(store, kinds, owner, lease_for, now, limit).await?;
+        if !jobs.is_empty() || now >= deadline {
+            return Ok(jobs);
         }
         let wake_at = match next_due(store, kinds).await? {
             Some(due) => due.min(deadline),

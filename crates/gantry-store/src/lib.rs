@@ -33,3 +33,9 @@ pub fn is_unique_violation(err: &sqlx::Error) -> bool {
     err.as_database_error()
         .is_some_and(|e| e.is_unique_violation())
 }
+
+/// Runs one statement without arguments (such as `SAVEPOINT x`) on `conn`.
+pub async fn execute(conn: &mut Conn, sql: &str) -> Result<(), StoreError> {
+    sqlx::query(sql).execute(conn).await?;
+    Ok(())
+}

@@ -41,6 +41,9 @@ pub struct Store {
 struct Inner {
     pool: AnyPool,
     backend: Backend,
+    /// SQLite allows one writer: transactions of this process queue here,
+    /// in order, instead of meeting SQLite's busy handler, which sleeps.
+    write_lock: Arc<tokio::sync::Mutex<()>>,
     jobs_signal: Arc<Notify>,
     listener: Option<AbortHandle>,
 }
@@ -99,6 +102,7 @@ impl Store {
             inner: Arc::new(Inner {
                 pool,
                 backend,
+                write_lock: Arc::new(tokio::sync::Mutex::new(())),
                 jobs_signal,
                 listener,
             }),
@@ -132,12 +136,19 @@ impl Store {
     /// (`BEGIN IMMEDIATE`), so a transaction that reads before it writes
     /// waits for other writers instead of failing.
     pub async fn begin(&self) -> Result<Tx, StoreError> {
-        let inner = match self.backend() {
-            Backend::Sqlite => self.inner.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Backend::Postgres => self.inner.pool.begin().await?,
+        let (inner, write_guard) = match self.backend() {
+            Backend::Sqlite => {
+                let guard = self.inner.write_lock.clone().lock_owned().await;
+                (
+                    self.inner.pool.begin_with("BEGIN IMMEDIATE").await?,
+                    Some(guard),
+                )
+            }
+            Backend::Postgres => (self.inner.pool.begin().await?, None),
         };
         Ok(Tx {
             inner,
+            _write_guard: write_guard,
             backend: self.backend(),
             jobs_signal: self.inner.jobs_signal.clone(),
             enqueued: false,
@@ -163,6 +174,8 @@ impl Store {
 /// claimers, when it commits; dropping it rolls everything back.
 pub struct Tx {
     inner: Transaction<'static, Any>,
+    /// Held until the transaction ends (declared after it, so dropped after).
+    _write_guard: Option<tokio::sync::OwnedMutexGuard<()>>,
     backend: Backend,
     jobs_signal: Arc<Notify>,
     pub(crate) enqueued: bool,

@@ -157,7 +157,7 @@ pub async fn replay(
                 ApiError::not_found(format!("integration {id:?} has no delivery {delivery:?}"))
             })?;
     }
-    let replayed = inbox::process(&state.store, &delivery, None)
+    let replayed = inbox::process(&state.store, &delivery)
         .await
         .map_err(|err| match err {
             ProcessError::Pruned(_) => ApiError::conflict(err.to_string()),

@@ -8,7 +8,7 @@ use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use gantry_gitlab::webhook;
-use gantry_store::deliveries::{self, NewDelivery, Status, Verdict};
+use gantry_store::deliveries::{NewDelivery, Status, Verdict};
 use gantry_store::{Millis, integrations};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -141,21 +141,20 @@ pub async fn receive(
         Verdict::Rejected { error } => Some(error.clone()),
         _ => None,
     };
+    let owned = |value: Option<&str>| value.map(str::to_owned);
     let new = NewDelivery {
-        integration_id: &integration.id,
-        event,
+        integration_id: integration.id.clone(),
+        event: event.to_owned(),
         verdict,
-        body: &body,
-        idempotency_key: header(headers, "idempotency-key"),
-        event_uuid: header(headers, "x-gitlab-event-uuid"),
-        webhook_uuid: header(headers, "x-gitlab-webhook-uuid"),
-        instance: header(headers, "x-gitlab-instance"),
-        user_agent: header(headers, header::USER_AGENT.as_str()),
+        body: body.into(),
+        idempotency_key: owned(header(headers, "idempotency-key")),
+        event_uuid: owned(header(headers, "x-gitlab-event-uuid")),
+        webhook_uuid: owned(header(headers, "x-gitlab-webhook-uuid")),
+        instance: owned(header(headers, "x-gitlab-instance")),
+        user_agent: owned(header(headers, header::USER_AGENT.as_str())),
         received_at,
     };
-    let (delivery, status) = deliveries::receive(&state.store, &new)
-        .await
-        .map_err(error)?;
+    let (delivery, status) = state.inbox.receive(new).await.map_err(error)?;
     tracing::info!(
         delivery.id = %delivery,
         integration.id = %integration.id,

@@ -1,0 +1,230 @@
+//! Webhook acknowledgement throughput and latency, against a no-op
+//! endpoint of the same server in the same run.
+//!
+//! `cargo bench --bench webhooks` (set `BENCH_SECONDS`, default 10, and
+//! `BENCH_CONNECTIONS`, default 32). It starts `gantry serve` on SQLite in a
+//! temporary directory, then for the same time and with the same number of
+//! concurrent connections sends (1) `GET /healthz`, the no-op baseline, and
+//! (2) real push payloads (`push-goscm-single-commit` from the corpus, made
+//! unique per request) with unique `Idempotency-Key`s to the webhook
+//! endpoint. It prints deliveries per second and p50/p99 acknowledgement
+//! latency of both, their ratio, and checks that every acknowledged
+//! delivery is in the database.
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use gantry_gitlab_sim::{Sim, TokenSpec};
+use serde_json::{Value, json};
+
+struct Phase {
+    requests: usize,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+impl Phase {
+    fn per_second(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn percentile(&self, p: f64) -> Duration {
+        let mut sorted = self.latencies.clone();
+        sorted.sort();
+        let index = ((sorted.len() as f64 * p).ceil() as usize).saturating_sub(1);
+        sorted.get(index).copied().unwrap_or_default()
+    }
+}
+
+async fn load<F, Fut>(connections: usize, duration: Duration, request: F) -> Phase
+where
+    F: Fn(reqwest::Client, usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let request = Arc::new(request);
+    let counter = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let (request, counter) = (request.clone(), counter.clone());
+        tasks.push(tokio::spawn(async move {
+            // One client per task: one keep-alive connection each.
+            let http = reqwest::Client::builder()
+                .pool_max_idle_per_host(1)
+                .build()
+                .expect("client");
+            let mut latencies = Vec::new();
+            while Instant::now() < deadline {
+                let n = counter.fetch_add(1, Ordering::Relaxed);
+                let sent = Instant::now();
+                assert!(request(http.clone(), n).await, "request {n} failed");
+                latencies.push(sent.elapsed());
+            }
+            latencies
+        }));
+    }
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await.expect("task"));
+    }
+    Phase {
+        requests: latencies.len(),
+        elapsed: started.elapsed(),
+        latencies,
+    }
+}
+
+fn report(name: &str, phase: &Phase) {
+    println!(
+        "{name:<10} {:>9.0} req/s   p50 {:>7.2} ms   p99 {:>7.2} ms   ({} requests)",
+        phase.per_second(),
+        phase.percentile(0.50).as_secs_f64() * 1000.0,
+        phase.percentile(0.99).as_secs_f64() * 1000.0,
+        phase.requests
+    );
+}
+
+#[tokio::main]
+async fn main() {
+    let seconds: u64 = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    let connections: usize = std::env::var("BENCH_CONNECTIONS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(32);
+    let corpus = gantry_gitlab_sim::corpus_dir().expect("the GitLab corpus (GANTRY_GITLAB_CORPUS)");
+    let template: Value = serde_json::from_slice(
+        &std::fs::read(corpus.join("webhooks/push-goscm-single-commit.json")).expect("payload"),
+    )
+    .expect("json");
+
+    let dir = tempfile::tempdir().expect("dir");
+    let data = dir.path().join("data");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(&data)
+        .env("GANTRY_LOG", "warn")
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("gantry serve");
+    let http = reqwest::Client::new();
+    while !http
+        .get(format!("{base}/healthz"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let admin = std::fs::read_to_string(data.join("initial-admin-token"))
+        .expect("token")
+        .trim()
+        .to_owned();
+    let sim = Sim::start().await.expect("sim");
+    let user = sim.add_user("bot");
+    let token = sim.add_token(TokenSpec::new(user, &["api"]));
+    let created: Value = http
+        .post(format!("{base}/api/v1/integrations/gitlab"))
+        .bearer_auth(&admin)
+        .json(&json!({ "name": "Bench", "api_host_url": sim.url(), "api_token": token }))
+        .send()
+        .await
+        .expect("create")
+        .json()
+        .await
+        .expect("json");
+    let secret = created["webhook_secret"]
+        .as_str()
+        .expect("secret")
+        .to_owned();
+    let duration = Duration::from_secs(seconds);
+    println!("{connections} connections, {seconds} s per phase, SQLite (WAL, synchronous=FULL)");
+
+    let healthz = format!("{base}/healthz");
+    let baseline = load(connections, duration, move |http, _| {
+        let url = healthz.clone();
+        async move {
+            http.get(url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        }
+    })
+    .await;
+    report("no-op", &baseline);
+
+    let url = format!("{base}/webhooks/gitlab/bench");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counted = accepted.clone();
+    let webhooks = load(connections, duration, move |http, n| {
+        let mut payload = template.clone();
+        payload["after"] = json!(format!("{n:040x}"));
+        payload["checkout_sha"] = json!(format!("{n:040x}"));
+        let (url, secret, counted) = (url.clone(), secret.clone(), counted.clone());
+        async move {
+            let Ok(response) = http
+                .post(url)
+                .header("Content-Type", "application/json")
+                .header("X-Gitlab-Event", "Push Hook")
+                .header("X-Gitlab-Token", secret)
+                .header("Idempotency-Key", format!("bench-{n}"))
+                .body(payload.to_string())
+                .send()
+                .await
+            else {
+                return false;
+            };
+            let ok = response.status().is_success();
+            if ok
+                && response
+                    .json::<Value>()
+                    .await
+                    .is_ok_and(|a| a["status"] == "accepted")
+            {
+                counted.fetch_add(1, Ordering::Relaxed);
+            }
+            ok
+        }
+    })
+    .await;
+    report("webhooks", &webhooks);
+    println!(
+        "ratio      {:.2} of the no-op throughput; p99 {:.2} ms",
+        webhooks.per_second() / baseline.per_second(),
+        webhooks.percentile(0.99).as_secs_f64() * 1000.0
+    );
+
+    let store =
+        gantry_store::Store::connect(&format!("sqlite://{}", data.join("gantry.db").display()))
+            .await
+            .expect("open");
+    let (stored,): (i64,) =
+        sqlx::query_as("SELECT COUNT(*) FROM deliveries WHERE status = 'accepted'")
+            .fetch_one(store.pool())
+            .await
+            .expect("count");
+    let acknowledged = accepted.load(Ordering::Relaxed);
+    assert_eq!(
+        stored as usize, acknowledged,
+        "every acknowledged delivery is stored"
+    );
+    println!("durable    {stored} of {acknowledged} acknowledged deliveries are in the database");
+    let _ = server.start_kill();
+}
