@@ -51,7 +51,7 @@ pub async fn process(store: &Store, id: &str) -> Result<Delivery, ProcessError> 
 /// Processes a delivery inside `tx`; with a lease, its job is completed in
 /// the same transaction.
 async fn process_in(tx: &mut Tx, id: &str, lease: Option<&Lease>) -> Result<(), ProcessError> {
-    let delivery = deliveries::by_id(tx, id)
+    let (delivery, body) = deliveries::with_body(tx, id)
         .await?
         .ok_or_else(|| ProcessError::Missing(id.to_owned()))?;
     let status = Status::parse(&delivery.status).unwrap_or(Status::Rejected);
@@ -68,9 +68,7 @@ async fn process_in(tx: &mut Tx, id: &str, lease: Option<&Lease>) -> Result<(), 
         deliveries::finish(tx, id, &processed, lease, now).await?;
         return Ok(());
     }
-    let body = deliveries::body(tx, id)
-        .await?
-        .ok_or_else(|| ProcessError::Pruned(id.to_owned()))?;
+    let body = body.ok_or_else(|| ProcessError::Pruned(id.to_owned()))?;
     let parsed = webhook::kind_of(&delivery.event, &body).and_then(|kind| match kind {
         Some(kind) => webhook::parse(kind, &body).map(Some),
         None => Ok(None),
@@ -100,7 +98,7 @@ async fn process_in(tx: &mut Tx, id: &str, lease: Option<&Lease>) -> Result<(), 
 }
 
 /// The most delivery jobs one worker claims and commits together.
-const BATCH: u32 = 64;
+const BATCH: u32 = 16;
 
 /// Claims and processes delivery jobs until the task is dropped: a batch
 /// at a time, in one transaction, each job inside a savepoint so that one
@@ -148,6 +146,9 @@ pub async fn work(store: Store, owner: String, lease_for: Duration) {
     }
 }
 
+/// One transaction for the batch. Jobs that fail before writing (a
+/// missing or pruned delivery, a lost lease) are left out and reported; a
+/// database error fails the whole batch, whose leases then lapse.
 async fn process_batch<'a>(
     store: &Store,
     batch: &'a [ClaimedJob],
@@ -156,13 +157,12 @@ async fn process_batch<'a>(
     let mut failures = Vec::new();
     for job in batch {
         let id = job.payload["delivery"].as_str().unwrap_or_default();
-        gantry_store::execute(&mut tx, "SAVEPOINT job").await?;
         match process_in(&mut tx, id, Some(&job.lease)).await {
-            Ok(()) => gantry_store::execute(&mut tx, "RELEASE SAVEPOINT job").await?,
-            Err(error) => {
-                gantry_store::execute(&mut tx, "ROLLBACK TO SAVEPOINT job").await?;
-                failures.push((job, error));
+            Ok(()) => {}
+            Err(ProcessError::Store(error) | ProcessError::Lease(LeaseError::Store(error))) => {
+                return Err(error);
             }
+            Err(error) => failures.push((job, error)),
         }
     }
     tx.commit().await?;

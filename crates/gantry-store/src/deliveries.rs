@@ -170,8 +170,10 @@ async fn write_batches(store: Store, mut receiver: mpsc::Receiver<(NewDelivery, 
     }
 }
 
-/// Writes a batch in one transaction, each delivery inside a savepoint so
-/// that one failure does not undo the others.
+/// Writes a batch in one transaction. On PostgreSQL each delivery sits in a
+/// savepoint, so that one failure (such as losing a race with another
+/// server on the unique index) does not undo the others; on SQLite the
+/// writers of this process take turns, so no such race exists.
 async fn write_batch(
     store: &Store,
     batch: &[(NewDelivery, Reply)],
@@ -190,24 +192,47 @@ async fn write_batch(
         Ok(tx) => tx,
         Err(err) => return failed(&err),
     };
-    let mut outcomes = Vec::with_capacity(batch.len());
-    for (new, _) in batch {
-        if let Err(err) = crate::execute(&mut tx, "SAVEPOINT delivery").await {
+    let savepoints = tx.backend() == Backend::Postgres;
+    // In the order of the advisory locks taken on PostgreSQL, so that two
+    // servers' batches never wait on each other in a cycle.
+    let mut order: Vec<(String, usize)> = batch
+        .iter()
+        .enumerate()
+        .map(|(index, (new, _))| {
+            (
+                format!("{}:{}", new.integration_id, hex(&Sha256::digest(&new.body))),
+                index,
+            )
+        })
+        .collect();
+    order.sort();
+    let mut outcomes: Vec<Option<Result<(String, Status), StoreError>>> =
+        batch.iter().map(|_| None).collect();
+    for (_, index) in order {
+        let new = &batch[index].0;
+        if savepoints && let Err(err) = crate::execute(&mut tx, "SAVEPOINT delivery").await {
             return failed(&err);
         }
         let outcome = receive_in(&mut tx, new).await;
-        let end = if outcome.is_ok() {
-            "RELEASE SAVEPOINT delivery"
-        } else {
-            "ROLLBACK TO SAVEPOINT delivery"
-        };
-        if let Err(err) = crate::execute(&mut tx, end).await {
+        if savepoints {
+            let end = if outcome.is_ok() {
+                "RELEASE SAVEPOINT delivery"
+            } else {
+                "ROLLBACK TO SAVEPOINT delivery"
+            };
+            if let Err(err) = crate::execute(&mut tx, end).await {
+                return failed(&err);
+            }
+        } else if let Err(err) = &outcome {
+            // On SQLite a failed statement leaves the transaction usable,
+            // but this delivery may be half-written: fail the batch.
+            let err = StoreError::Database(sqlx::Error::Protocol(err.to_string()));
             return failed(&err);
         }
-        outcomes.push(outcome);
+        outcomes[index] = Some(outcome);
     }
     match tx.commit().await {
-        Ok(()) => outcomes,
+        Ok(()) => outcomes.into_iter().flatten().collect(),
         Err(err) => failed(&err),
     }
 }
@@ -288,29 +313,30 @@ async fn find_original(
             .execute(&mut **tx)
             .await?;
     }
-    if let Some(key) = &new.idempotency_key {
-        let found: Option<(String,)> = sqlx::query_as(
-            "SELECT id FROM deliveries WHERE integration_id = $1 AND idempotency_key = $2 AND status = 'accepted'",
-        )
-        .bind(&new.integration_id)
-        .bind(key)
-        .fetch_optional(&mut **tx)
-        .await?;
-        if let Some((id,)) = found {
-            return Ok(Some((id, "same Idempotency-Key")));
-        }
-    }
+    // One statement for both rules: a matching key wins over a matching body.
     let since = new.received_at.0 - SAME_BODY_WINDOW.as_millis() as i64;
-    let found: Option<(String,)> = sqlx::query_as(
-        "SELECT id FROM deliveries WHERE integration_id = $1 AND body_sha256 = $2 AND status = 'accepted' \
-         AND received_at > $3 ORDER BY received_at LIMIT 1",
+    let found: Option<(String, i64)> = sqlx::query_as(
+        "SELECT id, 1 AS rule FROM deliveries \
+           WHERE integration_id = $1 AND idempotency_key = $2 AND status = 'accepted' \
+         UNION ALL \
+         SELECT id, 2 AS rule FROM deliveries \
+           WHERE integration_id = $1 AND body_sha256 = $3 AND status = 'accepted' AND received_at > $4 \
+         ORDER BY rule LIMIT 1",
     )
     .bind(&new.integration_id)
+    .bind(&new.idempotency_key)
     .bind(body_sha256)
     .bind(since)
     .fetch_optional(&mut **tx)
     .await?;
-    Ok(found.map(|(id,)| (id, "same body within 24 hours")))
+    Ok(found.map(|(id, rule)| {
+        let why = if rule == 1 {
+            "same Idempotency-Key"
+        } else {
+            "same body within 24 hours"
+        };
+        (id, why)
+    }))
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -387,6 +413,26 @@ pub async fn list(
     }))
 }
 
+/// A delivery and its stored body (unless pruned), in one query.
+pub async fn with_body(
+    conn: &mut Conn,
+    id: &str,
+) -> Result<Option<(Delivery, Option<Vec<u8>>)>, StoreError> {
+    #[derive(FromRow)]
+    struct Row {
+        #[sqlx(flatten)]
+        delivery: Delivery,
+        body: Option<Vec<u8>>,
+    }
+    let row: Option<Row> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS}, body FROM deliveries WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(|row| (row.delivery, row.body)))
+}
+
 /// What processing found.
 #[derive(Clone, Debug)]
 pub struct Processed<'a> {
@@ -407,6 +453,10 @@ pub async fn finish(
     lease: Option<&Lease>,
     now: Millis,
 ) -> Result<(), LeaseError> {
+    // The lease first: a lost lease leaves this delivery untouched.
+    if let Some(lease) = lease {
+        jobs::complete_in(tx, lease, now).await?;
+    }
     sqlx::query(
         "UPDATE deliveries SET status = $2, outcome = $3, error = $4, runs = $5, processed_at = $6, \
              times_processed = times_processed + 1 WHERE id = $1",
@@ -419,9 +469,6 @@ pub async fn finish(
     .bind(now.0)
     .execute(&mut **tx)
     .await?;
-    if let Some(lease) = lease {
-        jobs::complete_in(tx, lease, now).await?;
-    }
     Ok(())
 }
 
