@@ -1,4 +1,4 @@
-//! Client commands: `gantry integration …` against a server's API, with
+//! Client commands: `gantry integration …` and `gantry stack …` against a server's API, with
 //! `GANTRY_URL` and `GANTRY_TOKEN`. Secrets are read from a file or stdin,
 //! never from the command line, so they stay out of shell history.
 
@@ -129,6 +129,239 @@ fn read_secret(path: &PathBuf) -> anyhow::Result<String> {
 }
 
 const BASE: &str = "/api/v1/integrations/gitlab";
+const STACKS: &str = "/api/v1/stacks";
+
+#[derive(Subcommand)]
+#[expect(clippy::large_enum_variant, reason = "parsed once per process")]
+pub enum StackCommand {
+    /// Create a stack; secret environment values are read from a file or stdin.
+    Create {
+        #[command(flatten)]
+        connection: Connection,
+        #[arg(long)]
+        name: String,
+        /// Default: root.
+        #[arg(long)]
+        space: Option<String>,
+        /// Default: the default integration.
+        #[arg(long)]
+        integration: Option<String>,
+        /// The GitLab project path, such as infra/network.
+        #[arg(long)]
+        repository: String,
+        /// The tracked branch.
+        #[arg(long)]
+        branch: String,
+        #[arg(long, default_value = "")]
+        project_root: String,
+        /// Repeat for several `**` globs.
+        #[arg(long = "glob")]
+        globs: Vec<String>,
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        #[arg(long)]
+        autodeploy: bool,
+        #[arg(long)]
+        allow_forks: bool,
+        #[command(flatten)]
+        workflow: Workflow,
+        /// NAME=VALUE; repeat for several.
+        #[arg(long = "env", value_name = "NAME=VALUE")]
+        environment: Vec<String>,
+        /// A file of NAME=VALUE lines, or `-` for stdin.
+        #[arg(long, value_name = "PATH")]
+        secret_env_file: Option<PathBuf>,
+    },
+    /// List the stacks you can see.
+    List {
+        #[command(flatten)]
+        connection: Connection,
+        #[arg(long)]
+        limit: Option<u32>,
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// Show one stack.
+    Show {
+        #[command(flatten)]
+        connection: Connection,
+        id: String,
+    },
+    /// Change a stack: the fields to change as JSON, such as '{"branch": "main"}'.
+    Update {
+        #[command(flatten)]
+        connection: Connection,
+        id: String,
+        /// The fields to change, as a JSON object.
+        json: String,
+    },
+    /// Delete a stack.
+    Delete {
+        #[command(flatten)]
+        connection: Connection,
+        id: String,
+    },
+}
+
+#[derive(Args)]
+pub struct Workflow {
+    /// opentofu, terraform or shell.
+    #[arg(long, default_value = "opentofu")]
+    vendor: String,
+    /// The opentofu or terraform binary; default: found on PATH.
+    #[arg(long)]
+    binary: Option<String>,
+    /// Shell: the init command.
+    #[arg(long)]
+    init: Option<String>,
+    /// Shell: the plan command.
+    #[arg(long)]
+    plan: Option<String>,
+    /// Shell: the apply command.
+    #[arg(long)]
+    apply: Option<String>,
+}
+
+impl Workflow {
+    fn to_json(&self) -> Value {
+        let mut vendor = Map::new();
+        vendor.insert("kind".into(), json!(self.vendor));
+        if self.vendor == "shell" {
+            vendor.insert("init".into(), json!(self.init.clone().unwrap_or_default()));
+            vendor.insert("plan".into(), json!(self.plan.clone().unwrap_or_default()));
+            vendor.insert(
+                "apply".into(),
+                json!(self.apply.clone().unwrap_or_default()),
+            );
+        } else {
+            insert_some(&mut vendor, "binary", self.binary.clone());
+        }
+        Value::Object(vendor)
+    }
+}
+
+fn pairs(items: &[String], what: &str) -> anyhow::Result<Map<String, Value>> {
+    let mut out = Map::new();
+    for item in items {
+        let Some((name, value)) = item.split_once('=') else {
+            bail!("{what} {item:?} is not NAME=VALUE");
+        };
+        out.insert(name.trim().to_owned(), json!(value));
+    }
+    Ok(out)
+}
+
+fn list_path(base: &str, limit: Option<u32>, cursor: Option<String>) -> String {
+    let mut query = Vec::new();
+    if let Some(limit) = limit {
+        query.push(format!("limit={limit}"));
+    }
+    if let Some(cursor) = cursor {
+        query.push(format!("cursor={cursor}"));
+    }
+    if query.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", query.join("&"))
+    }
+}
+
+pub async fn stack(command: StackCommand) -> anyhow::Result<()> {
+    let (connection, method, path, body) = match command {
+        StackCommand::Create {
+            connection,
+            name,
+            space,
+            integration,
+            repository,
+            branch,
+            project_root,
+            globs,
+            labels,
+            autodeploy,
+            allow_forks,
+            workflow,
+            environment,
+            secret_env_file,
+        } => {
+            let secrets = match secret_env_file {
+                Some(path) => {
+                    let text = read_secret(&path)?;
+                    let lines: Vec<String> = text
+                        .lines()
+                        .map(str::trim)
+                        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+                        .map(str::to_owned)
+                        .collect();
+                    pairs(&lines, "secret environment line")?
+                }
+                None => Map::new(),
+            };
+            let mut body = Map::new();
+            body.insert("name".into(), json!(name));
+            body.insert("repository".into(), json!(repository));
+            body.insert("branch".into(), json!(branch));
+            body.insert("project_root".into(), json!(project_root));
+            body.insert("additional_project_globs".into(), json!(globs));
+            body.insert("labels".into(), json!(labels));
+            body.insert("autodeploy".into(), json!(autodeploy));
+            body.insert("allow_forks".into(), json!(allow_forks));
+            body.insert("vendor".into(), workflow.to_json());
+            body.insert(
+                "environment".into(),
+                Value::Object(pairs(&environment, "--env")?),
+            );
+            body.insert("secret_environment".into(), Value::Object(secrets));
+            insert_some(&mut body, "space", space);
+            insert_some(&mut body, "integration", integration);
+            (
+                connection,
+                reqwest::Method::POST,
+                STACKS.to_owned(),
+                Some(Value::Object(body)),
+            )
+        }
+        StackCommand::List {
+            connection,
+            limit,
+            cursor,
+        } => (
+            connection,
+            reqwest::Method::GET,
+            list_path(STACKS, limit, cursor),
+            None,
+        ),
+        StackCommand::Show { connection, id } => (
+            connection,
+            reqwest::Method::GET,
+            format!("{STACKS}/{id}"),
+            None,
+        ),
+        StackCommand::Update {
+            connection,
+            id,
+            json,
+        } => {
+            let body: Value =
+                serde_json::from_str(&json).context("the change is not a JSON object")?;
+            (
+                connection,
+                reqwest::Method::PATCH,
+                format!("{STACKS}/{id}"),
+                Some(body),
+            )
+        }
+        StackCommand::Delete { connection, id } => (
+            connection,
+            reqwest::Method::DELETE,
+            format!("{STACKS}/{id}"),
+            None,
+        ),
+    };
+    let answer = call(&connection, method, &path, body).await?;
+    println!("{}", serde_json::to_string_pretty(&answer)?);
+    Ok(())
+}
 
 pub async fn integration(command: IntegrationCommand) -> anyhow::Result<()> {
     let (connection, method, path, body) = match command {
@@ -163,21 +396,12 @@ pub async fn integration(command: IntegrationCommand) -> anyhow::Result<()> {
             connection,
             limit,
             cursor,
-        } => {
-            let mut query = Vec::new();
-            if let Some(limit) = limit {
-                query.push(format!("limit={limit}"));
-            }
-            if let Some(cursor) = cursor {
-                query.push(format!("cursor={cursor}"));
-            }
-            let path = if query.is_empty() {
-                BASE.to_owned()
-            } else {
-                format!("{BASE}?{}", query.join("&"))
-            };
-            (connection, reqwest::Method::GET, path, None)
-        }
+        } => (
+            connection,
+            reqwest::Method::GET,
+            list_path(BASE, limit, cursor),
+            None,
+        ),
         IntegrationCommand::Show { connection, id } => (
             connection,
             reqwest::Method::GET,

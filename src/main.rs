@@ -40,6 +40,9 @@ enum Command {
     /// Manage GitLab integrations on a server (GANTRY_URL, GANTRY_TOKEN).
     #[command(subcommand)]
     Integration(client::IntegrationCommand),
+    /// Manage stacks on a server (GANTRY_URL, GANTRY_TOKEN).
+    #[command(subcommand)]
+    Stack(client::StackCommand),
 }
 
 #[derive(clap::Args)]
@@ -114,6 +117,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Integration(command) => client::integration(command).await,
+        Command::Stack(command) => client::stack(command).await,
     }
 }
 

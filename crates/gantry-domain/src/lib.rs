@@ -7,6 +7,7 @@
 pub mod event;
 mod name;
 mod role;
+pub mod stack;
 
 pub use name::{Name, NameError, Slug};
 pub use role::{Grant, Role, RoleParseError, allows};

@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod error_body;
+pub mod projects;
 pub mod token;
 pub mod types;
 pub mod webhook;

@@ -43,3 +43,26 @@ pub struct CurrentUser {
     #[serde(default)]
     pub bot: Option<bool>,
 }
+
+/// `GET /api/v4/projects/:id`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct Project {
+    pub id: u64,
+    pub path_with_namespace: String,
+    #[serde(default)]
+    pub default_branch: Option<String>,
+    #[serde(default)]
+    pub web_url: Option<String>,
+}
+
+/// `GET /api/v4/projects/:id/members/all/:user_id`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct Member {
+    pub id: u64,
+    pub username: String,
+    /// 10 guest, 20 reporter, 30 developer, 40 maintainer, 50 owner.
+    pub access_level: u8,
+}
+
+/// GitLab's Maintainer access level: what Gantry needs to manage hooks.
+pub const MAINTAINER: u8 = 40;

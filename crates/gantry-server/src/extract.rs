@@ -25,13 +25,23 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                 ApiError::bad_request(format!("cannot read the request body: {rejection}"))
             }
         })?;
-        serde_json::from_slice(&bytes)
+        let deserializer = &mut serde_json::Deserializer::from_slice(&bytes);
+        serde_path_to_error::deserialize(deserializer)
             .map(ApiJson)
-            .map_err(|err| match err.classify() {
-                serde_json::error::Category::Data => {
-                    ApiError::invalid(format!("invalid request body: {err}"))
+            .map_err(|err| {
+                let path = err.path().to_string();
+                let inner = err.into_inner();
+                match inner.classify() {
+                    serde_json::error::Category::Data if path.is_empty() || path == "." => {
+                        ApiError::invalid(format!("invalid request body: {inner}"))
+                    }
+                    serde_json::error::Category::Data => {
+                        ApiError::invalid(format!("invalid request body: `{path}`: {inner}"))
+                    }
+                    _ => ApiError::bad_request(format!(
+                        "the request body is not valid JSON: {inner}"
+                    )),
                 }
-                _ => ApiError::bad_request(format!("the request body is not valid JSON: {err}")),
             })
     }
 }

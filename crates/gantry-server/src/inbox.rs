@@ -51,9 +51,14 @@ pub async fn process(store: &Store, id: &str) -> Result<Delivery, ProcessError> 
 /// Processes a delivery inside `tx`; with a lease, its job is completed in
 /// the same transaction.
 async fn process_in(tx: &mut Tx, id: &str, lease: Option<&Lease>) -> Result<(), ProcessError> {
-    let (delivery, body) = deliveries::with_body(tx, id)
-        .await?
-        .ok_or_else(|| ProcessError::Missing(id.to_owned()))?;
+    let Some((delivery, body)) = deliveries::with_body(tx, id).await? else {
+        // Deleted with its integration: the job has nothing left to do.
+        if let Some(lease) = lease {
+            jobs::complete_in(tx, lease, Millis::now()).await?;
+            return Ok(());
+        }
+        return Err(ProcessError::Missing(id.to_owned()));
+    };
     let status = Status::parse(&delivery.status).unwrap_or(Status::Rejected);
     let now = Millis::now();
     if status == Status::Duplicate {

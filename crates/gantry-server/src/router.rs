@@ -17,7 +17,9 @@ use utoipa_axum::routes;
 use crate::API_BODY_LIMIT;
 use crate::error::ApiError;
 use crate::metrics;
-use crate::routes::{api_keys, audit, deliveries, health, integrations, me, spaces, webhooks};
+use crate::routes::{
+    api_keys, audit, deliveries, health, integrations, me, spaces, stacks, webhooks,
+};
 use crate::state::AppState;
 
 #[derive(OpenApi)]
@@ -61,6 +63,8 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(deliveries::list))
         .routes(routes!(deliveries::replay))
         .routes(routes!(webhooks::receive))
+        .routes(routes!(stacks::create, stacks::list))
+        .routes(routes!(stacks::show, stacks::update, stacks::delete))
         .split_for_parts();
     let openapi = Arc::new(openapi);
 

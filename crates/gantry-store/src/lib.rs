@@ -15,6 +15,7 @@ pub mod integrations;
 pub mod jobs;
 pub mod page;
 pub mod spaces;
+pub mod stacks;
 mod store;
 #[cfg(feature = "testing")]
 pub mod testing;

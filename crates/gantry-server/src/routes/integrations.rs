@@ -179,7 +179,7 @@ pub fn webhook_endpoint(state: &AppState, id: &str) -> String {
     )
 }
 
-fn token_context(id: &str) -> String {
+pub fn token_context(id: &str) -> String {
     format!("integration:{id}:api_token")
 }
 
@@ -710,6 +710,16 @@ pub async fn delete(
     if !admin {
         return Err(forbidden(Role::Admin, governing_space(&integration)));
     }
+    let users = gantry_store::stacks::using_integration(&mut tx, &id, 10_000).await?;
+    if !users.is_empty() && !params.force {
+        let shown: Vec<&str> = users.iter().take(5).map(String::as_str).collect();
+        let more = if users.len() > 5 { ", …" } else { "" };
+        return Err(ApiError::conflict(format!(
+            "stacks still use integration {id:?} ({}{more}); move them to another integration, or delete with ?force=true \
+             to leave them without one",
+            shown.join(", ")
+        )));
+    }
     integrations::delete(&mut tx, &id).await?;
     let now = Millis::now();
     record(
@@ -717,7 +727,7 @@ pub async fn delete(
         &principal,
         "integration.delete",
         &integration,
-        json!({ "force": params.force }),
+        json!({ "force": params.force, "stacks_left_without_integration": users.len() }),
         now,
     )
     .await?;

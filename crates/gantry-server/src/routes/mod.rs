@@ -7,4 +7,5 @@ pub mod health;
 pub mod integrations;
 pub mod me;
 pub mod spaces;
+pub mod stacks;
 pub mod webhooks;

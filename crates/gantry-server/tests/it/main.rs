@@ -6,6 +6,7 @@ mod harness;
 mod integrations;
 mod roles;
 mod spaces;
+mod stacks;
 mod startup;
 mod webhooks;
 
