@@ -7,6 +7,7 @@
 pub mod event;
 mod name;
 mod role;
+pub mod run;
 pub mod stack;
 
 pub use name::{Name, NameError, Slug};
