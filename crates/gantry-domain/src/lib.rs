@@ -7,6 +7,7 @@
 pub mod event;
 mod name;
 mod role;
+pub mod rules;
 pub mod run;
 pub mod stack;
 
