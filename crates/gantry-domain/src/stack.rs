@@ -107,6 +107,14 @@ impl Affects {
         })
     }
 
+    /// Only the project root, no globs.
+    pub fn root_only(project_root: &str) -> Self {
+        Self {
+            root: project_root.to_owned(),
+            globs: GlobSet::empty(),
+        }
+    }
+
     /// Whether a changed file (a repository path such as `network/main.tf`)
     /// affects the stack.
     pub fn file(&self, path: &str) -> bool {

@@ -200,6 +200,31 @@ pub(crate) fn compare(
     })))
 }
 
+/// `GET /projects/:id/repository/branches/:branch`; `None` when unknown.
+pub(crate) fn branch(shared: &Shared, project_id: u64, branch: &str) -> Result<Option<Value>, Response> {
+    let (path, default_branch) = {
+        let state = shared.lock();
+        let project = state
+            .project(project_id)
+            .ok_or_else(|| error(StatusCode::NOT_FOUND, "404 Project Not Found"))?;
+        (project.path.clone(), project.default_branch.clone())
+    };
+    let bare = bare_dir(&shared.root, &path);
+    let Ok(sha) = git(&bare, &["rev-parse", "--verify", "-q", &format!("refs/heads/{branch}")]) else {
+        return Ok(None);
+    };
+    let log = git(&bare, &["log", "-1", "--format=%H%x00%s%x00%an%x00%ae%x00%aI%x00%P%x00%B", &sha])
+        .map_err(|e| error_500(&e))?;
+    Ok(Some(json!({
+        "name": branch,
+        "commit": commit_json(&log),
+        "merged": false,
+        "protected": branch == default_branch,
+        "default": branch == default_branch,
+        "web_url": format!("{}/{path}/-/tree/{branch}", shared.url),
+    })))
+}
+
 fn commit_json(record: &str) -> Value {
     let fields: Vec<&str> = record.split('\0').collect();
     let field = |index: usize| fields.get(index).copied().unwrap_or_default();

@@ -30,3 +30,52 @@ pub async fn access_level(
         Err(error) => Err(error),
     }
 }
+
+/// The files changed between `from` and `to` (from their merge base, as
+/// GitLab compares), old and new paths both, sorted and unique.
+pub async fn changed_files(client: &GitLab, project_id: u64, from: &str, to: &str) -> Result<Vec<String>, GitLabError> {
+    #[derive(serde::Deserialize)]
+    struct Compare {
+        #[serde(default)]
+        diffs: Vec<Diff>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Diff {
+        old_path: Option<String>,
+        new_path: Option<String>,
+    }
+    let endpoint = gitlab::api::projects::repository::commits::CompareCommits::builder()
+        .project(project_id)
+        .from(from)
+        .to(to)
+        .build()
+        .map_err(|e| GitLabError::Request(e.to_string()))?;
+    let compare: Compare = client.query(&endpoint).await?;
+    let mut files: Vec<String> = compare
+        .diffs
+        .into_iter()
+        .flat_map(|diff| diff.old_path.into_iter().chain(diff.new_path))
+        .collect();
+    files.sort();
+    files.dedup();
+    Ok(files)
+}
+
+/// The commit a branch points at.
+pub async fn branch_head(client: &GitLab, project_id: u64, branch: &str) -> Result<String, GitLabError> {
+    #[derive(serde::Deserialize)]
+    struct Branch {
+        commit: Commit,
+    }
+    #[derive(serde::Deserialize)]
+    struct Commit {
+        id: String,
+    }
+    let endpoint = gitlab::api::projects::repository::branches::Branch::builder()
+        .project(project_id)
+        .branch(branch)
+        .build()
+        .map_err(|e| GitLabError::Request(e.to_string()))?;
+    let found: Branch = client.query(&endpoint).await?;
+    Ok(found.commit.id)
+}

@@ -76,7 +76,12 @@ pub async fn start(
     };
     let reaper = tokio::spawn(reap_lapsed_leases(store.clone(), state.config.lease));
     let owner = format!("server-{}", uuid::Uuid::new_v4());
-    let inbox = tokio::spawn(crate::inbox::work(store.clone(), owner, state.config.lease));
+    let processor = crate::inbox::Processor {
+        store: store.clone(),
+        keyring: state.keyring.clone(),
+        gitlab: state.gitlab.clone(),
+    };
+    let inbox = tokio::spawn(crate::inbox::work(processor, owner, state.config.lease));
     let pruner = tokio::spawn(crate::inbox::prune(
         store.clone(),
         state.config.delivery_retention,

@@ -14,6 +14,7 @@ pub mod deliveries;
 pub mod integrations;
 pub mod jobs;
 pub mod page;
+pub mod runs;
 pub mod spaces;
 pub mod stacks;
 mod store;

@@ -157,11 +157,18 @@ pub async fn replay(
                 ApiError::not_found(format!("integration {id:?} has no delivery {delivery:?}"))
             })?;
     }
-    let replayed = inbox::process(&state.store, &delivery)
+    let processor = inbox::Processor {
+        store: state.store.clone(),
+        keyring: state.keyring.clone(),
+        gitlab: state.gitlab.clone(),
+    };
+    let replayed = processor
+        .process(&delivery)
         .await
         .map_err(|err| match err {
             ProcessError::Pruned(_) => ApiError::conflict(err.to_string()),
             ProcessError::Missing(_) => ApiError::not_found(err.to_string()),
+        ProcessError::GitLab(err) => ApiError::bad_gateway(format!("{err}; try the replay again later")),
             ProcessError::Store(err) => err.into(),
             ProcessError::Lease(gantry_store::jobs::LeaseError::Store(err)) => err.into(),
             ProcessError::Lease(err) => {

@@ -1,0 +1,248 @@
+//! Runs and their transitions. The state machine itself is
+//! `gantry_domain::run`; this module stores what it decides, always with
+//! the transition that led there.
+
+use gantry_domain::run::{Command, IllegalTransition, Kind, State, transition};
+use sqlx::FromRow;
+
+use crate::{Conn, Cursor, Millis, Page, StoreError};
+
+#[derive(Clone, Debug, PartialEq, Eq, FromRow)]
+pub struct Run {
+    pub id: String,
+    pub stack_id: String,
+    pub kind: String,
+    pub state: String,
+    pub reason: Option<String>,
+    pub commit_sha: String,
+    pub branch: String,
+    pub merge_request_iid: Option<i64>,
+    /// `delivery:<id>` or `api-key:<id>`.
+    pub trigger: String,
+    /// JSON `{add, change, destroy, resources}` once planned.
+    pub summary: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, FromRow)]
+pub struct Transition {
+    pub seq: i64,
+    pub state: String,
+    pub at: i64,
+    pub cause: String,
+}
+
+const COLUMNS: &str = "id, stack_id, kind, state, reason, commit_sha, branch, merge_request_iid, trigger, summary, \
+    created_at, updated_at";
+
+#[derive(Clone, Debug)]
+pub struct NewRun<'a> {
+    pub stack_id: &'a str,
+    pub kind: Kind,
+    pub commit_sha: &'a str,
+    pub branch: &'a str,
+    pub merge_request_iid: Option<u64>,
+    pub trigger: &'a str,
+}
+
+/// Whether [`create`] made a run or found the one of that (stack, commit, kind).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Created {
+    New,
+    Existing,
+}
+
+/// Creates a queued run, or returns the existing run for the same
+/// (stack, commit, kind), linking it to the merge request when this event
+/// names one and it has none. A new proposed run cancels the older queued
+/// proposed runs of its stack and branch ("superseded by run …").
+pub async fn create(conn: &mut Conn, new: &NewRun<'_>, now: Millis) -> Result<(Run, Created, Vec<String>), StoreError> {
+    let id = uuid::Uuid::now_v7().to_string();
+    let iid = new.merge_request_iid.map(|iid| i64::try_from(iid).unwrap_or(i64::MAX));
+    let inserted: Option<(String,)> = sqlx::query_as(
+        "INSERT INTO runs (id, stack_id, kind, state, commit_sha, branch, merge_request_iid, trigger, created_at, updated_at) \
+         VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $8) \
+         ON CONFLICT (stack_id, commit_sha, kind) DO NOTHING RETURNING id",
+    )
+    .bind(&id)
+    .bind(new.stack_id)
+    .bind(new.kind.as_str())
+    .bind(new.commit_sha)
+    .bind(new.branch)
+    .bind(iid)
+    .bind(new.trigger)
+    .bind(now.0)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if inserted.is_none() {
+        if let Some(iid) = iid {
+            sqlx::query(
+                "UPDATE runs SET merge_request_iid = $1, updated_at = $2 \
+                 WHERE stack_id = $3 AND commit_sha = $4 AND kind = $5 AND merge_request_iid IS NULL",
+            )
+            .bind(iid)
+            .bind(now.0)
+            .bind(new.stack_id)
+            .bind(new.commit_sha)
+            .bind(new.kind.as_str())
+            .execute(&mut *conn)
+            .await?;
+        }
+        let run: Run = sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM runs WHERE stack_id = $1 AND commit_sha = $2 AND kind = $3"
+        ))
+        .bind(new.stack_id)
+        .bind(new.commit_sha)
+        .bind(new.kind.as_str())
+        .fetch_one(&mut *conn)
+        .await?;
+        return Ok((run, Created::Existing, Vec::new()));
+    }
+    record(conn, &id, 0, State::Queued, new.trigger, now).await?;
+    let mut canceled = Vec::new();
+    if new.kind == Kind::Proposed {
+        let older: Vec<(String,)> = sqlx::query_as(
+            "SELECT id FROM runs WHERE stack_id = $1 AND kind = 'proposed' AND branch = $2 AND state = 'queued' \
+             AND id <> $3 ORDER BY id",
+        )
+        .bind(new.stack_id)
+        .bind(new.branch)
+        .bind(&id)
+        .fetch_all(&mut *conn)
+        .await?;
+        for (older,) in older {
+            let cause = format!("superseded by run {id}");
+            if apply(conn, &older, Command::Cancel, &cause, false, now).await?.is_ok() {
+                canceled.push(older);
+            }
+        }
+    }
+    let run = get(conn, &id).await?.ok_or(StoreError::Database(sqlx::Error::RowNotFound))?;
+    Ok((run, Created::New, canceled))
+}
+
+async fn record(conn: &mut Conn, run_id: &str, seq: i64, state: State, cause: &str, now: Millis) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO run_transitions (run_id, seq, state, at, cause) VALUES ($1, $2, $3, $4, $5)")
+        .bind(run_id)
+        .bind(seq)
+        .bind(state.as_str())
+        .bind(now.0)
+        .bind(cause)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Applies `command` to a run: the new state and its transition are
+/// stored, or the state machine's refusal is returned and nothing changes.
+/// Failed and canceled runs keep `cause` as their reason.
+pub async fn apply(
+    conn: &mut Conn,
+    run_id: &str,
+    command: Command,
+    cause: &str,
+    autodeploy: bool,
+    now: Millis,
+) -> Result<Result<Run, IllegalTransition>, StoreError> {
+    let run = get(conn, run_id).await?.ok_or(StoreError::Database(sqlx::Error::RowNotFound))?;
+    let kind = Kind::parse(&run.kind).unwrap_or(Kind::Proposed);
+    let from = State::parse(&run.state).unwrap_or(State::Failed);
+    let to = match transition(kind, from, command, autodeploy) {
+        Ok(to) => to,
+        Err(illegal) => return Ok(Err(illegal)),
+    };
+    let reason = matches!(to, State::Failed | State::Canceled).then_some(cause);
+    // Guarded by the state read above, so two writers cannot both move it.
+    let done = sqlx::query("UPDATE runs SET state = $1, reason = COALESCE($2, reason), updated_at = $3 WHERE id = $4 AND state = $5")
+        .bind(to.as_str())
+        .bind(reason)
+        .bind(now.0)
+        .bind(run_id)
+        .bind(from.as_str())
+        .execute(&mut *conn)
+        .await?;
+    if done.rows_affected() == 0 {
+        return Ok(Err(IllegalTransition {
+            kind: kind.as_str(),
+            from,
+            action: "moved: it changed meanwhile",
+        }));
+    }
+    let (seq,): (i64,) = sqlx::query_as("SELECT COALESCE(MAX(seq), -1) + 1 FROM run_transitions WHERE run_id = $1")
+        .bind(run_id)
+        .fetch_one(&mut *conn)
+        .await?;
+    record(conn, run_id, seq, to, cause, now).await?;
+    Ok(Ok(get(conn, run_id).await?.ok_or(StoreError::Database(sqlx::Error::RowNotFound))?))
+}
+
+/// Cancels a stack's queued proposed runs of a branch, or of a merge
+/// request; returns their ids.
+pub async fn cancel_queued_proposed(
+    conn: &mut Conn,
+    stack_id: &str,
+    branch: Option<&str>,
+    merge_request_iid: Option<u64>,
+    cause: &str,
+    now: Millis,
+) -> Result<Vec<String>, StoreError> {
+    let iid = merge_request_iid.map(|iid| i64::try_from(iid).unwrap_or(i64::MAX));
+    let ids: Vec<(String,)> = sqlx::query_as(
+        "SELECT id FROM runs WHERE stack_id = $1 AND kind = 'proposed' AND state = 'queued' \
+         AND (($2 IS NOT NULL AND branch = $2) OR ($3 IS NOT NULL AND merge_request_iid = $3)) ORDER BY id",
+    )
+    .bind(stack_id)
+    .bind(branch)
+    .bind(iid)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut canceled = Vec::new();
+    for (id,) in ids {
+        if apply(conn, &id, Command::Cancel, cause, false, now).await?.is_ok() {
+            canceled.push(id);
+        }
+    }
+    Ok(canceled)
+}
+
+pub async fn get(conn: &mut Conn, id: &str) -> Result<Option<Run>, StoreError> {
+    Ok(sqlx::query_as(&format!("SELECT {COLUMNS} FROM runs WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(conn)
+        .await?)
+}
+
+pub async fn transitions(conn: &mut Conn, run_id: &str) -> Result<Vec<Transition>, StoreError> {
+    Ok(sqlx::query_as("SELECT seq, state, at, cause FROM run_transitions WHERE run_id = $1 ORDER BY seq")
+        .bind(run_id)
+        .fetch_all(conn)
+        .await?)
+}
+
+/// A stack's runs, newest first, optionally of one state and kind.
+pub async fn list(
+    conn: &mut Conn,
+    stack_id: &str,
+    state: Option<State>,
+    kind: Option<Kind>,
+    page: &Page,
+) -> Result<(Vec<Run>, Option<Cursor>), StoreError> {
+    let (at, id) = page.bounds();
+    let rows: Vec<Run> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM runs WHERE stack_id = $1 AND ($2 = '' OR state = $2) AND ($3 = '' OR kind = $3) \
+           AND (created_at < $4 OR (created_at = $4 AND id < $5)) ORDER BY created_at DESC, id DESC LIMIT $6"
+    ))
+    .bind(stack_id)
+    .bind(state.map_or("", State::as_str))
+    .bind(kind.map_or("", Kind::as_str))
+    .bind(at)
+    .bind(id)
+    .bind(page.fetch_limit())
+    .fetch_all(conn)
+    .await?;
+    Ok(page.finish(rows, |row| Cursor {
+        at: row.created_at,
+        id: row.id.clone(),
+    }))
+}
