@@ -33,7 +33,10 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             get(list_statuses),
         )
         .route("/api/v4/projects/{id}/repository/compare", get(compare))
-        .route("/api/v4/projects/{id}/repository/branches/{branch}", get(branch))
+        .route(
+            "/api/v4/projects/{id}/repository/branches/{branch}",
+            get(branch),
+        )
         .route(
             "/api/v4/projects/{id}/merge_requests/{iid}",
             get(merge_request),
@@ -669,10 +672,11 @@ async fn branch(
     Path((id, branch)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    let project_id = match project_access(&shared, &headers, &Method::GET, &id, AccessLevel::Reporter) {
-        Ok((_, project_id)) => project_id,
-        Err(response) => return response,
-    };
+    let project_id =
+        match project_access(&shared, &headers, &Method::GET, &id, AccessLevel::Reporter) {
+            Ok((_, project_id)) => project_id,
+            Err(response) => return response,
+        };
     match git::branch(&shared, project_id, &branch) {
         Ok(Some(body)) => axum::Json(body).into_response(),
         Ok(None) => not_found("Branch"),

@@ -201,7 +201,11 @@ pub(crate) fn compare(
 }
 
 /// `GET /projects/:id/repository/branches/:branch`; `None` when unknown.
-pub(crate) fn branch(shared: &Shared, project_id: u64, branch: &str) -> Result<Option<Value>, Response> {
+pub(crate) fn branch(
+    shared: &Shared,
+    project_id: u64,
+    branch: &str,
+) -> Result<Option<Value>, Response> {
     let (path, default_branch) = {
         let state = shared.lock();
         let project = state
@@ -210,11 +214,27 @@ pub(crate) fn branch(shared: &Shared, project_id: u64, branch: &str) -> Result<O
         (project.path.clone(), project.default_branch.clone())
     };
     let bare = bare_dir(&shared.root, &path);
-    let Ok(sha) = git(&bare, &["rev-parse", "--verify", "-q", &format!("refs/heads/{branch}")]) else {
+    let Ok(sha) = git(
+        &bare,
+        &[
+            "rev-parse",
+            "--verify",
+            "-q",
+            &format!("refs/heads/{branch}"),
+        ],
+    ) else {
         return Ok(None);
     };
-    let log = git(&bare, &["log", "-1", "--format=%H%x00%s%x00%an%x00%ae%x00%aI%x00%P%x00%B", &sha])
-        .map_err(|e| error_500(&e))?;
+    let log = git(
+        &bare,
+        &[
+            "log",
+            "-1",
+            "--format=%H%x00%s%x00%an%x00%ae%x00%aI%x00%P%x00%B",
+            &sha,
+        ],
+    )
+    .map_err(|e| error_500(&e))?;
     Ok(Some(json!({
         "name": branch,
         "commit": commit_json(&log),
@@ -405,4 +425,52 @@ async fn http_backend(
     builder
         .body(Body::from(out[at + gap..].to_vec()))
         .map_err(|error| SimError::Io(std::io::Error::other(error.to_string())))
+}
+
+/// The files one commit added, modified and removed, as a push payload
+/// lists them.
+pub(crate) fn commit_files(
+    root: &Path,
+    path: &str,
+    sha: &str,
+) -> Result<(Vec<String>, Vec<String>, Vec<String>), SimError> {
+    let out = git(
+        &bare_dir(root, path),
+        &[
+            "diff-tree",
+            "--no-commit-id",
+            "-r",
+            "--name-status",
+            "--root",
+            sha,
+        ],
+    )?;
+    let (mut added, mut modified, mut removed) = (Vec::new(), Vec::new(), Vec::new());
+    for line in out.lines() {
+        let Some((status, file)) = line.split_once('\t') else {
+            continue;
+        };
+        match status.chars().next() {
+            Some('A') => added.push(file.to_owned()),
+            Some('D') => removed.push(file.to_owned()),
+            _ => modified.push(file.to_owned()),
+        }
+    }
+    Ok((added, modified, removed))
+}
+
+/// The commits of `before..after`, newest first.
+pub(crate) fn commits_between(
+    root: &Path,
+    path: &str,
+    before: &str,
+    after: &str,
+) -> Result<Vec<String>, SimError> {
+    let range = if before == ZEROS {
+        after.to_owned()
+    } else {
+        format!("{before}..{after}")
+    };
+    let out = git(&bare_dir(root, path), &["rev-list", &range])?;
+    Ok(out.lines().map(str::to_owned).collect())
 }

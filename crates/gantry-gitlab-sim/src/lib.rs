@@ -249,6 +249,92 @@ impl Sim {
         hooks::deliver_to_project(&self.shared, project_id, event, body).await
     }
 
+    /// The `Push Hook` payload GitLab sends for `before..after` on
+    /// `branch`: at most the 20 newest commits with their files, and
+    /// `total_commits_count`.
+    pub fn push_payload(
+        &self,
+        project_id: u64,
+        branch: &str,
+        before: &str,
+        after: &str,
+    ) -> Result<Value, SimError> {
+        let (path, default_branch) = self.project_path(project_id)?;
+        let root = &self.shared.root;
+        let all = if after == git::ZEROS {
+            Vec::new()
+        } else {
+            git::commits_between(root, &path, before, after)?
+        };
+        let mut commits = Vec::new();
+        for sha in all.iter().take(20).rev() {
+            let (added, modified, removed) = git::commit_files(root, &path, sha)?;
+            commits.push(serde_json::json!({
+                "id": sha, "message": "change", "title": "change",
+                "timestamp": "2026-11-22T00:00:00+00:00",
+                "url": format!("{}/{path}/-/commit/{sha}", self.shared.url),
+                "author": {"name": "Sim User", "email": "[REDACTED]"},
+                "added": added, "modified": modified, "removed": removed,
+            }));
+        }
+        Ok(serde_json::json!({
+            "object_kind": "push", "event_name": "push",
+            "before": before, "after": after, "ref": format!("refs/heads/{branch}"),
+            "checkout_sha": if after == git::ZEROS { Value::Null } else { Value::from(after) },
+            "user_id": 1, "user_name": "Sim User", "user_username": "sim",
+            "project_id": project_id,
+            "project": {
+                "id": project_id, "path_with_namespace": path, "default_branch": default_branch,
+                "web_url": format!("{}/{path}", self.shared.url),
+            },
+            "commits": commits,
+            "total_commits_count": all.len(),
+        }))
+    }
+
+    /// The `Merge Request Hook` payload for a merge request of this
+    /// project with `action` (`open`, `update`, `close`, …) and, for an
+    /// update that pushed commits, `oldrev`.
+    pub fn merge_request_payload(
+        &self,
+        project_id: u64,
+        iid: u64,
+        action: &str,
+        oldrev: Option<&str>,
+    ) -> Result<Value, SimError> {
+        let (path, _) = self.project_path(project_id)?;
+        let (source, target, mr_id) = {
+            let state = self.shared.lock();
+            let project = state
+                .project(project_id)
+                .ok_or_else(|| SimError::NoProject(project_id.to_string()))?;
+            let mr = project
+                .merge_requests
+                .iter()
+                .find(|mr| mr.iid == iid)
+                .ok_or_else(|| SimError::NoProject(format!("{project_id} !{iid}")))?;
+            (mr.source_branch.clone(), mr.target_branch.clone(), mr.id)
+        };
+        let last = git::rev_parse(&self.shared.root, &path, &source)?;
+        let mut attributes = serde_json::json!({
+            "id": mr_id, "iid": iid, "action": action, "state": if action == "close" { "closed" } else { "opened" },
+            "source_branch": source, "target_branch": target,
+            "source_project_id": project_id, "target_project_id": project_id,
+            "last_commit": {"id": last, "message": "change"},
+            "draft": false, "work_in_progress": false, "title": "Change",
+            "url": format!("{}/{path}/-/merge_requests/{iid}", self.shared.url),
+        });
+        if let Some(oldrev) = oldrev {
+            attributes["oldrev"] = Value::from(oldrev);
+        }
+        Ok(serde_json::json!({
+            "object_kind": "merge_request", "event_type": "merge_request",
+            "user": {"id": 1, "name": "Sim User", "username": "sim"},
+            "project": {"id": project_id, "path_with_namespace": path, "web_url": format!("{}/{path}", self.shared.url)},
+            "object_attributes": attributes,
+        }))
+    }
+
     /// Sends one delivery exactly as given (for resends and odd headers).
     pub async fn send(&self, delivery: &Delivery) -> DeliveryAnswer {
         hooks::send(&self.shared, delivery).await

@@ -33,7 +33,12 @@ pub async fn access_level(
 
 /// The files changed between `from` and `to` (from their merge base, as
 /// GitLab compares), old and new paths both, sorted and unique.
-pub async fn changed_files(client: &GitLab, project_id: u64, from: &str, to: &str) -> Result<Vec<String>, GitLabError> {
+pub async fn changed_files(
+    client: &GitLab,
+    project_id: u64,
+    from: &str,
+    to: &str,
+) -> Result<Vec<String>, GitLabError> {
     #[derive(serde::Deserialize)]
     struct Compare {
         #[serde(default)]
@@ -62,7 +67,11 @@ pub async fn changed_files(client: &GitLab, project_id: u64, from: &str, to: &st
 }
 
 /// The commit a branch points at.
-pub async fn branch_head(client: &GitLab, project_id: u64, branch: &str) -> Result<String, GitLabError> {
+pub async fn branch_head(
+    client: &GitLab,
+    project_id: u64,
+    branch: &str,
+) -> Result<String, GitLabError> {
     #[derive(serde::Deserialize)]
     struct Branch {
         commit: Commit,

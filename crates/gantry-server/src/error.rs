@@ -65,6 +65,10 @@ impl ApiError {
         Self::new(StatusCode::BAD_GATEWAY, "gitlab_unavailable", message)
     }
 
+    pub fn is_not_found(&self) -> bool {
+        self.status == StatusCode::NOT_FOUND
+    }
+
     pub fn too_large(limit: usize) -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,

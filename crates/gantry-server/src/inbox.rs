@@ -103,7 +103,11 @@ impl Processor {
             }
             Err(error) => {
                 let outcome = "the payload could not be read; replay it after a fix".to_owned();
-                return Ok(Some(simple(Status::Rejected, outcome, Some(error.to_string()))));
+                return Ok(Some(simple(
+                    Status::Rejected,
+                    outcome,
+                    Some(error.to_string()),
+                )));
             }
         };
         let project = event.project().clone();
@@ -115,7 +119,11 @@ impl Processor {
             format!(" ({})", project.path)
         };
         if found.is_empty() {
-            let outcome = format!("{}: no stack uses project {}{path}", event.describe(), project.id);
+            let outcome = format!(
+                "{}: no stack uses project {}{path}",
+                event.describe(),
+                project.id
+            );
             return Ok(Some(simple(Status::Accepted, outcome, None)));
         }
         let integration = integrations::get(&mut conn, &delivery.integration_id).await?;
@@ -128,13 +136,21 @@ impl Processor {
             Ok(files) => files,
             Err(error) if error.is_transient() => return Err(ProcessError::GitLab(error)),
             Err(error) => {
-                let outcome = format!("{}: the changed files could not be read from GitLab", event.describe());
-                return Ok(Some(simple(Status::Accepted, outcome, Some(error.to_string()))));
+                let outcome = format!(
+                    "{}: the changed files could not be read from GitLab",
+                    event.describe()
+                );
+                return Ok(Some(simple(
+                    Status::Accepted,
+                    outcome,
+                    Some(error.to_string()),
+                )));
             }
         };
         let mut affects = Vec::with_capacity(found.len());
         for stack in &found {
-            let globs: Vec<String> = serde_json::from_str(&stack.additional_project_globs).unwrap_or_default();
+            let globs: Vec<String> =
+                serde_json::from_str(&stack.additional_project_globs).unwrap_or_default();
             // Globs were checked when stored; a bad one matches nothing.
             let matcher = Affects::new(&stack.project_root, &globs)
                 .unwrap_or_else(|_| Affects::root_only(&stack.project_root));
@@ -167,7 +183,8 @@ impl Processor {
         event: &Event,
         stacks: &[Stack],
     ) -> Result<Vec<String>, GitLabError> {
-        let needs_default = matches!(event, Event::Push(push) if push.creates_branch() && !push.deletes_branch());
+        let needs_default =
+            matches!(event, Event::Push(push) if push.creates_branch() && !push.deletes_branch());
         let quick = rules::changed_files(event, "");
         if matches!(quick, ChangedFiles::NotNeeded | ChangedFiles::Listed(_)) {
             return Ok(match quick {
@@ -178,7 +195,12 @@ impl Processor {
         let token = self
             .keyring
             .decrypt(&token_context(&integration.id), &integration.token_sealed)
-            .map_err(|e| GitLabError::Request(format!("cannot open the token of integration {:?}: {e}", integration.id)))?;
+            .map_err(|e| {
+                GitLabError::Request(format!(
+                    "cannot open the token of integration {:?}: {e}",
+                    integration.id
+                ))
+            })?;
         let client = self.gitlab.client(&integration.api_host_url, token)?;
         let project_id = event.project().id;
         let default_branch = if needs_default {
@@ -190,7 +212,9 @@ impl Processor {
             String::new()
         };
         match rules::changed_files(event, &default_branch) {
-            ChangedFiles::Compare { from, to } => projects::changed_files(&client, project_id, &from, &to).await,
+            ChangedFiles::Compare { from, to } => {
+                projects::changed_files(&client, project_id, &from, &to).await
+            }
             ChangedFiles::Listed(files) => Ok(files),
             ChangedFiles::NotNeeded => Ok(Vec::new()),
         }
@@ -239,11 +263,16 @@ async fn apply(tx: &mut Tx, plan: Option<Plan>, lease: Option<&Lease>) -> Result
             }
             Decision::CancelBranch { stack, branch } => {
                 let cause = format!("branch {branch} was deleted");
-                canceled.extend(runs::cancel_queued_proposed(tx, stack, Some(branch), None, &cause, now).await?);
+                canceled.extend(
+                    runs::cancel_queued_proposed(tx, stack, Some(branch), None, &cause, now)
+                        .await?,
+                );
             }
             Decision::CancelMergeRequest { stack, iid } => {
                 let cause = format!("merge request !{iid} was closed");
-                canceled.extend(runs::cancel_queued_proposed(tx, stack, None, Some(*iid), &cause, now).await?);
+                canceled.extend(
+                    runs::cancel_queued_proposed(tx, stack, None, Some(*iid), &cause, now).await?,
+                );
             }
             Decision::Nothing { stack, why } => skipped.push(format!("{stack}: {why}")),
         }
@@ -256,7 +285,9 @@ async fn apply(tx: &mut Tx, plan: Option<Plan>, lease: Option<&Lease>) -> Result
         }
         let reused = runs_of_delivery.len() - created.len();
         if reused > 0 {
-            parts.push(format!("{reused} run(s) for the same commit already existed"));
+            parts.push(format!(
+                "{reused} run(s) for the same commit already existed"
+            ));
         }
         if !canceled.is_empty() {
             parts.push(format!("canceled queued run(s) {}", canceled.join(", ")));
@@ -332,7 +363,10 @@ async fn fail(store: &Store, job: &ClaimedJob, error: &ProcessError) {
     }
 }
 
-async fn apply_batch(store: &Store, plans: Vec<(&ClaimedJob, Option<Plan>)>) -> Result<(), StoreError> {
+async fn apply_batch(
+    store: &Store,
+    plans: Vec<(&ClaimedJob, Option<Plan>)>,
+) -> Result<(), StoreError> {
     if plans.is_empty() {
         return Ok(());
     }
@@ -340,7 +374,9 @@ async fn apply_batch(store: &Store, plans: Vec<(&ClaimedJob, Option<Plan>)>) -> 
     for (job, plan) in plans {
         match apply(&mut tx, plan, Some(&job.lease)).await {
             Ok(()) => {}
-            Err(ProcessError::Store(error) | ProcessError::Lease(LeaseError::Store(error))) => return Err(error),
+            Err(ProcessError::Store(error) | ProcessError::Lease(LeaseError::Store(error))) => {
+                return Err(error);
+            }
             // A lost lease: another worker has the job now.
             Err(error) => tracing::warn!(%error, "skipped a delivery job"),
         }
@@ -357,7 +393,10 @@ pub async fn prune(store: Store, retention: Duration) {
         let before = Millis(Millis::now().0 - retention.as_millis() as i64);
         match deliveries::prune_bodies(&store, before).await {
             Ok(0) => {}
-            Ok(pruned) => tracing::info!(deliveries.pruned = pruned, "pruned bodies of old deliveries"),
+            Ok(pruned) => tracing::info!(
+                deliveries.pruned = pruned,
+                "pruned bodies of old deliveries"
+            ),
             Err(error) => tracing::warn!(%error, "pruning old delivery bodies failed"),
         }
     }

@@ -18,7 +18,7 @@ use crate::API_BODY_LIMIT;
 use crate::error::ApiError;
 use crate::metrics;
 use crate::routes::{
-    api_keys, audit, deliveries, health, integrations, me, spaces, stacks, webhooks,
+    api_keys, audit, deliveries, health, integrations, me, runs, spaces, stacks, webhooks,
 };
 use crate::state::AppState;
 
@@ -65,6 +65,11 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(webhooks::receive))
         .routes(routes!(stacks::create, stacks::list))
         .routes(routes!(stacks::show, stacks::update, stacks::delete))
+        .routes(routes!(runs::list, runs::trigger))
+        .routes(routes!(runs::show))
+        .routes(routes!(runs::confirm))
+        .routes(routes!(runs::discard))
+        .routes(routes!(runs::cancel))
         .split_for_parts();
     let openapi = Arc::new(openapi);
 

@@ -57,9 +57,15 @@ pub enum Created {
 /// (stack, commit, kind), linking it to the merge request when this event
 /// names one and it has none. A new proposed run cancels the older queued
 /// proposed runs of its stack and branch ("superseded by run …").
-pub async fn create(conn: &mut Conn, new: &NewRun<'_>, now: Millis) -> Result<(Run, Created, Vec<String>), StoreError> {
+pub async fn create(
+    conn: &mut Conn,
+    new: &NewRun<'_>,
+    now: Millis,
+) -> Result<(Run, Created, Vec<String>), StoreError> {
     let id = uuid::Uuid::now_v7().to_string();
-    let iid = new.merge_request_iid.map(|iid| i64::try_from(iid).unwrap_or(i64::MAX));
+    let iid = new
+        .merge_request_iid
+        .map(|iid| i64::try_from(iid).unwrap_or(i64::MAX));
     let inserted: Option<(String,)> = sqlx::query_as(
         "INSERT INTO runs (id, stack_id, kind, state, commit_sha, branch, merge_request_iid, trigger, created_at, updated_at) \
          VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $8) \
@@ -113,24 +119,38 @@ pub async fn create(conn: &mut Conn, new: &NewRun<'_>, now: Millis) -> Result<(R
         .await?;
         for (older,) in older {
             let cause = format!("superseded by run {id}");
-            if apply(conn, &older, Command::Cancel, &cause, false, now).await?.is_ok() {
+            if apply(conn, &older, Command::Cancel, &cause, false, now)
+                .await?
+                .is_ok()
+            {
                 canceled.push(older);
             }
         }
     }
-    let run = get(conn, &id).await?.ok_or(StoreError::Database(sqlx::Error::RowNotFound))?;
+    let run = get(conn, &id)
+        .await?
+        .ok_or(StoreError::Database(sqlx::Error::RowNotFound))?;
     Ok((run, Created::New, canceled))
 }
 
-async fn record(conn: &mut Conn, run_id: &str, seq: i64, state: State, cause: &str, now: Millis) -> Result<(), StoreError> {
-    sqlx::query("INSERT INTO run_transitions (run_id, seq, state, at, cause) VALUES ($1, $2, $3, $4, $5)")
-        .bind(run_id)
-        .bind(seq)
-        .bind(state.as_str())
-        .bind(now.0)
-        .bind(cause)
-        .execute(conn)
-        .await?;
+async fn record(
+    conn: &mut Conn,
+    run_id: &str,
+    seq: i64,
+    state: State,
+    cause: &str,
+    now: Millis,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO run_transitions (run_id, seq, state, at, cause) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(run_id)
+    .bind(seq)
+    .bind(state.as_str())
+    .bind(now.0)
+    .bind(cause)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
@@ -145,7 +165,9 @@ pub async fn apply(
     autodeploy: bool,
     now: Millis,
 ) -> Result<Result<Run, IllegalTransition>, StoreError> {
-    let run = get(conn, run_id).await?.ok_or(StoreError::Database(sqlx::Error::RowNotFound))?;
+    let run = get(conn, run_id)
+        .await?
+        .ok_or(StoreError::Database(sqlx::Error::RowNotFound))?;
     let kind = Kind::parse(&run.kind).unwrap_or(Kind::Proposed);
     let from = State::parse(&run.state).unwrap_or(State::Failed);
     let to = match transition(kind, from, command, autodeploy) {
@@ -169,12 +191,15 @@ pub async fn apply(
             action: "moved: it changed meanwhile",
         }));
     }
-    let (seq,): (i64,) = sqlx::query_as("SELECT COALESCE(MAX(seq), -1) + 1 FROM run_transitions WHERE run_id = $1")
-        .bind(run_id)
-        .fetch_one(&mut *conn)
-        .await?;
+    let (seq,): (i64,) =
+        sqlx::query_as("SELECT COALESCE(MAX(seq), -1) + 1 FROM run_transitions WHERE run_id = $1")
+            .bind(run_id)
+            .fetch_one(&mut *conn)
+            .await?;
     record(conn, run_id, seq, to, cause, now).await?;
-    Ok(Ok(get(conn, run_id).await?.ok_or(StoreError::Database(sqlx::Error::RowNotFound))?))
+    Ok(Ok(get(conn, run_id)
+        .await?
+        .ok_or(StoreError::Database(sqlx::Error::RowNotFound))?))
 }
 
 /// Cancels a stack's queued proposed runs of a branch, or of a merge
@@ -199,7 +224,10 @@ pub async fn cancel_queued_proposed(
     .await?;
     let mut canceled = Vec::new();
     for (id,) in ids {
-        if apply(conn, &id, Command::Cancel, cause, false, now).await?.is_ok() {
+        if apply(conn, &id, Command::Cancel, cause, false, now)
+            .await?
+            .is_ok()
+        {
             canceled.push(id);
         }
     }
@@ -207,17 +235,21 @@ pub async fn cancel_queued_proposed(
 }
 
 pub async fn get(conn: &mut Conn, id: &str) -> Result<Option<Run>, StoreError> {
-    Ok(sqlx::query_as(&format!("SELECT {COLUMNS} FROM runs WHERE id = $1"))
-        .bind(id)
-        .fetch_optional(conn)
-        .await?)
+    Ok(
+        sqlx::query_as(&format!("SELECT {COLUMNS} FROM runs WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(conn)
+            .await?,
+    )
 }
 
 pub async fn transitions(conn: &mut Conn, run_id: &str) -> Result<Vec<Transition>, StoreError> {
-    Ok(sqlx::query_as("SELECT seq, state, at, cause FROM run_transitions WHERE run_id = $1 ORDER BY seq")
-        .bind(run_id)
-        .fetch_all(conn)
-        .await?)
+    Ok(sqlx::query_as(
+        "SELECT seq, state, at, cause FROM run_transitions WHERE run_id = $1 ORDER BY seq",
+    )
+    .bind(run_id)
+    .fetch_all(conn)
+    .await?)
 }
 
 /// A stack's runs, newest first, optionally of one state and kind.

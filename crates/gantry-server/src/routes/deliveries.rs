@@ -168,7 +168,9 @@ pub async fn replay(
         .map_err(|err| match err {
             ProcessError::Pruned(_) => ApiError::conflict(err.to_string()),
             ProcessError::Missing(_) => ApiError::not_found(err.to_string()),
-        ProcessError::GitLab(err) => ApiError::bad_gateway(format!("{err}; try the replay again later")),
+            ProcessError::GitLab(err) => {
+                ApiError::bad_gateway(format!("{err}; try the replay again later"))
+            }
             ProcessError::Store(err) => err.into(),
             ProcessError::Lease(gantry_store::jobs::LeaseError::Store(err)) => err.into(),
             ProcessError::Lease(err) => {

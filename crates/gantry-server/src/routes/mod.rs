@@ -6,6 +6,7 @@ pub mod deliveries;
 pub mod health;
 pub mod integrations;
 pub mod me;
+pub mod runs;
 pub mod spaces;
 pub mod stacks;
 pub mod webhooks;

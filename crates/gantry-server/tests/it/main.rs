@@ -5,6 +5,7 @@ mod bad_input;
 mod harness;
 mod integrations;
 mod roles;
+mod runs;
 mod spaces;
 mod stacks;
 mod startup;
