@@ -456,7 +456,11 @@ pub(crate) fn commit_files(
             _ => modified.push(file.to_owned()),
         }
     }
-    Ok((added, modified, removed))
+    Ok(CommitFiles {
+        added,
+        modified,
+        removed,
+    })
 }
 
 /// The commits of `before..after`, newest first.

@@ -268,13 +268,13 @@ impl Sim {
         };
         let mut commits = Vec::new();
         for sha in all.iter().take(20).rev() {
-            let (added, modified, removed) = git::commit_files(root, &path, sha)?;
+            let files = git::commit_files(root, &path, sha)?;
             commits.push(serde_json::json!({
                 "id": sha, "message": "change", "title": "change",
                 "timestamp": "2026-11-22T00:00:00+00:00",
                 "url": format!("{}/{path}/-/commit/{sha}", self.shared.url),
                 "author": {"name": "Sim User", "email": "[REDACTED]"},
-                "added": added, "modified": modified, "removed": removed,
+                "added": files.added, "modified": files.modified, "removed": files.removed,
             }));
         }
         Ok(serde_json::json!({
