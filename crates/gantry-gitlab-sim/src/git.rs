@@ -427,13 +427,15 @@ async fn http_backend(
         .map_err(|error| SimError::Io(std::io::Error::other(error.to_string())))
 }
 
-/// The files one commit added, modified and removed, as a push payload
-/// lists them.
-pub(crate) fn commit_files(
-    root: &Path,
-    path: &str,
-    sha: &str,
-) -> Result<(Vec<String>, Vec<String>, Vec<String>), SimError> {
+/// The files one commit added, modified and removed.
+pub(crate) struct CommitFiles {
+    pub added: Vec<String>,
+    pub modified: Vec<String>,
+    pub removed: Vec<String>,
+}
+
+/// The files of one commit, as a push payload lists them.
+pub(crate) fn commit_files(root: &Path, path: &str, sha: &str) -> Result<CommitFiles, SimError> {
     let out = git(
         &bare_dir(root, path),
         &[
