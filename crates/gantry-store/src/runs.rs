@@ -278,3 +278,53 @@ pub async fn list(
         id: row.id.clone(),
     }))
 }
+
+/// Starts the next run a worker may take (queued → preparing), honouring
+/// the stack lock: a tracked run starts only when no tracked run of its
+/// stack holds the lock (preparing through applying, waiting for
+/// confirmation included) and no older tracked run of its stack is still
+/// queued; proposed runs start whenever they are queued. Oldest first.
+pub async fn start_next(tx: &mut crate::Tx, cause: &str, now: Millis) -> Result<Option<Run>, StoreError> {
+    let skip_locked = match tx.backend() {
+        crate::Backend::Postgres => "FOR UPDATE SKIP LOCKED",
+        crate::Backend::Sqlite => "",
+    };
+    loop {
+        let candidate: Option<(String, String, String)> = sqlx::query_as(&format!(
+            "SELECT r.id, r.stack_id, r.kind FROM runs r WHERE r.state = 'queued' AND (r.kind = 'proposed' OR ( \
+               NOT EXISTS (SELECT 1 FROM runs h WHERE h.stack_id = r.stack_id AND h.kind = 'tracked' \
+                           AND h.state IN ('preparing', 'planning', 'unconfirmed', 'confirmed', 'applying')) \
+               AND NOT EXISTS (SELECT 1 FROM runs o WHERE o.stack_id = r.stack_id AND o.kind = 'tracked' \
+                           AND o.state = 'queued' AND (o.created_at < r.created_at OR (o.created_at = r.created_at AND o.id < r.id))))) \
+             ORDER BY r.created_at, r.id LIMIT 1 {skip_locked}"
+        ))
+        .fetch_optional(&mut **tx)
+        .await?;
+        let Some((id, stack_id, kind)) = candidate else {
+            return Ok(None);
+        };
+        if kind == Kind::Tracked.as_str() && tx.backend() == crate::Backend::Postgres {
+            // Another server may be starting a tracked run of this stack:
+            // the stack row serialises them, then the lock is checked again.
+            sqlx::query("SELECT id FROM stacks WHERE id = $1 FOR UPDATE")
+                .bind(&stack_id)
+                .execute(&mut **tx)
+                .await?;
+            let (held,): (i64,) = sqlx::query_as(
+                "SELECT COUNT(*) FROM runs WHERE stack_id = $1 AND kind = 'tracked' \
+                 AND state IN ('preparing', 'planning', 'unconfirmed', 'confirmed', 'applying')",
+            )
+            .bind(&stack_id)
+            .fetch_one(&mut **tx)
+            .await?;
+            if held > 0 {
+                return Ok(None);
+            }
+        }
+        match apply(tx, &id, Command::Start, cause, false, now).await? {
+            Ok(run) => return Ok(Some(run)),
+            // Taken meanwhile: look again.
+            Err(_) => continue,
+        }
+    }
+}

@@ -6,6 +6,7 @@ use gantry_store::testing::{self, TestStore};
 mod api_keys;
 mod jobs;
 mod migrations;
+mod runs;
 mod spaces;
 
 /// Runs `$test(store)` once on SQLite and once on PostgreSQL, as two tests.

@@ -1,0 +1,131 @@
+//! The stack lock: tracked runs of a stack start one at a time, in order,
+//! and a run waiting for confirmation holds the lock; proposed runs start
+//! at once. Also what may and may not move a run.
+
+use gantry_domain::run::{Command, Kind};
+use gantry_store::integrations::{self, Integration, TokenFacts};
+use gantry_store::runs::{self, Created, NewRun};
+use gantry_store::stacks::{self, Stack};
+use gantry_store::testing::TestStore;
+use gantry_store::{Millis, spaces};
+
+use crate::on_both_databases;
+
+on_both_databases!(tracked_runs_take_turns_and_proposed_runs_do_not);
+
+async fn setup(db: &TestStore) {
+    let now = Millis::now();
+    let mut tx = db.store.begin().await.expect("tx");
+    spaces::insert(&mut tx, "root", "root", None, now).await.expect("root");
+    let integration = Integration {
+        id: "main".into(),
+        name: "Main".into(),
+        space_id: "root".into(),
+        is_default: true,
+        api_host_url: "https://gitlab.example.com".into(),
+        user_facing_host_url: "https://gitlab.example.com".into(),
+        labels: Vec::new(),
+        description: String::new(),
+        token_sealed: "v1:x:y".into(),
+        token: TokenFacts {
+            scopes: vec!["api".into()],
+            expires_at: None,
+            user_id: 1,
+            username: "bot".into(),
+        },
+        warnings: Vec::new(),
+        webhook_secret_sealed: "v1:x:z".into(),
+        previous_secret_sealed: None,
+        previous_secret_expires_at: None,
+        created_at: now.0,
+        updated_at: now.0,
+    };
+    integrations::insert(&mut tx, &integration).await.expect("integration");
+    for id in ["net", "dns"] {
+        let stack = Stack {
+            id: id.into(),
+            name: id.into(),
+            space_id: "root".into(),
+            integration_id: Some("main".into()),
+            project_id: 42,
+            repository: "infra/network".into(),
+            branch: "main".into(),
+            project_root: String::new(),
+            additional_project_globs: "[]".into(),
+            labels: "[]".into(),
+            autodeploy: 0,
+            allow_forks: 0,
+            vendor: r#"{"kind":"opentofu"}"#.into(),
+            environment: "{}".into(),
+            secret_environment_names: "[]".into(),
+            secret_environment_sealed: None,
+            created_at: now.0,
+            updated_at: now.0,
+        };
+        stacks::insert(&mut tx, &stack).await.expect("stack");
+    }
+    tx.commit().await.expect("commit");
+}
+
+async fn create(db: &TestStore, stack: &str, kind: Kind, commit: &str) -> String {
+    let mut tx = db.store.begin().await.expect("tx");
+    let new = NewRun {
+        stack_id: stack,
+        kind,
+        commit_sha: commit,
+        branch: if kind == Kind::Tracked { "main" } else { commit },
+        merge_request_iid: None,
+        trigger: "test",
+    };
+    let (run, created, _) = runs::create(&mut tx, &new, Millis::now()).await.expect("create");
+    assert_eq!(created, Created::New);
+    tx.commit().await.expect("commit");
+    run.id
+}
+
+async fn next(db: &TestStore) -> Option<String> {
+    let mut tx = db.store.begin().await.expect("tx");
+    let run = runs::start_next(&mut tx, "worker w1", Millis::now()).await.expect("start");
+    tx.commit().await.expect("commit");
+    run.map(|run| run.id)
+}
+
+async fn command(db: &TestStore, id: &str, command: Command) {
+    let mut tx = db.store.begin().await.expect("tx");
+    runs::apply(&mut tx, id, command, "test", false, Millis::now())
+        .await
+        .expect("apply")
+        .unwrap_or_else(|illegal| panic!("{illegal}"));
+    tx.commit().await.expect("commit");
+}
+
+async fn tracked_runs_take_turns_and_proposed_runs_do_not(db: &TestStore) {
+    setup(db).await;
+    let t1 = create(db, "net", Kind::Tracked, "a1").await;
+    let t2 = create(db, "net", Kind::Tracked, "a2").await;
+    let other = create(db, "dns", Kind::Tracked, "b1").await;
+    let p1 = create(db, "net", Kind::Proposed, "c1").await;
+    let p2 = create(db, "net", Kind::Proposed, "c2").await;
+
+    assert_eq!(next(db).await.as_deref(), Some(t1.as_str()), "the oldest first");
+    // t2 waits for t1; another stack's tracked run and proposed runs do not.
+    assert_eq!(next(db).await.as_deref(), Some(other.as_str()));
+    assert_eq!(next(db).await.as_deref(), Some(p1.as_str()));
+    assert_eq!(next(db).await.as_deref(), Some(p2.as_str()));
+    assert_eq!(next(db).await, None, "t2 waits for the lock");
+
+    // Waiting for confirmation still holds the lock.
+    command(db, &t1, Command::Plan).await;
+    command(db, &t1, Command::Planned { changes: true }).await;
+    assert_eq!(next(db).await, None);
+    command(db, &t1, Command::Discard).await;
+    assert_eq!(next(db).await.as_deref(), Some(t2.as_str()), "released on discard");
+
+    // A terminal run never moves again.
+    let mut tx = db.store.begin().await.expect("tx");
+    let refused = runs::apply(&mut tx, &t1, Command::Confirm, "late", false, Millis::now()).await.expect("apply");
+    assert!(refused.is_err());
+    let transitions = runs::transitions(&mut tx, &t1).await.expect("transitions");
+    let states: Vec<&str> = transitions.iter().map(|t| t.state.as_str()).collect();
+    assert_eq!(states, ["queued", "preparing", "planning", "unconfirmed", "discarded"]);
+}
