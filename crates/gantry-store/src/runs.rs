@@ -284,7 +284,11 @@ pub async fn list(
 /// stack holds the lock (preparing through applying, waiting for
 /// confirmation included) and no older tracked run of its stack is still
 /// queued; proposed runs start whenever they are queued. Oldest first.
-pub async fn start_next(tx: &mut crate::Tx, cause: &str, now: Millis) -> Result<Option<Run>, StoreError> {
+pub async fn start_next(
+    tx: &mut crate::Tx,
+    cause: &str,
+    now: Millis,
+) -> Result<Option<Run>, StoreError> {
     let skip_locked = match tx.backend() {
         crate::Backend::Postgres => "FOR UPDATE SKIP LOCKED",
         crate::Backend::Sqlite => "",

@@ -16,7 +16,9 @@ on_both_databases!(tracked_runs_take_turns_and_proposed_runs_do_not);
 async fn setup(db: &TestStore) {
     let now = Millis::now();
     let mut tx = db.store.begin().await.expect("tx");
-    spaces::insert(&mut tx, "root", "root", None, now).await.expect("root");
+    spaces::insert(&mut tx, "root", "root", None, now)
+        .await
+        .expect("root");
     let integration = Integration {
         id: "main".into(),
         name: "Main".into(),
@@ -40,7 +42,9 @@ async fn setup(db: &TestStore) {
         created_at: now.0,
         updated_at: now.0,
     };
-    integrations::insert(&mut tx, &integration).await.expect("integration");
+    integrations::insert(&mut tx, &integration)
+        .await
+        .expect("integration");
     for id in ["net", "dns"] {
         let stack = Stack {
             id: id.into(),
@@ -73,11 +77,17 @@ async fn create(db: &TestStore, stack: &str, kind: Kind, commit: &str) -> String
         stack_id: stack,
         kind,
         commit_sha: commit,
-        branch: if kind == Kind::Tracked { "main" } else { commit },
+        branch: if kind == Kind::Tracked {
+            "main"
+        } else {
+            commit
+        },
         merge_request_iid: None,
         trigger: "test",
     };
-    let (run, created, _) = runs::create(&mut tx, &new, Millis::now()).await.expect("create");
+    let (run, created, _) = runs::create(&mut tx, &new, Millis::now())
+        .await
+        .expect("create");
     assert_eq!(created, Created::New);
     tx.commit().await.expect("commit");
     run.id
@@ -85,7 +95,9 @@ async fn create(db: &TestStore, stack: &str, kind: Kind, commit: &str) -> String
 
 async fn next(db: &TestStore) -> Option<String> {
     let mut tx = db.store.begin().await.expect("tx");
-    let run = runs::start_next(&mut tx, "worker w1", Millis::now()).await.expect("start");
+    let run = runs::start_next(&mut tx, "worker w1", Millis::now())
+        .await
+        .expect("start");
     tx.commit().await.expect("commit");
     run.map(|run| run.id)
 }
@@ -107,7 +119,11 @@ async fn tracked_runs_take_turns_and_proposed_runs_do_not(db: &TestStore) {
     let p1 = create(db, "net", Kind::Proposed, "c1").await;
     let p2 = create(db, "net", Kind::Proposed, "c2").await;
 
-    assert_eq!(next(db).await.as_deref(), Some(t1.as_str()), "the oldest first");
+    assert_eq!(
+        next(db).await.as_deref(),
+        Some(t1.as_str()),
+        "the oldest first"
+    );
     // t2 waits for t1; another stack's tracked run and proposed runs do not.
     assert_eq!(next(db).await.as_deref(), Some(other.as_str()));
     assert_eq!(next(db).await.as_deref(), Some(p1.as_str()));
@@ -119,13 +135,28 @@ async fn tracked_runs_take_turns_and_proposed_runs_do_not(db: &TestStore) {
     command(db, &t1, Command::Planned { changes: true }).await;
     assert_eq!(next(db).await, None);
     command(db, &t1, Command::Discard).await;
-    assert_eq!(next(db).await.as_deref(), Some(t2.as_str()), "released on discard");
+    assert_eq!(
+        next(db).await.as_deref(),
+        Some(t2.as_str()),
+        "released on discard"
+    );
 
     // A terminal run never moves again.
     let mut tx = db.store.begin().await.expect("tx");
-    let refused = runs::apply(&mut tx, &t1, Command::Confirm, "late", false, Millis::now()).await.expect("apply");
+    let refused = runs::apply(&mut tx, &t1, Command::Confirm, "late", false, Millis::now())
+        .await
+        .expect("apply");
     assert!(refused.is_err());
     let transitions = runs::transitions(&mut tx, &t1).await.expect("transitions");
     let states: Vec<&str> = transitions.iter().map(|t| t.state.as_str()).collect();
-    assert_eq!(states, ["queued", "preparing", "planning", "unconfirmed", "discarded"]);
+    assert_eq!(
+        states,
+        [
+            "queued",
+            "preparing",
+            "planning",
+            "unconfirmed",
+            "discarded"
+        ]
+    );
 }
