@@ -60,6 +60,11 @@ pub(crate) fn init(root: &Path, path: &str, default_branch: &str) -> Result<(), 
     std::fs::create_dir_all(&work)?;
     git(&bare, &["init", "-q", "--bare", "-b", default_branch])?;
     git(&bare, &["config", "http.receivepack", "true"])?;
+    // GitLab lets clients fetch any reachable commit by its id.
+    git(
+        &bare,
+        &["config", "uploadpack.allowReachableSHA1InWant", "true"],
+    )?;
     git(&work, &["init", "-q", "-b", default_branch])?;
     git(&work, &["remote", "add", "origin", &bare.to_string_lossy()])?;
     std::fs::write(work.join("README.md"), format!("# {path}\n"))?;

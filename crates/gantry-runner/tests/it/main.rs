@@ -1,0 +1,3 @@
+//! The runner against the simulated GitLab's real repositories.
+
+mod checkout;
