@@ -1,3 +1,4 @@
 //! The runner against the simulated GitLab's real repositories.
 
 mod checkout;
+mod process;
