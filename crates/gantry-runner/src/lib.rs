@@ -6,3 +6,5 @@
 pub mod checkout;
 pub mod process;
 pub mod redact;
+pub mod summary;
+pub mod workflow;

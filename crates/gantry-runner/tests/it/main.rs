@@ -2,3 +2,4 @@
 
 mod checkout;
 mod process;
+mod workflow;
