@@ -139,3 +139,53 @@ async fn a_refused_token_or_unknown_commit_fails_without_showing_the_token() {
             .contains(secrecy::ExposeSecret::expose_secret(&token))
     );
 }
+
+/// While git fetches (slowed down by the simulator), no process on the
+/// machine has the token in its command line (`/proc/<pid>/cmdline`).
+#[tokio::test]
+async fn the_token_is_in_no_process_arguments() {
+    let (sim, project, token) = repository().await;
+    let (_, commit) = sim
+        .commit(project, "main", &[("a.tf", Some("a"))], "a")
+        .expect("commit");
+    for _ in 0..4 {
+        sim.inject(gantry_gitlab_sim::Fault {
+            path_contains: ".git/".to_owned(),
+            kind: gantry_gitlab_sim::FaultKind::Delay(std::time::Duration::from_millis(400)),
+        });
+    }
+    let url = sim.clone_url(project).expect("url");
+    let secret = SecretString::from(token.clone());
+    let dir = tempfile::tempdir().expect("dir");
+    let fetch = {
+        let (url, commit, path) = (url.clone(), commit.clone(), dir.path().to_owned());
+        tokio::spawn(async move {
+            checkout(
+                &Source {
+                    clone_url: &url,
+                    token: &secret,
+                    commit: &commit,
+                },
+                &path,
+            )
+            .await
+        })
+    };
+    let mut saw_git = false;
+    while !fetch.is_finished() {
+        for entry in std::fs::read_dir("/proc").expect("proc").flatten() {
+            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            saw_git |= cmdline.contains("fetch") && cmdline.starts_with("git");
+            assert!(
+                !cmdline.contains(&token),
+                "a process has the token in its arguments: {cmdline}"
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    fetch.await.expect("task").expect("checkout");
+    assert!(saw_git, "the scan saw the git fetch running");
+}
