@@ -12,10 +12,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use serde_json::{Value, json};
 
-use crate::state::{AccessLevel, LoggedRequest, Note, now};
-use crate::{FaultKind, Shared, git};
+use crate::state::{AccessLevel, LoggedRequest, now};
+use crate::{FaultKind, Shared, git, reporting};
 
-type SimState = State<Arc<Shared>>;
+pub(crate) type SimState = State<Arc<Shared>>;
 
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
@@ -39,23 +39,23 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         )
         .route(
             "/api/v4/projects/{id}/merge_requests/{iid}",
-            get(merge_request),
+            get(reporting::merge_request),
         )
         .route(
             "/api/v4/projects/{id}/merge_requests/{iid}/notes",
-            get(list_notes).post(create_note),
+            get(reporting::list_notes).post(reporting::create_note),
         )
         .route(
             "/api/v4/projects/{id}/merge_requests/{iid}/notes/{note_id}",
-            put(edit_note),
+            put(reporting::edit_note),
         )
         .route(
             "/api/v4/projects/{id}/deployments",
-            get(list_deployments).post(create_deployment),
+            get(reporting::list_deployments).post(reporting::create_deployment),
         )
         .route(
             "/api/v4/projects/{id}/deployments/{deployment_id}",
-            put(edit_deployment),
+            put(reporting::edit_deployment),
         )
         .fallback(git::serve)
         .layer(axum::middleware::from_fn_with_state(
@@ -70,7 +70,7 @@ pub(crate) fn error(status: StatusCode, message: &str) -> Response {
     (status, axum::Json(json!({ "message": message }))).into_response()
 }
 
-fn not_found(what: &str) -> Response {
+pub(crate) fn not_found(what: &str) -> Response {
     error(StatusCode::NOT_FOUND, &format!("404 {what} Not Found"))
 }
 
@@ -90,7 +90,7 @@ fn insufficient_scope() -> Response {
         .into_response()
 }
 
-fn bad_request(message: &str) -> Response {
+pub(crate) fn bad_request(message: &str) -> Response {
     error(StatusCode::BAD_REQUEST, message)
 }
 
@@ -236,7 +236,7 @@ fn visible_project(
 }
 
 /// Authenticates, checks the scope for the method and finds the project.
-fn project_access(
+pub(crate) fn project_access(
     shared: &Shared,
     headers: &HeaderMap,
     method: &Method,
@@ -261,7 +261,7 @@ fn project_access(
 
 /// Parameters as GitLab takes them: from the query string and from a form
 /// or JSON body.
-fn params(uri: &Uri, headers: &HeaderMap, body: &[u8]) -> HashMap<String, String> {
+pub(crate) fn params(uri: &Uri, headers: &HeaderMap, body: &[u8]) -> HashMap<String, String> {
     let mut out: HashMap<String, String> = uri
         .query()
         .map(|query| url_pairs(query.as_bytes()))
@@ -611,7 +611,7 @@ async fn list_statuses(
 
 /// GitLab's offset pagination: `page`, `per_page` (default 20, at most
 /// 100) and the `X-Page`, `X-Next-Page`, `X-Total` headers.
-fn paginate(items: Vec<Value>, params: &HashMap<String, String>) -> Response {
+pub(crate) fn paginate(items: Vec<Value>, params: &HashMap<String, String>) -> Response {
     let page: usize = params
         .get("page")
         .and_then(|p| p.parse().ok())
@@ -682,302 +682,4 @@ async fn branch(
         Ok(None) => not_found("Branch"),
         Err(response) => response,
     }
-}
-
-fn merge_request_json(project_id: u64, mr: &crate::state::MergeRequest) -> Value {
-    json!({
-        "id": mr.id,
-        "iid": mr.iid,
-        "project_id": project_id,
-        "title": mr.title,
-        "state": "opened",
-        "source_branch": mr.source_branch,
-        "target_branch": mr.target_branch,
-        "source_project_id": project_id,
-        "target_project_id": project_id,
-        "sha": mr.sha,
-        "draft": false,
-    })
-}
-
-async fn merge_request(
-    State(shared): SimState,
-    Path((id, iid)): Path<(String, u64)>,
-    headers: HeaderMap,
-) -> Response {
-    let project_id = match project_access(&shared, &headers, &Method::GET, &id, AccessLevel::Guest)
-    {
-        Ok((_, project_id)) => project_id,
-        Err(response) => return response,
-    };
-    let state = shared.lock();
-    state
-        .project(project_id)
-        .and_then(|project| project.merge_requests.iter().find(|mr| mr.iid == iid))
-        .map_or_else(
-            || not_found("Merge Request"),
-            |mr| axum::Json(merge_request_json(project_id, mr)).into_response(),
-        )
-}
-
-/// GitLab refuses notes longer than this.
-const NOTE_LIMIT: usize = 1_000_000;
-
-fn note_json(
-    state: &crate::state::State,
-    base_url: &str,
-    mr: &crate::state::MergeRequest,
-    note: &Note,
-) -> Value {
-    json!({
-        "id": note.id,
-        "type": null,
-        "body": note.body,
-        "attachment": null,
-        "author": state.user_json(note.author_id, base_url),
-        "created_at": note.created_at,
-        "updated_at": note.updated_at,
-        "system": false,
-        "noteable_id": mr.id,
-        "noteable_type": "MergeRequest",
-        "noteable_iid": mr.iid,
-        "resolvable": false,
-    })
-}
-
-async fn list_notes(
-    State(shared): SimState,
-    Path((id, iid)): Path<(String, u64)>,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    let project_id = match project_access(&shared, &headers, &Method::GET, &id, AccessLevel::Guest)
-    {
-        Ok((_, project_id)) => project_id,
-        Err(response) => return response,
-    };
-    let state = shared.lock();
-    let Some(mr) = state
-        .project(project_id)
-        .and_then(|project| project.merge_requests.iter().find(|mr| mr.iid == iid))
-    else {
-        return not_found("Merge Request");
-    };
-    // GitLab lists notes newest first by default.
-    let notes: Vec<Value> = mr
-        .notes
-        .iter()
-        .rev()
-        .map(|note| note_json(&state, &shared.url, mr, note))
-        .collect();
-    paginate(notes, &params(&uri, &headers, &[]))
-}
-
-fn note_body(params: &HashMap<String, String>) -> Result<String, Response> {
-    let Some(body) = params.get("body") else {
-        return Err(bad_request("body is missing"));
-    };
-    if body.chars().count() > NOTE_LIMIT {
-        return Err((
-            StatusCode::BAD_REQUEST,
-            axum::Json(
-                json!({"message": {"note": ["is too long (maximum is 1000000 characters)"]}}),
-            ),
-        )
-            .into_response());
-    }
-    Ok(body.clone())
-}
-
-async fn create_note(
-    State(shared): SimState,
-    Path((id, iid)): Path<(String, u64)>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let (caller, project_id) =
-        match project_access(&shared, &headers, &Method::POST, &id, AccessLevel::Guest) {
-            Ok(found) => found,
-            Err(response) => return response,
-        };
-    let text = match note_body(&params(&uri, &headers, &body)) {
-        Ok(text) => text,
-        Err(response) => return response,
-    };
-    let mut state = shared.lock();
-    let note_id = state.next_id();
-    let timestamp = now();
-    let note = Note {
-        id: note_id,
-        body: text,
-        author_id: caller.user_id,
-        created_at: timestamp.clone(),
-        updated_at: timestamp,
-    };
-    let Some(mr) = state
-        .project_mut(project_id)
-        .and_then(|project| project.merge_requests.iter_mut().find(|mr| mr.iid == iid))
-    else {
-        return not_found("Merge Request");
-    };
-    mr.notes.push(note.clone());
-    let state = &*state;
-    let Some(mr) = state
-        .project(project_id)
-        .and_then(|project| project.merge_requests.iter().find(|mr| mr.iid == iid))
-    else {
-        return not_found("Merge Request");
-    };
-    (
-        StatusCode::CREATED,
-        axum::Json(note_json(state, &shared.url, mr, &note)),
-    )
-        .into_response()
-}
-
-async fn edit_note(
-    State(shared): SimState,
-    Path((id, iid, note_id)): Path<(String, u64, u64)>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let (caller, project_id) =
-        match project_access(&shared, &headers, &Method::PUT, &id, AccessLevel::Guest) {
-            Ok(found) => found,
-            Err(response) => return response,
-        };
-    let text = match note_body(&params(&uri, &headers, &body)) {
-        Ok(text) => text,
-        Err(response) => return response,
-    };
-    let mut state = shared.lock();
-    let Some(note) = state
-        .project_mut(project_id)
-        .and_then(|project| project.merge_requests.iter_mut().find(|mr| mr.iid == iid))
-        .and_then(|mr| mr.notes.iter_mut().find(|note| note.id == note_id))
-    else {
-        return not_found("Note");
-    };
-    if note.author_id != caller.user_id {
-        return error(StatusCode::FORBIDDEN, "403 Forbidden");
-    }
-    note.body = text;
-    note.updated_at = now();
-    let note = note.clone();
-    let state = &*state;
-    let Some(mr) = state
-        .project(project_id)
-        .and_then(|project| project.merge_requests.iter().find(|mr| mr.iid == iid))
-    else {
-        return not_found("Merge Request");
-    };
-    axum::Json(note_json(state, &shared.url, mr, &note)).into_response()
-}
-
-async fn list_deployments(
-    State(shared): SimState,
-    Path(id): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    let project_id =
-        match project_access(&shared, &headers, &Method::GET, &id, AccessLevel::Reporter) {
-            Ok((_, project_id)) => project_id,
-            Err(response) => return response,
-        };
-    let deployments = shared.lock().deployments_of(project_id);
-    paginate(deployments, &params(&uri, &headers, &[]))
-}
-
-const DEPLOYMENT_STATES: [&str; 5] = ["running", "success", "failed", "canceled", "blocked"];
-
-async fn create_deployment(
-    State(shared): SimState,
-    Path(id): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let (caller, project_id) = match project_access(
-        &shared,
-        &headers,
-        &Method::POST,
-        &id,
-        AccessLevel::Developer,
-    ) {
-        Ok(found) => found,
-        Err(response) => return response,
-    };
-    let params = params(&uri, &headers, &body);
-    let mut missing = Vec::new();
-    for field in ["environment", "sha", "ref", "tag", "status"] {
-        if !params.contains_key(field) {
-            missing.push(format!("{field} is missing"));
-        }
-    }
-    if !missing.is_empty() {
-        return bad_request(&missing.join(", "));
-    }
-    let status = params.get("status").cloned().unwrap_or_default();
-    if !DEPLOYMENT_STATES.contains(&status.as_str()) {
-        return bad_request("status does not have a valid value");
-    }
-    let mut state = shared.lock();
-    let user = state.user_json(caller.user_id, &shared.url);
-    let id = state.next_id();
-    let environment_id = state.next_id();
-    let Some(project) = state.project_mut(project_id) else {
-        return not_found("Project");
-    };
-    let iid = project.deployments.len() + 1;
-    let timestamp = now();
-    let deployment = json!({
-        "id": id,
-        "iid": iid,
-        "ref": params.get("ref"),
-        "sha": params.get("sha"),
-        "status": status,
-        "created_at": timestamp,
-        "updated_at": timestamp,
-        "user": user,
-        "deployable": null,
-        "environment": {"id": environment_id, "name": params.get("environment"), "external_url": null},
-    });
-    project.deployments.push(deployment.clone());
-    (StatusCode::CREATED, axum::Json(deployment)).into_response()
-}
-
-async fn edit_deployment(
-    State(shared): SimState,
-    Path((id, deployment_id)): Path<(String, u64)>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let project_id =
-        match project_access(&shared, &headers, &Method::PUT, &id, AccessLevel::Developer) {
-            Ok((_, project_id)) => project_id,
-            Err(response) => return response,
-        };
-    let params = params(&uri, &headers, &body);
-    let Some(status) = params.get("status") else {
-        return bad_request("status is missing");
-    };
-    if !DEPLOYMENT_STATES.contains(&status.as_str()) {
-        return bad_request("status does not have a valid value");
-    }
-    let mut state = shared.lock();
-    let Some(deployment) = state.project_mut(project_id).and_then(|project| {
-        project
-            .deployments
-            .iter_mut()
-            .find(|d| d["id"] == deployment_id)
-    }) else {
-        return not_found("Deployment");
-    };
-    deployment["status"] = json!(status);
-    deployment["updated_at"] = json!(now());
-    axum::Json(deployment.clone()).into_response()
 }

@@ -18,6 +18,7 @@
 mod api;
 mod git;
 mod hooks;
+mod reporting;
 mod state;
 
 use std::net::SocketAddr;
