@@ -53,6 +53,8 @@ pub struct Project {
     pub default_branch: Option<String>,
     #[serde(default)]
     pub web_url: Option<String>,
+    #[serde(default)]
+    pub http_url_to_repo: Option<String>,
 }
 
 /// `GET /api/v4/projects/:id/members/all/:user_id`.

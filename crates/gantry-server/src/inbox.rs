@@ -30,6 +30,8 @@ pub struct Processor {
     pub store: Store,
     pub keyring: Arc<Keyring>,
     pub gitlab: gantry_gitlab::Http,
+    /// Woken after runs are created.
+    pub runs_signal: Arc<tokio::sync::Notify>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +67,7 @@ impl Processor {
         let mut tx = self.store.begin().await?;
         apply(&mut tx, plan, None).await?;
         tx.commit().await?;
+        self.runs_signal.notify_waiters();
         let mut conn = self.store.conn().await?;
         deliveries::by_id(&mut conn, id)
             .await?
@@ -347,7 +350,9 @@ pub async fn work(processor: Processor, owner: String, lease_for: Duration) {
                 Err(error) => fail(&store, job, &error).await,
             }
         }
-        if let Err(error) = apply_batch(&store, plans).await {
+        let applied = apply_batch(&store, plans).await;
+        processor.runs_signal.notify_waiters();
+        if let Err(error) = applied {
             // Nothing was committed; the leases lapse and the reaper
             // queues the jobs again.
             tracing::warn!(%error, jobs = batch.len(), "a batch of deliveries failed to commit");

@@ -16,6 +16,7 @@ mod routes;
 mod startup;
 mod state;
 mod views;
+mod worker;
 
 pub use bootstrap::{INITIAL_ADMIN_TOKEN_FILE, MASTER_KEY_ENV, MASTER_KEY_FILE, load_master_key};
 pub use config::{

@@ -70,6 +70,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(runs::confirm))
         .routes(routes!(runs::discard))
         .routes(routes!(runs::cancel))
+        .routes(routes!(runs::logs))
         .split_for_parts();
     let openapi = Arc::new(openapi);
 

@@ -72,6 +72,7 @@ pub async fn start(
         metrics: Arc::new(Metrics::new(&gitlab_metrics)),
         keyring: Arc::new(Keyring::new(master_key)),
         inbox: gantry_store::deliveries::Inbox::spawn(store.clone()),
+        runs_signal: Arc::new(tokio::sync::Notify::new()),
         gitlab,
     };
     let reaper = tokio::spawn(reap_lapsed_leases(store.clone(), state.config.lease));
@@ -80,7 +81,20 @@ pub async fn start(
         store: store.clone(),
         keyring: state.keyring.clone(),
         gitlab: state.gitlab.clone(),
+        runs_signal: state.runs_signal.clone(),
     };
+    let workers: Vec<JoinHandle<()>> = (0..state.config.embedded_workers)
+        .map(|n| {
+            tokio::spawn(crate::worker::work(crate::worker::Worker {
+                store: store.clone(),
+                keyring: state.keyring.clone(),
+                gitlab: state.gitlab.clone(),
+                data_dir: state.config.data_dir.clone(),
+                name: format!("{owner}-{n}"),
+                signal: state.runs_signal.clone(),
+            }))
+        })
+        .collect();
     let inbox = tokio::spawn(crate::inbox::work(processor, owner, state.config.lease));
     let pruner = tokio::spawn(crate::inbox::prune(
         store.clone(),
@@ -94,6 +108,9 @@ pub async fn start(
             .await;
         reaper.abort();
         inbox.abort();
+        for worker in &workers {
+            worker.abort();
+        }
         pruner.abort();
         served.context("the HTTP server failed")
     });

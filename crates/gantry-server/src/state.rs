@@ -15,6 +15,8 @@ pub struct AppState {
     /// Seals and opens secrets at rest (integration tokens, webhook
     /// secrets, secret variables).
     pub keyring: Arc<Keyring>,
+    /// Wakes the embedded workers when runs may have become runnable.
+    pub runs_signal: Arc<tokio::sync::Notify>,
     /// Group commit of webhook deliveries.
     pub inbox: gantry_store::deliveries::Inbox,
     /// The GitLab client shared by all integrations.

@@ -332,3 +332,69 @@ pub async fn start_next(
         }
     }
 }
+
+/// Appends a chunk of (already redacted) log to a run.
+pub async fn append_log(
+    conn: &mut Conn,
+    run_id: &str,
+    chunk: &str,
+    now: Millis,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO run_logs (run_id, seq, at, chunk) \
+         SELECT $1, COALESCE(MAX(seq), -1) + 1, $2, $3 FROM run_logs WHERE run_id = $1",
+    )
+    .bind(run_id)
+    .bind(now.0)
+    .bind(chunk)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A run's whole log, in order.
+pub async fn log(conn: &mut Conn, run_id: &str) -> Result<String, StoreError> {
+    let chunks: Vec<(String,)> =
+        sqlx::query_as("SELECT chunk FROM run_logs WHERE run_id = $1 ORDER BY seq")
+            .bind(run_id)
+            .fetch_all(conn)
+            .await?;
+    Ok(chunks.into_iter().map(|(chunk,)| chunk).collect())
+}
+
+/// Records the plan's change summary (JSON).
+pub async fn set_summary(
+    conn: &mut Conn,
+    run_id: &str,
+    summary: &serde_json::Value,
+    now: Millis,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE runs SET summary = $1, updated_at = $2 WHERE id = $3")
+        .bind(summary.to_string())
+        .bind(now.0)
+        .bind(run_id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Takes a confirmed run for applying (confirmed → applying), oldest first.
+pub async fn take_confirmed(
+    tx: &mut crate::Tx,
+    cause: &str,
+    now: Millis,
+) -> Result<Option<Run>, StoreError> {
+    loop {
+        let candidate: Option<(String,)> = sqlx::query_as(
+            "SELECT id FROM runs WHERE state = 'confirmed' ORDER BY updated_at, id LIMIT 1",
+        )
+        .fetch_optional(&mut **tx)
+        .await?;
+        let Some((id,)) = candidate else {
+            return Ok(None);
+        };
+        if let Ok(run) = apply(tx, &id, Command::Apply, cause, false, now).await? {
+            return Ok(Some(run));
+        }
+    }
+}

@@ -161,6 +161,7 @@ pub async fn replay(
         store: state.store.clone(),
         keyring: state.keyring.clone(),
         gitlab: state.gitlab.clone(),
+        runs_signal: state.runs_signal.clone(),
     };
     let replayed = processor
         .process(&delivery)

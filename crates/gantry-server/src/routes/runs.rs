@@ -239,6 +239,7 @@ pub async fn trigger(
     }
     let answer = view(&mut tx, run).await?;
     tx.commit().await?;
+    state.runs_signal.notify_waiters();
     tracing::info!(run.id = %answer.id, stack.id = %stack.id, "run triggered");
     Ok((StatusCode::CREATED, Json(answer)))
 }
@@ -295,8 +296,29 @@ async fn act(
     let run = moved.map_err(|illegal| ApiError::conflict(illegal.to_string()))?;
     let answer = view(&mut tx, run).await?;
     tx.commit().await?;
+    state.runs_signal.notify_waiters();
     tracing::info!(run.id = %id, run.state = %answer.state, "run {verb}");
     Ok(Json(answer))
+}
+
+/// The run's log so far, already redacted, as plain text.
+#[utoipa::path(get, path = "/api/v1/runs/{id}/logs", tag = "runs", security(("bearer" = [])),
+    responses((status = 200, body = String, content_type = "text/plain"), (status = 404, body = ErrorBody)))]
+pub async fn logs(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<([(axum::http::HeaderName, &'static str); 1], String), ApiError> {
+    let mut conn = state.store.conn().await?;
+    run_for(&mut conn, &principal, &id, Role::Read).await?;
+    let text = runs::log(&mut conn, &id).await?;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; charset=utf-8",
+        )],
+        text,
+    ))
 }
 
 /// Confirms an unconfirmed tracked run, so it applies. Needs `write`.

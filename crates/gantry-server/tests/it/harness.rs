@@ -107,9 +107,16 @@ impl std::io::Write for LogWriter {
 
 impl TestApp {
     pub async fn start(db: &Db) -> Self {
+        Self::start_with_workers(db, 0).await
+    }
+
+    /// A server with `workers` embedded workers executing runs.
+    pub async fn start_with_workers(db: &Db, workers: u32) -> Self {
         log_buffer();
         let (stop, stopped) = oneshot::channel::<()>();
-        let server = gantry_server::start(db.config(), None, async {
+        let mut config = db.config();
+        config.embedded_workers = workers;
+        let server = gantry_server::start(config, None, async {
             let _ = stopped.await;
         })
         .await

@@ -2,6 +2,7 @@
 
 mod api_keys;
 mod bad_input;
+mod execution;
 mod harness;
 mod integrations;
 mod roles;
