@@ -91,6 +91,7 @@ pub async fn start(
                 gitlab: state.gitlab.clone(),
                 data_dir: state.config.data_dir.clone(),
                 name: format!("{owner}-{n}"),
+                lease: state.config.lease,
                 signal: state.runs_signal.clone(),
             }))
         })
@@ -137,6 +138,15 @@ async fn reap_lapsed_leases(store: Store, lease: Duration) {
         every.tick().await;
         if let Err(err) = jobs::reap(&store, Millis::now()).await {
             tracing::warn!(error = %err, "reaping lapsed job leases failed; trying again");
+        }
+        match gantry_store::runs::reap_lost(&store, Millis::now()).await {
+            Ok(lost) if !lost.is_empty() => {
+                tracing::warn!(runs = ?lost, "failed runs whose worker was lost")
+            }
+            Ok(_) => {}
+            Err(err) => {
+                tracing::warn!(error = %err, "reaping runs of lost workers failed; trying again")
+            }
         }
     }
 }

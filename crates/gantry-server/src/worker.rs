@@ -34,6 +34,8 @@ pub struct Worker {
     pub gitlab: gantry_gitlab::Http,
     pub data_dir: PathBuf,
     pub name: String,
+    /// How long a run's lease lasts without a heartbeat.
+    pub lease: Duration,
     /// Woken when runs may have become runnable.
     pub signal: Arc<Notify>,
 }
@@ -240,22 +242,32 @@ fn log_writer(
     (sender, task)
 }
 
-/// Turns `true` when the run is canceled through the API.
-fn watch_cancel(
-    store: Store,
+/// Renews the run's lease a few times per lease, and turns `true` when the
+/// run is canceled through the API or the lease was lost.
+fn watch_run(
+    worker: &Worker,
     run_id: String,
 ) -> (watch::Receiver<bool>, tokio::task::JoinHandle<()>) {
     let (sender, receiver) = watch::channel(false);
+    let (store, owner, lease) = (worker.store.clone(), worker.name.clone(), worker.lease);
     let task = tokio::spawn(async move {
+        let mut renewed = Instant::now();
         loop {
             tokio::time::sleep(Duration::from_millis(500)).await;
-            let state = async {
+            let check = async {
                 let mut conn = store.conn().await?;
-                runs::get(&mut conn, &run_id).await
+                let held = if renewed.elapsed() >= lease / 3 {
+                    renewed = Instant::now();
+                    runs::heartbeat(&mut conn, &run_id, &owner, Millis::now().plus(lease)).await?
+                } else {
+                    true
+                };
+                let ended = runs::get(&mut conn, &run_id).await?.is_none_or(|run| {
+                    RunState::parse(&run.state).is_some_and(RunState::is_terminal)
+                });
+                Ok::<_, StoreError>(!held || ended)
             };
-            if let Ok(Some(run)) = state.await
-                && RunState::parse(&run.state).is_some_and(RunState::is_terminal)
-            {
+            if let Ok(true) = check.await {
                 let _ = sender.send(true);
                 return;
             }
@@ -266,12 +278,20 @@ fn watch_cancel(
 
 async fn execute(worker: &Worker, run: Run, applying: bool) {
     let (log, writer) = log_writer(worker.store.clone(), run.id.clone());
-    let (cancel, watcher) = watch_cancel(worker.store.clone(), run.id.clone());
+    let (cancel, watcher) = watch_run(worker, run.id.clone());
     let outcome = phases(worker, &run, applying, &log, cancel).await;
     watcher.abort();
     if let Err(reason) = outcome {
         let _ = log.send(format!("\n{reason}\n").into_bytes());
         step(worker, &run, Command::Fail, &reason, false).await;
+    }
+    // Done executing: finished, failed, or waiting for confirmation.
+    let released = async {
+        let mut conn = worker.store.conn().await?;
+        runs::release(&mut conn, &run.id, &worker.name).await
+    };
+    if let Err(error) = released.await {
+        tracing::warn!(run.id = %run.id, %error, "cannot release the run's lease; it lapses");
     }
     drop(log);
     let _ = writer.await;

@@ -398,3 +398,81 @@ pub async fn take_confirmed(
         }
     }
 }
+
+/// Leases a run to the worker executing it until `until`.
+pub async fn lease(
+    conn: &mut Conn,
+    run_id: &str,
+    owner: &str,
+    until: Millis,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE runs SET lease_owner = $1, lease_expires_at = $2 WHERE id = $3")
+        .bind(owner)
+        .bind(until.0)
+        .bind(run_id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Extends the lease; `false` when the run is no longer this worker's.
+pub async fn heartbeat(
+    conn: &mut Conn,
+    run_id: &str,
+    owner: &str,
+    until: Millis,
+) -> Result<bool, StoreError> {
+    let done =
+        sqlx::query("UPDATE runs SET lease_expires_at = $1 WHERE id = $2 AND lease_owner = $3")
+            .bind(until.0)
+            .bind(run_id)
+            .bind(owner)
+            .execute(conn)
+            .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// Ends the worker's lease (the run stopped executing: it ended, or waits
+/// for confirmation).
+pub async fn release(conn: &mut Conn, run_id: &str, owner: &str) -> Result<(), StoreError> {
+    sqlx::query("UPDATE runs SET lease_owner = NULL, lease_expires_at = NULL WHERE id = $1 AND lease_owner = $2")
+        .bind(run_id)
+        .bind(owner)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Fails the runs whose worker stopped heartbeating ("worker lost"), which
+/// releases their stacks' locks. Returns their ids.
+pub async fn reap_lost(store: &crate::Store, now: Millis) -> Result<Vec<String>, StoreError> {
+    let mut tx = store.begin().await?;
+    let lapsed: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT id, lease_owner FROM runs WHERE state IN ('preparing', 'planning', 'applying') \
+         AND lease_expires_at IS NOT NULL AND lease_expires_at < $1 ORDER BY id",
+    )
+    .bind(now.0)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut failed = Vec::new();
+    for (id, owner) in lapsed {
+        let cause = format!(
+            "worker lost: {} stopped renewing its lease",
+            owner.unwrap_or_default()
+        );
+        if apply(&mut tx, &id, Command::Fail, &cause, false, now)
+            .await?
+            .is_ok()
+        {
+            sqlx::query(
+                "UPDATE runs SET lease_owner = NULL, lease_expires_at = NULL WHERE id = $1",
+            )
+            .bind(&id)
+            .execute(&mut *tx)
+            .await?;
+            failed.push(id);
+        }
+    }
+    tx.commit().await?;
+    Ok(failed)
+}

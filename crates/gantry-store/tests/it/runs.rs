@@ -11,7 +11,10 @@ use gantry_store::{Millis, spaces};
 
 use crate::on_both_databases;
 
-on_both_databases!(tracked_runs_take_turns_and_proposed_runs_do_not);
+on_both_databases!(
+    tracked_runs_take_turns_and_proposed_runs_do_not,
+    a_lost_worker_fails_its_run_and_frees_the_stack,
+);
 
 async fn setup(db: &TestStore) {
     let now = Millis::now();
@@ -159,4 +162,77 @@ async fn tracked_runs_take_turns_and_proposed_runs_do_not(db: &TestStore) {
             "discarded"
         ]
     );
+}
+
+async fn a_lost_worker_fails_its_run_and_frees_the_stack(db: &TestStore) {
+    setup(db).await;
+    let t1 = create(db, "net", Kind::Tracked, "a1").await;
+    let t2 = create(db, "net", Kind::Tracked, "a2").await;
+    let now = Millis::now();
+    let mut tx = db.store.begin().await.expect("tx");
+    let taken = runs::start_next(&mut tx, "worker w1", now)
+        .await
+        .expect("start")
+        .expect("a run");
+    assert_eq!(taken.id, t1);
+    runs::lease(
+        &mut tx,
+        &t1,
+        "w1",
+        now.plus(std::time::Duration::from_secs(30)),
+    )
+    .await
+    .expect("lease");
+    tx.commit().await.expect("commit");
+    assert_eq!(next(db).await, None, "t1 holds the lock");
+
+    // Heartbeats keep it; before the lease lapses nothing is reaped.
+    let mut conn = db.store.conn().await.expect("conn");
+    assert!(
+        runs::heartbeat(
+            &mut conn,
+            &t1,
+            "w1",
+            now.plus(std::time::Duration::from_secs(30))
+        )
+        .await
+        .expect("hb")
+    );
+    assert!(
+        !runs::heartbeat(
+            &mut conn,
+            &t1,
+            "w2",
+            now.plus(std::time::Duration::from_secs(30))
+        )
+        .await
+        .expect("hb")
+    );
+    drop(conn);
+    assert!(
+        runs::reap_lost(&db.store, now)
+            .await
+            .expect("reap")
+            .is_empty()
+    );
+
+    // The worker dies: once the lease lapses the run fails and frees the stack.
+    let later = now.plus(std::time::Duration::from_secs(60));
+    assert_eq!(
+        runs::reap_lost(&db.store, later).await.expect("reap"),
+        [t1.clone()]
+    );
+    let mut conn = db.store.conn().await.expect("conn");
+    let failed = runs::get(&mut conn, &t1).await.expect("get").expect("run");
+    assert_eq!(failed.state, "failed");
+    assert!(
+        failed
+            .reason
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("worker lost"),
+        "{failed:?}"
+    );
+    drop(conn);
+    assert_eq!(next(db).await.as_deref(), Some(t2.as_str()));
 }
