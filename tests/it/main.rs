@@ -2,3 +2,4 @@
 
 mod crash;
 mod process;
+mod worker_lost;

@@ -79,6 +79,15 @@ async fn take(worker: &Worker) -> Result<Option<Next>, StoreError> {
             .await?
             .map(Next::Plan),
     };
+    if let Some(Next::Apply(run) | Next::Plan(run)) = &next {
+        runs::lease(
+            &mut tx,
+            &run.id,
+            &worker.name,
+            Millis::now().plus(worker.lease),
+        )
+        .await?;
+    }
     tx.commit().await?;
     Ok(next)
 }
