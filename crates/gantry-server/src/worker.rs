@@ -227,28 +227,64 @@ async fn prepare(worker: &Worker, run: &Run, need_source: bool) -> Result<Prepar
     })
 }
 
+/// What the log writer receives: output, or a request to confirm that
+/// everything before it is stored.
+enum LogItem {
+    Chunk(Vec<u8>),
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+/// Sends log output to the writer.
+#[derive(Clone)]
+struct LogSender(mpsc::UnboundedSender<LogItem>);
+
+impl LogSender {
+    fn send(&self, chunk: Vec<u8>) {
+        let _ = self.0.send(LogItem::Chunk(chunk));
+    }
+
+    /// Waits until everything sent so far is stored, so that a transition
+    /// recorded next is never ahead of its log.
+    async fn flush(&self) {
+        let (done, stored) = tokio::sync::oneshot::channel();
+        if self.0.send(LogItem::Flush(done)).is_ok() {
+            let _ = stored.await;
+        }
+    }
+}
+
 /// Writes log chunks to the database in order, as they come.
-fn log_writer(
-    store: Store,
-    run_id: String,
-) -> (mpsc::UnboundedSender<Vec<u8>>, tokio::task::JoinHandle<()>) {
-    let (sender, mut receiver) = mpsc::unbounded_channel::<Vec<u8>>();
+fn log_writer(store: Store, run_id: String) -> (LogSender, tokio::task::JoinHandle<()>) {
+    let (sender, mut receiver) = mpsc::unbounded_channel::<LogItem>();
     let task = tokio::spawn(async move {
-        while let Some(mut chunk) = receiver.recv().await {
-            while let Ok(more) = receiver.try_recv() {
-                chunk.extend(more);
+        let mut pending: Vec<u8> = Vec::new();
+        while let Some(item) = receiver.recv().await {
+            let mut flushes = Vec::new();
+            let mut next = Some(item);
+            while let Some(item) = next {
+                match item {
+                    LogItem::Chunk(chunk) => pending.extend(chunk),
+                    LogItem::Flush(done) => flushes.push(done),
+                }
+                next = receiver.try_recv().ok();
             }
-            let text = String::from_utf8_lossy(&chunk).into_owned();
-            let written = async {
-                let mut conn = store.conn().await?;
-                runs::append_log(&mut conn, &run_id, &text, Millis::now()).await
-            };
-            if let Err(error) = written.await {
-                tracing::warn!(run.id = %run_id, %error, "cannot store a log chunk");
+            if !pending.is_empty() {
+                let text = String::from_utf8_lossy(&pending).into_owned();
+                pending.clear();
+                let written = async {
+                    let mut conn = store.conn().await?;
+                    runs::append_log(&mut conn, &run_id, &text, Millis::now()).await
+                };
+                if let Err(error) = written.await {
+                    tracing::warn!(run.id = %run_id, %error, "cannot store a log chunk");
+                }
+            }
+            for done in flushes {
+                let _ = done.send(());
             }
         }
     });
-    (sender, task)
+    (LogSender(sender), task)
 }
 
 /// Renews the run's lease a few times per lease, and turns `true` when the
@@ -291,7 +327,8 @@ async fn execute(worker: &Worker, run: Run, applying: bool) {
     let outcome = phases(worker, &run, applying, &log, cancel).await;
     watcher.abort();
     if let Err(reason) = outcome {
-        let _ = log.send(format!("\n{reason}\n").into_bytes());
+        log.send(format!("\n{reason}\n").into_bytes());
+        log.flush().await;
         step(worker, &run, Command::Fail, &reason, false).await;
     }
     // Done executing: finished, failed, or waiting for confirmation.
@@ -310,7 +347,7 @@ async fn phases(
     worker: &Worker,
     run: &Run,
     applying: bool,
-    log: &mpsc::UnboundedSender<Vec<u8>>,
+    log: &LogSender,
     cancel: watch::Receiver<bool>,
 ) -> Result<(), String> {
     let prepared = prepare(worker, run, !applying)
@@ -319,7 +356,7 @@ async fn phases(
     let workspace = worker.data_dir.join("workspaces").join(&run.id);
     if !applying {
         let (url, token) = prepared.source.as_ref().ok_or("no source")?;
-        let _ = log.send(format!("Checking out {} at {}\n", url, run.commit_sha).into_bytes());
+        log.send(format!("Checking out {} at {}\n", url, run.commit_sha).into_bytes());
         let source = Source {
             clone_url: url,
             token,
@@ -338,9 +375,7 @@ async fn phases(
     let mut env = prepared.env.clone();
     env.push(("HOME".into(), home.display().to_string()));
     let sink_log = log.clone();
-    let mut sink = move |chunk: &[u8]| {
-        let _ = sink_log.send(chunk.to_vec());
-    };
+    let mut sink = move |chunk: &[u8]| sink_log.send(chunk.to_vec());
     let mut ctx = Context {
         dir: &dir,
         env,
@@ -368,6 +403,7 @@ async fn phases(
                 .await
                 .map_err(|e| e.to_string())?;
         }
+        log.flush().await;
         let cause = format!("planned: {}", planned.summary);
         let after = step(
             worker,
@@ -387,6 +423,7 @@ async fn phases(
     workflow::apply(&prepared.workflow, &mut ctx)
         .await
         .map_err(stopped)?;
+    log.flush().await;
     step(worker, run, Command::Applied, "applied", false).await;
     Ok(())
 }
