@@ -77,12 +77,7 @@ pub async fn start(
     };
     let reaper = tokio::spawn(reap_lapsed_leases(store.clone(), state.config.lease));
     let owner = format!("server-{}", uuid::Uuid::new_v4());
-    let processor = crate::inbox::Processor {
-        store: store.clone(),
-        keyring: state.keyring.clone(),
-        gitlab: state.gitlab.clone(),
-        runs_signal: state.runs_signal.clone(),
-    };
+    let processor = state.processor();
     let workers: Vec<JoinHandle<()>> = (0..state.config.embedded_workers)
         .map(|n| {
             tokio::spawn(crate::worker::work(crate::worker::Worker {

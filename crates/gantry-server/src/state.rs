@@ -22,3 +22,15 @@ pub struct AppState {
     /// The GitLab client shared by all integrations.
     pub gitlab: gantry_gitlab::Http,
 }
+
+impl AppState {
+    /// What delivery processing (the job and replays) works with.
+    pub fn processor(&self) -> crate::inbox::Processor {
+        crate::inbox::Processor {
+            store: self.store.clone(),
+            keyring: self.keyring.clone(),
+            gitlab: self.gitlab.clone(),
+            runs_signal: self.runs_signal.clone(),
+        }
+    }
+}

@@ -12,7 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::auth::{Principal, forbidden};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::ApiQuery;
-use crate::inbox::{self, ProcessError};
+use crate::inbox::ProcessError;
 use crate::state::AppState;
 use crate::views::{List, timestamp};
 
@@ -157,13 +157,8 @@ pub async fn replay(
                 ApiError::not_found(format!("integration {id:?} has no delivery {delivery:?}"))
             })?;
     }
-    let processor = inbox::Processor {
-        store: state.store.clone(),
-        keyring: state.keyring.clone(),
-        gitlab: state.gitlab.clone(),
-        runs_signal: state.runs_signal.clone(),
-    };
-    let replayed = processor
+    let replayed = state
+        .processor()
         .process(&delivery)
         .await
         .map_err(|err| match err {

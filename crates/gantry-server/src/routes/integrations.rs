@@ -232,7 +232,8 @@ fn user_facing_url(raw: &str) -> Result<String, ApiError> {
     host_url("user_facing_host_url", raw)
 }
 
-fn labels(raw: Vec<String>) -> Result<Vec<String>, ApiError> {
+/// Labels: trimmed, de-duplicated, at most 50 of 1 to 100 characters.
+pub(crate) fn labels(raw: Vec<String>) -> Result<Vec<String>, ApiError> {
     if raw.len() > MAX_LABELS {
         return Err(ApiError::invalid(format!(
             "`labels` has {} labels; at most {MAX_LABELS} are allowed",

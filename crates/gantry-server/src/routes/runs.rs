@@ -8,16 +8,17 @@ use gantry_domain::Role;
 use gantry_domain::run::{Command, Kind, State as RunState};
 use gantry_gitlab::{GitLabError, projects};
 use gantry_store::runs::{self, Created, NewRun, Run};
-use gantry_store::stacks::{self, Stack};
-use gantry_store::{Conn, Millis, integrations, spaces};
+use gantry_store::stacks::Stack;
+use gantry_store::{Conn, Millis, integrations};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::auth::{Principal, forbidden};
+use crate::auth::Principal;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiQuery};
 use crate::routes::integrations::token_context;
+use crate::routes::stacks::authorized;
 use crate::state::AppState;
 use crate::views::{List, ListParams, timestamp};
 
@@ -76,26 +77,6 @@ async fn view(conn: &mut Conn, run: Run) -> Result<RunView, ApiError> {
     })
 }
 
-/// The stack, if the caller holds `needed` on its space; 404 if it cannot
-/// even read it.
-async fn stack_for(
-    conn: &mut Conn,
-    principal: &Principal,
-    id: &str,
-    needed: Role,
-) -> Result<Stack, ApiError> {
-    let not_found = || ApiError::not_found(format!("no stack {id:?} that you can see"));
-    let stack = stacks::get(conn, id).await?.ok_or_else(not_found)?;
-    let ancestry = spaces::ancestry(conn, &stack.space_id).await?;
-    if !principal.allows(Role::Read, &ancestry) {
-        return Err(not_found());
-    }
-    if !principal.allows(needed, &ancestry) {
-        return Err(forbidden(needed, &stack.space_id));
-    }
-    Ok(stack)
-}
-
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct RunListParams {
@@ -139,7 +120,7 @@ pub async fn list(
         })
         .transpose()?;
     let mut conn = state.store.conn().await?;
-    stack_for(&mut conn, &principal, &id, Role::Read).await?;
+    authorized(&mut conn, &principal, &id, Role::Read).await?;
     let (rows, next) = runs::list(&mut conn, &id, run_state, kind, &page).await?;
     let mut items = Vec::with_capacity(rows.len());
     for run in rows {
@@ -175,7 +156,7 @@ pub async fn trigger(
         ApiError::invalid(format!("`kind` {:?} is not tracked or proposed", body.kind))
     })?;
     let mut conn = state.store.conn().await?;
-    let stack = stack_for(&mut conn, &principal, &id, Role::Write).await?;
+    let stack = authorized(&mut conn, &principal, &id, Role::Write).await?;
     let commit = match body.commit_sha.as_deref().map(str::trim) {
         Some(sha)
             if sha.len() >= 7 && sha.len() <= 64 && sha.chars().all(|c| c.is_ascii_hexdigit()) =>
@@ -252,7 +233,7 @@ async fn run_for(
 ) -> Result<(Run, Stack), ApiError> {
     let not_found = || ApiError::not_found(format!("no run {id:?} that you can see"));
     let run = runs::get(conn, id).await?.ok_or_else(not_found)?;
-    let stack = stack_for(conn, principal, &run.stack_id, needed)
+    let stack = authorized(conn, principal, &run.stack_id, needed)
         .await
         .map_err(|err| if err.is_not_found() { not_found() } else { err })?;
     Ok((run, stack))

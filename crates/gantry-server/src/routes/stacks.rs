@@ -22,7 +22,7 @@ use utoipa::ToSchema;
 use crate::auth::{Principal, forbidden};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiQuery};
-use crate::routes::integrations::token_context;
+use crate::routes::integrations::{self as integrations_routes, token_context};
 use crate::state::AppState;
 use crate::views::{List, ListParams, timestamp};
 
@@ -160,20 +160,10 @@ fn secret_context(id: &str) -> String {
     format!("stack:{id}:secret_environment")
 }
 
+/// Labels as integrations take them (trimmed, unique, at most 50 of 100
+/// characters), stored as JSON.
 fn labels(raw: Vec<String>) -> Result<String, ApiError> {
-    let mut out: Vec<String> = Vec::new();
-    for label in raw {
-        let label = label.trim().to_owned();
-        if label.is_empty() || label.chars().count() > 100 {
-            return Err(ApiError::invalid(format!(
-                "`labels`: {label:?} must be 1 to 100 characters"
-            )));
-        }
-        if !out.contains(&label) {
-            out.push(label);
-        }
-    }
-    Ok(json!(out).to_string())
+    Ok(json!(integrations_routes::labels(raw)?).to_string())
 }
 
 fn environment(raw: &BTreeMap<String, String>) -> Result<String, ApiError> {
@@ -435,7 +425,7 @@ pub async fn list(
 }
 
 /// A stack the caller holds `needed` on; 404 when it cannot even read it.
-async fn authorized(
+pub(crate) async fn authorized(
     conn: &mut Conn,
     principal: &Principal,
     id: &str,
