@@ -9,66 +9,19 @@
 //! would measure GitLab lookups, not fan-out), posts one push, and polls
 //! the delivery until it is processed.
 
-use std::process::Stdio;
+mod support;
+
 use std::time::{Duration, Instant};
 
-use gantry_gitlab_sim::{Sim, TokenSpec};
 use gantry_store::stacks::{self, Stack};
 use gantry_store::{Millis, Store};
 use serde_json::{Value, json};
 
 async fn measure(size: usize) -> (Duration, i64) {
-    let dir = tempfile::tempdir().expect("dir");
-    let data = dir.path().join("data");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
-    let base = format!("http://127.0.0.1:{port}");
-    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_gantry"))
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--data-dir",
-        ])
-        .arg(&data)
-        .env("GANTRY_LOG", "warn")
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("gantry serve");
+    // No workers: the runs are counted while queued.
+    let bench = support::start(&["--embedded-workers", "0"], "Main", true).await;
+    let (base, data, secret) = (bench.base.clone(), bench.data.clone(), bench.secret.clone());
     let http = reqwest::Client::new();
-    while !http
-        .get(format!("{base}/healthz"))
-        .send()
-        .await
-        .is_ok_and(|r| r.status().is_success())
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let admin = std::fs::read_to_string(data.join("initial-admin-token"))
-        .expect("token")
-        .trim()
-        .to_owned();
-    let sim = Sim::start().await.expect("sim");
-    let user = sim.add_user("bot");
-    let token = sim.add_token(TokenSpec::new(user, &["api"]));
-    let created: Value = http
-        .post(format!("{base}/api/v1/integrations/gitlab"))
-        .bearer_auth(&admin)
-        .json(&json!({ "name": "Main", "default": true, "api_host_url": sim.url(), "api_token": token }))
-        .send()
-        .await
-        .expect("create")
-        .json()
-        .await
-        .expect("json");
-    let secret = created["webhook_secret"]
-        .as_str()
-        .expect("secret")
-        .to_owned();
 
     let store = Store::connect(&format!("sqlite://{}", data.join("gantry.db").display()))
         .await
@@ -144,7 +97,7 @@ async fn measure(size: usize) -> (Duration, i64) {
         .fetch_one(store.pool())
         .await
         .expect("count");
-    let _ = server.start_kill();
+    drop(bench);
     (elapsed, runs)
 }
 

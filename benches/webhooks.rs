@@ -11,12 +11,12 @@
 //! latency of both, their ratio, and checks that every acknowledged
 //! delivery is in the database.
 
-use std::process::Stdio;
+mod support;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use gantry_gitlab_sim::{Sim, TokenSpec};
 use serde_json::{Value, json};
 
 struct Phase {
@@ -103,57 +103,8 @@ async fn main() {
     )
     .expect("json");
 
-    let dir = tempfile::tempdir().expect("dir");
-    let data = dir.path().join("data");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
-    let base = format!("http://127.0.0.1:{port}");
-    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_gantry"))
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--data-dir",
-        ])
-        .arg(&data)
-        .env("GANTRY_LOG", "warn")
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("gantry serve");
-    let http = reqwest::Client::new();
-    while !http
-        .get(format!("{base}/healthz"))
-        .send()
-        .await
-        .is_ok_and(|r| r.status().is_success())
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let admin = std::fs::read_to_string(data.join("initial-admin-token"))
-        .expect("token")
-        .trim()
-        .to_owned();
-    let sim = Sim::start().await.expect("sim");
-    let user = sim.add_user("bot");
-    let token = sim.add_token(TokenSpec::new(user, &["api"]));
-    let created: Value = http
-        .post(format!("{base}/api/v1/integrations/gitlab"))
-        .bearer_auth(&admin)
-        .json(&json!({ "name": "Bench", "api_host_url": sim.url(), "api_token": token }))
-        .send()
-        .await
-        .expect("create")
-        .json()
-        .await
-        .expect("json");
-    let secret = created["webhook_secret"]
-        .as_str()
-        .expect("secret")
-        .to_owned();
+    let bench = support::start(&[], "Bench", false).await;
+    let (base, data, secret) = (bench.base.clone(), bench.data.clone(), bench.secret.clone());
     let duration = Duration::from_secs(seconds);
     println!("{connections} connections, {seconds} s per phase, SQLite (WAL, synchronous=FULL)");
 
@@ -226,5 +177,5 @@ async fn main() {
         "every acknowledged delivery is stored"
     );
     println!("durable    {stored} of {acknowledged} acknowledged deliveries are in the database");
-    let _ = server.start_kill();
+    drop(bench);
 }

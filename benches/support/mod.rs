@@ -1,0 +1,85 @@
+//! What the benchmarks share: `gantry serve` (the release binary) on
+//! SQLite in a temporary directory, with one GitLab integration on a
+//! simulated GitLab.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use gantry_gitlab_sim::{Sim, TokenSpec};
+use serde_json::{Value, json};
+
+pub struct Bench {
+    /// Killed when the bench is dropped.
+    _server: tokio::process::Child,
+    pub base: String,
+    pub data: PathBuf,
+    /// The integration's webhook secret.
+    pub secret: String,
+    _dir: tempfile::TempDir,
+    _sim: Sim,
+}
+
+/// Starts the server with `flags` and creates the integration `name`.
+pub async fn start(flags: &[&str], name: &str, default: bool) -> Bench {
+    let dir = tempfile::tempdir().expect("dir");
+    let data = dir.path().join("data");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let base = format!("http://127.0.0.1:{port}");
+    let server = tokio::process::Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(&data)
+        .args(flags)
+        .env("GANTRY_LOG", "warn")
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("gantry serve");
+    let http = reqwest::Client::new();
+    while !http
+        .get(format!("{base}/healthz"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let admin = std::fs::read_to_string(data.join("initial-admin-token"))
+        .expect("token")
+        .trim()
+        .to_owned();
+    let sim = Sim::start().await.expect("sim");
+    let user = sim.add_user("bot");
+    let token = sim.add_token(TokenSpec::new(user, &["api"]));
+    let created: Value = http
+        .post(format!("{base}/api/v1/integrations/gitlab"))
+        .bearer_auth(&admin)
+        .json(&json!({ "name": name, "default": default, "api_host_url": sim.url(), "api_token": token }))
+        .send()
+        .await
+        .expect("create")
+        .json()
+        .await
+        .expect("json");
+    let secret = created["webhook_secret"]
+        .as_str()
+        .expect("secret")
+        .to_owned();
+    Bench {
+        _server: server,
+        base,
+        data,
+        secret,
+        _dir: dir,
+        _sim: sim,
+    }
+}
