@@ -33,7 +33,7 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the API (and, in later releases, webhooks and an embedded worker pool).
+    /// Serve the API, the GitLab webhooks and an embedded worker pool.
     Serve(ServeArgs),
     /// Apply database migrations and exit.
     Migrate(DatabaseArgs),

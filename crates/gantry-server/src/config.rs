@@ -11,7 +11,7 @@ pub struct ServerConfig {
     pub database_url: Option<String>,
     /// The URL users reach this server at, for links and webhook endpoints.
     pub public_url: String,
-    /// The size of the embedded worker pool (runs arrive in a later release).
+    /// The size of the embedded worker pool that executes runs; 0 for none.
     pub embedded_workers: u32,
     /// How long a claimed job or run stays leased without a heartbeat.
     pub lease: Duration,
