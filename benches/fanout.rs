@@ -51,6 +51,8 @@ async fn measure(size: usize) -> (Duration, i64) {
             environment: "{}".into(),
             secret_environment_names: "[]".into(),
             secret_environment_sealed: None,
+            run_timeout_seconds: 4200,
+            no_output_timeout_seconds: 600,
             created_at: now.0,
             updated_at: now.0,
         };

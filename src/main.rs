@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 mod client;
+mod worker;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use gantry_server::{MASTER_KEY_ENV, ServerConfig};
@@ -35,6 +36,9 @@ enum LogFormat {
 enum Command {
     /// Serve the API, the GitLab webhooks and an embedded worker pool.
     Serve(ServeArgs),
+    /// Execute runs for a server, on this machine (an API key with the
+    /// `worker` role on `root`).
+    Worker(worker::WorkerArgs),
     /// Apply database migrations and exit.
     Migrate(DatabaseArgs),
     /// Manage GitLab integrations on a server (GANTRY_URL, GANTRY_TOKEN).
@@ -84,6 +88,14 @@ struct ServeArgs {
     /// Days to keep the bodies of processed deliveries (their summary stays).
     #[arg(long, env = "GANTRY_DELIVERY_RETENTION_DAYS", default_value_t = 7)]
     delivery_retention_days: u64,
+    /// On SIGTERM, seconds the embedded workers' runs may go on before they
+    /// are stopped (a plan goes back to the queue, an apply fails).
+    #[arg(
+        long,
+        env = "GANTRY_WORKER_SHUTDOWN_GRACE_SECONDS",
+        default_value_t = 60
+    )]
+    worker_shutdown_grace_seconds: u64,
 }
 
 fn main() -> ExitCode {
@@ -111,6 +123,7 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => serve(args).await,
+        Command::Worker(args) => worker::run(args).await,
         Command::Migrate(args) => {
             gantry_server::open_database(&server_config_for(&args)).await?;
             println!("The database is up to date.");
@@ -134,6 +147,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         webhook_secret_grace: Duration::from_secs(args.webhook_secret_grace_seconds),
         webhook_body_limit: args.webhook_body_limit,
         delivery_retention: Duration::from_secs(args.delivery_retention_days * 24 * 3600),
+        worker_shutdown_grace: Duration::from_secs(args.worker_shutdown_grace_seconds),
         ..server_config_for(&args.database)
     };
     let master_key = std::env::var(MASTER_KEY_ENV).ok().map(Into::into);
@@ -155,12 +169,13 @@ fn server_config_for(args: &DatabaseArgs) -> ServerConfig {
         webhook_body_limit: gantry_server::DEFAULT_WEBHOOK_BODY_LIMIT,
         delivery_retention: gantry_server::DEFAULT_DELIVERY_RETENTION,
         gitlab: gantry_gitlab::ClientConfig::default(),
+        worker_shutdown_grace: gantry_server::DEFAULT_WORKER_SHUTDOWN_GRACE,
     }
 }
 
 /// Resolves on SIGTERM or SIGINT; the server then finishes the requests in
 /// flight and stops.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let terminate = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut signal) => {

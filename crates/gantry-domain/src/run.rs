@@ -95,6 +95,9 @@ pub enum Command {
     Fail,
     /// Stopped before anything was applied.
     Cancel,
+    /// The worker shut down before the plan was done: back in the queue
+    /// for another worker.
+    HandBack,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -117,6 +120,7 @@ impl Command {
             Self::Applied => "finished applying",
             Self::Fail => "failed",
             Self::Cancel => "canceled",
+            Self::HandBack => "handed back",
         }
     }
 }
@@ -161,6 +165,7 @@ pub fn transition(
         (Kind::Tracked, Confirmed, Command::Apply) => Some(Applying),
         (Kind::Tracked, Applying, Command::Applied) => Some(Finished),
         (_, Queued | Preparing | Planning, Command::Cancel) => Some(Canceled),
+        (_, Preparing | Planning, Command::HandBack) => Some(Queued),
         (_, state, Command::Fail) if !state.is_terminal() => Some(Failed),
         _ => None,
     };
@@ -189,7 +194,7 @@ pub fn holds_stack_lock(kind: Kind, state: State) -> bool {
 mod tests {
     use super::*;
 
-    const COMMANDS: [Command; 10] = [
+    const COMMANDS: [Command; 11] = [
         Command::Start,
         Command::Plan,
         Command::Planned { changes: false },
@@ -200,6 +205,7 @@ mod tests {
         Command::Applied,
         Command::Fail,
         Command::Cancel,
+        Command::HandBack,
     ];
 
     #[test]
@@ -256,6 +262,10 @@ mod tests {
         );
         assert!(transition(Kind::Proposed, State::Planning, Command::Confirm, false).is_err());
         assert!(transition(Kind::Tracked, State::Queued, Command::Confirm, false).is_err());
+        assert!(
+            transition(Kind::Tracked, State::Applying, Command::HandBack, false).is_err(),
+            "an apply that began is never handed back: it would run twice"
+        );
     }
 
     /// A property test: random command sequences on both kinds never reach

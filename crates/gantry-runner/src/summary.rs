@@ -5,7 +5,7 @@
 
 use serde::Deserialize;
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Summary {
     pub add: u64,
     pub change: u64,

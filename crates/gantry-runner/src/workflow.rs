@@ -13,7 +13,8 @@ use crate::redact::Redactor;
 use crate::summary::{Summary, from_plan_json, from_plan_line};
 
 /// How a stack's runs are executed.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Workflow {
     Shell {
         init: String,

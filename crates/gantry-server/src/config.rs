@@ -24,6 +24,9 @@ pub struct ServerConfig {
     pub delivery_retention: Duration,
     /// Timeouts, retries and host limits of calls to GitLab.
     pub gitlab: gantry_gitlab::ClientConfig,
+    /// On shutdown, how long the embedded workers' runs may go on before
+    /// they are stopped (a plan is handed back to the queue).
+    pub worker_shutdown_grace: Duration,
 }
 
 /// The default grace period of a rotated webhook secret: a day to update
@@ -43,6 +46,12 @@ impl ServerConfig {
 
 /// GitLab's own limit on webhook payloads.
 pub const DEFAULT_WEBHOOK_BODY_LIMIT: usize = 25 * 1024 * 1024;
+
+/// How long a worker's run may go on after a shutdown signal.
+pub const DEFAULT_WORKER_SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
+
+/// The largest planned workspace (tar + zstd) the server stores.
+pub const MAX_WORKSPACE_BYTES: u64 = 4 * 1024 * 1024 * 1024;
 
 /// How long delivery bodies are kept after processing.
 pub const DEFAULT_DELIVERY_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);

@@ -5,10 +5,12 @@
 //! Handlers persist and enqueue; they never do slow work themselves.
 
 mod auth;
+mod blobs;
 mod bootstrap;
 mod config;
 mod error;
 mod extract;
+mod follow;
 mod inbox;
 mod metrics;
 mod router;
@@ -21,7 +23,7 @@ mod worker;
 pub use bootstrap::{INITIAL_ADMIN_TOKEN_FILE, MASTER_KEY_ENV, MASTER_KEY_FILE, load_master_key};
 pub use config::{
     DEFAULT_DELIVERY_RETENTION, DEFAULT_WEBHOOK_BODY_LIMIT, DEFAULT_WEBHOOK_SECRET_GRACE,
-    ServerConfig,
+    DEFAULT_WORKER_SHUTDOWN_GRACE, ServerConfig,
 };
 pub use startup::{RunningServer, open_database, start};
 

@@ -18,7 +18,7 @@ use crate::API_BODY_LIMIT;
 use crate::error::ApiError;
 use crate::metrics;
 use crate::routes::{
-    api_keys, audit, deliveries, health, integrations, me, runs, spaces, stacks, webhooks,
+    api_keys, audit, deliveries, health, integrations, me, runs, spaces, stacks, webhooks, worker,
 };
 use crate::state::AppState;
 
@@ -71,6 +71,12 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(runs::discard))
         .routes(routes!(runs::cancel))
         .routes(routes!(runs::logs))
+        .routes(routes!(worker::claim))
+        .routes(routes!(worker::heartbeat))
+        .routes(routes!(worker::log))
+        .routes(routes!(worker::step))
+        .routes(routes!(worker::put_workspace, worker::get_workspace))
+        .routes(routes!(worker::release))
         .split_for_parts();
     let openapi = Arc::new(openapi);
 

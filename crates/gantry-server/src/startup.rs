@@ -13,8 +13,9 @@ use secrecy::SecretString;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::blobs::DirBlobs;
 use crate::bootstrap::{first_start, load_master_key};
-use crate::config::ServerConfig;
+use crate::config::{MAX_WORKSPACE_BYTES, ServerConfig};
 use crate::metrics::Metrics;
 use crate::router::router;
 use crate::state::AppState;
@@ -66,6 +67,7 @@ pub async fn start(
     let addr = listener.local_addr()?;
     let gitlab_metrics = gantry_gitlab::ClientMetrics::default();
     let gitlab = gantry_gitlab::Http::new(config.gitlab.clone(), gitlab_metrics.clone())?;
+    let config_data_dir = config.data_dir.clone();
     let state = AppState {
         store: store.clone(),
         config: Arc::new(config),
@@ -73,24 +75,21 @@ pub async fn start(
         keyring: Arc::new(Keyring::new(master_key)),
         inbox: gantry_store::deliveries::Inbox::spawn(store.clone()),
         runs_signal: Arc::new(tokio::sync::Notify::new()),
+        logs_signal: Arc::new(tokio::sync::Notify::new()),
+        blobs: Arc::new(
+            DirBlobs::new(config_data_dir.join("blobs"), MAX_WORKSPACE_BYTES)
+                .context("cannot open the blob directory")?,
+        ),
         gitlab,
     };
     let reaper = tokio::spawn(reap_lapsed_leases(store.clone(), state.config.lease));
     let owner = format!("server-{}", uuid::Uuid::new_v4());
     let processor = state.processor();
-    let workers: Vec<JoinHandle<()>> = (0..state.config.embedded_workers)
-        .map(|n| {
-            tokio::spawn(crate::worker::work(crate::worker::Worker {
-                store: store.clone(),
-                keyring: state.keyring.clone(),
-                gitlab: state.gitlab.clone(),
-                data_dir: state.config.data_dir.clone(),
-                name: format!("{owner}-{n}"),
-                lease: state.config.lease,
-                signal: state.runs_signal.clone(),
-            }))
-        })
-        .collect();
+    let (stop_workers, workers_stop) = tokio::sync::watch::channel(false);
+    let workers =
+        crate::worker::spawn_pool(&state, &owner, state.config.embedded_workers, workers_stop);
+    let worker_grace = state.config.worker_shutdown_grace;
+    let sweeper = tokio::spawn(sweep_workspaces(state.clone()));
     let inbox = tokio::spawn(crate::inbox::work(processor, owner, state.config.lease));
     let pruner = tokio::spawn(crate::inbox::prune(
         store.clone(),
@@ -98,19 +97,44 @@ pub async fn start(
     ));
     let app = router(state);
     tracing::info!(listen = %addr, "serving");
+    let mut workers = workers;
     let task = tokio::spawn(async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await;
-        reaper.abort();
-        inbox.abort();
+        // Workers stop claiming; their runs get the grace period to end or
+        // be handed back, then whatever is left is stopped.
+        let _ = stop_workers.send(true);
+        let all = futures_util::future::join_all(workers.iter_mut());
+        if tokio::time::timeout(worker_grace + Duration::from_secs(15), all)
+            .await
+            .is_err()
+        {
+            tracing::warn!("embedded workers did not stop in time");
+        }
         for worker in &workers {
             worker.abort();
         }
+        reaper.abort();
+        inbox.abort();
         pruner.abort();
+        sweeper.abort();
         served.context("the HTTP server failed")
     });
     Ok(RunningServer { addr, store, task })
+}
+
+/// Deletes the stored workspaces of ended runs, every minute.
+async fn sweep_workspaces(state: AppState) {
+    let mut every = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        every.tick().await;
+        match crate::worker::sweep_workspaces(&state).await {
+            Ok(0) => {}
+            Ok(swept) => tracing::info!(swept, "deleted the workspaces of ended runs"),
+            Err(error) => tracing::warn!(%error, "sweeping workspaces failed; trying again"),
+        }
+    }
 }
 
 /// Connects to the configured database and applies missing migrations.

@@ -17,6 +17,10 @@ pub struct AppState {
     pub keyring: Arc<Keyring>,
     /// Wakes the embedded workers when runs may have become runnable.
     pub runs_signal: Arc<tokio::sync::Notify>,
+    /// Wakes log followers when a run's log grew or its state changed.
+    pub logs_signal: Arc<tokio::sync::Notify>,
+    /// Planned workspaces, kept for the apply of confirmed runs.
+    pub blobs: Arc<dyn crate::blobs::Blobs>,
     /// Group commit of webhook deliveries.
     pub inbox: gantry_store::deliveries::Inbox,
     /// The GitLab client shared by all integrations.

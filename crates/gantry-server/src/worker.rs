@@ -1,167 +1,103 @@
-//! The embedded worker pool: takes runs (the stack lock honoured by
-//! `runs::start_next`), executes them with `gantry-runner`, and records
-//! transitions, the summary and the redacted log. A confirmed run is
-//! applied in the workspace its plan left in the data directory.
+//! The server's side of workers. A worker claims a run (the stack lock is
+//! honoured by `runs::start_next`), gets an `Assignment` with everything
+//! the run needs (secrets opened, the clone URL asked of GitLab), and
+//! reports back under its lease: heartbeats, log, steps, the planned
+//! workspace. The embedded pool calls these functions through [`Local`];
+//! external workers call the same functions through `routes::worker`.
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use gantry_domain::run::{Command, State as RunState};
+use gantry_domain::run::Command;
 use gantry_gitlab::projects;
-use gantry_runner::checkout::{Source, checkout};
-use gantry_runner::process::Limits;
-use gantry_runner::redact::Redactor;
-use gantry_runner::workflow::{self, Context, Stopped, Workflow};
-use gantry_store::crypto::Keyring;
+use gantry_runner::agent::{
+    Assignment, Control, ControlError, Heartbeat, Phase, RemoteSource, SecretVar, Step,
+};
+use gantry_runner::workflow::Workflow;
 use gantry_store::runs::{self, Run};
-use gantry_store::{Millis, Store, StoreError, integrations, stacks};
-use secrecy::{ExposeSecret, SecretString};
+use gantry_store::{Millis, StoreError, integrations, stacks};
+use secrecy::ExposeSecret;
 use serde_json::Value;
-use tokio::sync::{Notify, mpsc, watch};
 
+use crate::blobs::{ByteStream, workspace_key};
 use crate::routes::integrations::token_context;
+use crate::state::AppState;
 
-/// The whole run's deadline and the no-output limit (per-stack settings
-/// come later).
-const RUN_TIMEOUT: Duration = Duration::from_secs(70 * 60);
-const NO_OUTPUT_TIMEOUT: Duration = Duration::from_secs(10 * 60);
-
-#[derive(Clone)]
-pub struct Worker {
-    pub store: Store,
-    pub keyring: Arc<Keyring>,
-    pub gitlab: gantry_gitlab::Http,
-    pub data_dir: PathBuf,
-    pub name: String,
-    /// How long a run's lease lasts without a heartbeat.
-    pub lease: Duration,
-    /// Woken when runs may have become runnable.
-    pub signal: Arc<Notify>,
+/// Why the server refused a worker's report.
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    #[error("this worker no longer holds the run's lease (it lapsed, or the run ended)")]
+    NotLeased,
+    #[error(transparent)]
+    Illegal(#[from] gantry_domain::run::IllegalTransition),
 }
 
-enum Next {
-    Plan(Run),
-    Apply(Run),
-}
-
-/// Takes and executes runs until the task is dropped.
-pub async fn work(worker: Worker) {
+/// Takes the next run for `owner` and assembles what executing it needs.
+/// A run that cannot be assembled (its stack or integration is gone, a
+/// secret cannot be opened, GitLab does not answer) fails with the reason
+/// in its log, and the next run is taken.
+pub async fn claim(state: &AppState, owner: &str) -> Result<Option<Assignment>, StoreError> {
     loop {
-        // Registered first, so a run queued meanwhile is not missed.
-        let notified = worker.signal.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        match take(&worker).await {
-            Ok(Some(Next::Plan(run))) => execute(&worker, run, false).await,
-            Ok(Some(Next::Apply(run))) => execute(&worker, run, true).await,
-            Ok(None) => {
-                // Other servers' runs wake nobody here: look again now and then.
-                tokio::select! {
-                    () = notified => {}
-                    () = tokio::time::sleep(Duration::from_secs(2)) => {}
-                }
-            }
-            Err(error) => {
-                tracing::warn!(%error, "cannot take a run; trying again");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+        let Some(run) = take(state, owner).await? else {
+            return Ok(None);
+        };
+        let phase = if run.state == "applying" {
+            Phase::Apply
+        } else {
+            Phase::Plan
+        };
+        match assemble(state, &run, phase).await {
+            Ok(assignment) => return Ok(Some(assignment)),
+            Err(reason) => {
+                let reason = format!("preparing failed: {reason}");
+                log(state, &run.id, owner, format!("{reason}\n")).await?;
+                let _ = report(state, &run.id, owner, &Step::Fail { reason }).await?;
+                release(state, &run.id, owner).await?;
             }
         }
     }
 }
 
-async fn take(worker: &Worker) -> Result<Option<Next>, StoreError> {
-    let cause = format!("taken by worker {}", worker.name);
-    let mut tx = worker.store.begin().await?;
-    let next = match runs::take_confirmed(&mut tx, &cause, Millis::now()).await? {
-        Some(run) => Some(Next::Apply(run)),
-        None => runs::start_next(&mut tx, &cause, Millis::now())
-            .await?
-            .map(Next::Plan),
+async fn take(state: &AppState, owner: &str) -> Result<Option<Run>, StoreError> {
+    let cause = format!("taken by worker {owner}");
+    let mut tx = state.store.begin().await?;
+    let run = match runs::take_confirmed(&mut tx, &cause, Millis::now()).await? {
+        Some(run) => Some(run),
+        None => runs::start_next(&mut tx, &cause, Millis::now()).await?,
     };
-    if let Some(Next::Apply(run) | Next::Plan(run)) = &next {
-        runs::lease(
-            &mut tx,
-            &run.id,
-            &worker.name,
-            Millis::now().plus(worker.lease),
-        )
-        .await?;
+    if let Some(run) = &run {
+        let until = Millis::now().plus(state.config.lease);
+        runs::lease(&mut tx, &run.id, owner, until).await?;
     }
     tx.commit().await?;
-    Ok(next)
-}
-
-/// Moves the run, logging a refusal (the run was canceled meanwhile).
-async fn step(
-    worker: &Worker,
-    run: &Run,
-    command: Command,
-    cause: &str,
-    autodeploy: bool,
-) -> Option<Run> {
-    let moved = async {
-        let mut tx = worker.store.begin().await?;
-        let moved =
-            runs::apply(&mut tx, &run.id, command, cause, autodeploy, Millis::now()).await?;
-        tx.commit().await?;
-        Ok::<_, StoreError>(moved)
-    };
-    match moved.await {
-        Ok(Ok(run)) => {
-            worker.signal.notify_waiters();
-            Some(run)
-        }
-        Ok(Err(refused)) => {
-            tracing::info!(run.id = %run.id, %refused, "run moved elsewhere; stopping");
-            None
-        }
-        Err(error) => {
-            tracing::warn!(run.id = %run.id, %error, "cannot record a run transition");
-            None
-        }
-    }
+    Ok(run)
 }
 
 fn workflow_of(vendor: &str) -> Workflow {
     let vendor: Value = serde_json::from_str(vendor).unwrap_or(Value::Null);
     let text = |key: &str| vendor[key].as_str().unwrap_or_default().to_owned();
+    let tool = |default: &str| Workflow::Tool {
+        binary: vendor["binary"].as_str().unwrap_or(default).to_owned(),
+    };
     match vendor["kind"].as_str() {
         Some("shell") => Workflow::Shell {
             init: text("init"),
             plan: text("plan"),
             apply: text("apply"),
         },
-        Some("terraform") => Workflow::Tool {
-            binary: vendor["binary"].as_str().unwrap_or("terraform").to_owned(),
-        },
-        _ => Workflow::Tool {
-            binary: vendor["binary"].as_str().unwrap_or("tofu").to_owned(),
-        },
+        Some("terraform") => tool("terraform"),
+        _ => tool("tofu"),
     }
 }
 
-/// Everything a run needs from the database and GitLab before it starts.
-struct Prepared {
-    workflow: Workflow,
-    env: Vec<(String, String)>,
-    secrets: Vec<String>,
-    autodeploy: bool,
-    project_root: String,
-    source: Option<(String, SecretString)>,
-}
-
-async fn prepare(worker: &Worker, run: &Run, need_source: bool) -> Result<Prepared, String> {
-    let mut conn = worker.store.conn().await.map_err(|e| e.to_string())?;
+async fn assemble(state: &AppState, run: &Run, phase: Phase) -> Result<Assignment, String> {
+    let mut conn = state.store.conn().await.map_err(|e| e.to_string())?;
     let stack = stacks::get(&mut conn, &run.stack_id)
         .await
         .map_err(|e| e.to_string())?
         .ok_or("the stack was deleted")?;
     let mut env: Vec<(String, String)> = vec![
-        (
-            "PATH".into(),
-            std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()),
-        ),
         ("GANTRY_RUN_ID".into(), run.id.clone()),
         ("GANTRY_STACK_ID".into(), stack.id.clone()),
         ("GANTRY_COMMIT_SHA".into(), run.commit_sha.clone()),
@@ -171,24 +107,27 @@ async fn prepare(worker: &Worker, run: &Run, need_source: bool) -> Result<Prepar
     if let Some(iid) = run.merge_request_iid {
         env.push(("GANTRY_MERGE_REQUEST_IID".into(), iid.to_string()));
     }
-    let plain: std::collections::BTreeMap<String, String> =
+    let plain: BTreeMap<String, String> =
         serde_json::from_str(&stack.environment).unwrap_or_default();
     env.extend(plain);
-    let mut secrets = Vec::new();
+    let mut secret_env = Vec::new();
     if let Some(sealed) = &stack.secret_environment_sealed {
-        let opened = worker
+        let opened = state
             .keyring
             .decrypt(&format!("stack:{}:secret_environment", stack.id), sealed)
             .map_err(|_| "the stack's secret environment cannot be decrypted with this server's master key")?;
-        let values: std::collections::BTreeMap<String, String> =
+        let values: BTreeMap<String, String> =
             serde_json::from_str(opened.expose_secret()).unwrap_or_default();
-        for (name, value) in values {
-            secrets.push(value.clone());
-            env.push((name, value));
-        }
+        secret_env = values
+            .into_iter()
+            .map(|(name, value)| SecretVar {
+                name,
+                value: value.into(),
+            })
+            .collect();
     }
     let mut source = None;
-    if need_source {
+    if phase == Phase::Plan {
         let integration_id = stack
             .integration_id
             .clone()
@@ -198,232 +137,308 @@ async fn prepare(worker: &Worker, run: &Run, need_source: bool) -> Result<Prepar
             .map_err(|e| e.to_string())?
             .ok_or("the stack's integration was deleted")?;
         drop(conn);
-        let token = worker
+        let token = state
             .keyring
             .decrypt(&token_context(&integration.id), &integration.token_sealed)
             .map_err(
                 |_| "the integration's token cannot be decrypted with this server's master key",
             )?;
-        secrets.push(token.expose_secret().to_owned());
-        let client = worker
+        let client = state
             .gitlab
             .client(&integration.api_host_url, token.clone())
             .map_err(|e| e.to_string())?;
         let project = projects::find(&client, &stack.project_id.to_string())
             .await
             .map_err(|e| e.to_string())?;
-        let url = project
+        let clone_url = project
             .http_url_to_repo
             .ok_or("GitLab gave no HTTP clone URL for the project")?;
-        source = Some((url, token));
+        source = Some(RemoteSource { clone_url, token });
     }
-    Ok(Prepared {
+    Ok(Assignment {
+        run_id: run.id.clone(),
+        stack_id: stack.id,
+        kind: run.kind.clone(),
+        commit_sha: run.commit_sha.clone(),
+        phase,
         workflow: workflow_of(&stack.vendor),
-        env,
-        secrets,
-        autodeploy: stack.autodeploy == 1,
         project_root: stack.project_root,
+        env,
+        secret_env,
         source,
+        run_timeout_seconds: u64::try_from(stack.run_timeout_seconds).unwrap_or(1),
+        no_output_timeout_seconds: u64::try_from(stack.no_output_timeout_seconds).unwrap_or(1),
+        lease_seconds: state.config.lease.as_secs().max(1),
     })
 }
 
-/// What the log writer receives: output, or a request to confirm that
-/// everything before it is stored.
-enum LogItem {
-    Chunk(Vec<u8>),
-    Flush(tokio::sync::oneshot::Sender<()>),
-}
-
-/// Sends log output to the writer.
-#[derive(Clone)]
-struct LogSender(mpsc::UnboundedSender<LogItem>);
-
-impl LogSender {
-    fn send(&self, chunk: Vec<u8>) {
-        let _ = self.0.send(LogItem::Chunk(chunk));
+/// Records a worker's step, with the summary of a plan in the same
+/// transaction, and answers the run as it is now.
+pub async fn report(
+    state: &AppState,
+    run_id: &str,
+    owner: &str,
+    step: &Step,
+) -> Result<Result<Run, Refused>, StoreError> {
+    let mut tx = state.store.begin().await?;
+    if !runs::holds_lease(&mut tx, run_id, owner).await? {
+        return Ok(Err(Refused::NotLeased));
     }
-
-    /// Waits until everything sent so far is stored, so that a transition
-    /// recorded next is never ahead of its log.
-    async fn flush(&self) {
-        let (done, stored) = tokio::sync::oneshot::channel();
-        if self.0.send(LogItem::Flush(done)).is_ok() {
-            let _ = stored.await;
-        }
-    }
-}
-
-/// Writes log chunks to the database in order, as they come.
-fn log_writer(store: Store, run_id: String) -> (LogSender, tokio::task::JoinHandle<()>) {
-    let (sender, mut receiver) = mpsc::unbounded_channel::<LogItem>();
-    let task = tokio::spawn(async move {
-        let mut pending: Vec<u8> = Vec::new();
-        while let Some(item) = receiver.recv().await {
-            let mut flushes = Vec::new();
-            let mut next = Some(item);
-            while let Some(item) = next {
-                match item {
-                    LogItem::Chunk(chunk) => pending.extend(chunk),
-                    LogItem::Flush(done) => flushes.push(done),
-                }
-                next = receiver.try_recv().ok();
-            }
-            if !pending.is_empty() {
-                let text = String::from_utf8_lossy(&pending).into_owned();
-                pending.clear();
-                let written = async {
-                    let mut conn = store.conn().await?;
-                    runs::append_log(&mut conn, &run_id, &text, Millis::now()).await
-                };
-                if let Err(error) = written.await {
-                    tracing::warn!(run.id = %run_id, %error, "cannot store a log chunk");
-                }
-            }
-            for done in flushes {
-                let _ = done.send(());
-            }
-        }
-    });
-    (LogSender(sender), task)
-}
-
-/// Renews the run's lease a few times per lease, and turns `true` when the
-/// run is canceled through the API or the lease was lost.
-fn watch_run(
-    worker: &Worker,
-    run_id: String,
-) -> (watch::Receiver<bool>, tokio::task::JoinHandle<()>) {
-    let (sender, receiver) = watch::channel(false);
-    let (store, owner, lease) = (worker.store.clone(), worker.name.clone(), worker.lease);
-    let task = tokio::spawn(async move {
-        let mut renewed = Instant::now();
-        loop {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            let check = async {
-                let mut conn = store.conn().await?;
-                let held = if renewed.elapsed() >= lease / 3 {
-                    renewed = Instant::now();
-                    runs::heartbeat(&mut conn, &run_id, &owner, Millis::now().plus(lease)).await?
-                } else {
-                    true
-                };
-                let ended = runs::get(&mut conn, &run_id).await?.is_none_or(|run| {
-                    RunState::parse(&run.state).is_some_and(RunState::is_terminal)
-                });
-                Ok::<_, StoreError>(!held || ended)
-            };
-            if let Ok(true) = check.await {
-                let _ = sender.send(true);
-                return;
-            }
-        }
-    });
-    (receiver, task)
-}
-
-async fn execute(worker: &Worker, run: Run, applying: bool) {
-    let (log, writer) = log_writer(worker.store.clone(), run.id.clone());
-    let (cancel, watcher) = watch_run(worker, run.id.clone());
-    let outcome = phases(worker, &run, applying, &log, cancel).await;
-    watcher.abort();
-    if let Err(reason) = outcome {
-        log.send(format!("\n{reason}\n").into_bytes());
-        log.flush().await;
-        step(worker, &run, Command::Fail, &reason, false).await;
-    }
-    // Done executing: finished, failed, or waiting for confirmation.
-    let released = async {
-        let mut conn = worker.store.conn().await?;
-        runs::release(&mut conn, &run.id, &worker.name).await
+    let Some(run) = runs::get(&mut tx, run_id).await? else {
+        return Ok(Err(Refused::NotLeased));
     };
-    if let Err(error) = released.await {
-        tracing::warn!(run.id = %run.id, %error, "cannot release the run's lease; it lapses");
+    let autodeploy = stacks::get(&mut tx, &run.stack_id)
+        .await?
+        .is_some_and(|stack| stack.autodeploy == 1);
+    let now = Millis::now();
+    let (command, cause) = match step {
+        Step::Plan => (Command::Plan, format!("checked out by worker {owner}")),
+        Step::Planned { changes, summary } => {
+            let json = serde_json::to_value(summary).unwrap_or(Value::Null);
+            runs::set_summary(&mut tx, run_id, &json, now).await?;
+            (
+                Command::Planned { changes: *changes },
+                format!("planned: {summary}"),
+            )
+        }
+        Step::Applied => (Command::Applied, "applied".to_owned()),
+        Step::Fail { reason } => (Command::Fail, reason.clone()),
+        Step::HandBack { reason } => (Command::HandBack, reason.clone()),
+    };
+    let moved = match runs::apply(&mut tx, run_id, command, &cause, autodeploy, now).await? {
+        Ok(run) => run,
+        Err(illegal) => return Ok(Err(illegal.into())),
+    };
+    if command == Command::HandBack {
+        runs::release(&mut tx, run_id, owner).await?;
     }
-    drop(log);
-    let _ = writer.await;
+    tx.commit().await?;
+    state.runs_signal.notify_waiters();
+    state.logs_signal.notify_waiters();
+    Ok(Ok(moved))
 }
 
-async fn phases(
-    worker: &Worker,
-    run: &Run,
-    applying: bool,
-    log: &LogSender,
-    cancel: watch::Receiver<bool>,
-) -> Result<(), String> {
-    let prepared = prepare(worker, run, !applying)
-        .await
-        .map_err(|e| format!("preparing failed: {e}"))?;
-    let workspace = worker.data_dir.join("workspaces").join(&run.id);
-    if !applying {
-        let (url, token) = prepared.source.as_ref().ok_or("no source")?;
-        log.send(format!("Checking out {} at {}\n", url, run.commit_sha).into_bytes());
-        let source = Source {
-            clone_url: url,
-            token,
-            commit: &run.commit_sha,
-        };
-        checkout(&source, &workspace)
-            .await
-            .map_err(|e| format!("checkout failed: {e}"))?;
-    } else if !workspace.is_dir() {
-        return Err("the planned workspace is not on this server".into());
-    }
-    let dir = workspace.join(&prepared.project_root);
-    let mut home = workspace.join(".gantry-home");
-    std::fs::create_dir_all(&home).map_err(|e| format!("cannot create HOME: {e}"))?;
-    home = home.canonicalize().unwrap_or(home);
-    let mut env = prepared.env.clone();
-    env.push(("HOME".into(), home.display().to_string()));
-    let sink_log = log.clone();
-    let mut sink = move |chunk: &[u8]| sink_log.send(chunk.to_vec());
-    let mut ctx = Context {
-        dir: &dir,
-        env,
-        limits: Limits {
-            deadline: Instant::now() + RUN_TIMEOUT,
-            no_output: NO_OUTPUT_TIMEOUT,
-            grace: Duration::from_secs(10),
-        },
-        redactor: Redactor::new(prepared.secrets.iter().map(String::as_str)),
-        cancel,
-        log: &mut sink,
-    };
-    let stopped = |stop: Stopped| stop.to_string();
-    if !applying {
-        step(worker, run, Command::Plan, "checked out", false)
-            .await
-            .ok_or("the run was stopped")?;
-        let planned = workflow::plan(&prepared.workflow, &mut ctx)
-            .await
-            .map_err(stopped)?;
-        let summary = serde_json::to_value(&planned.summary).unwrap_or(Value::Null);
-        {
-            let mut conn = worker.store.conn().await.map_err(|e| e.to_string())?;
-            runs::set_summary(&mut conn, &run.id, &summary, Millis::now())
-                .await
-                .map_err(|e| e.to_string())?;
-        }
-        log.flush().await;
-        let cause = format!("planned: {}", planned.summary);
-        let after = step(
-            worker,
-            run,
-            Command::Planned {
-                changes: planned.changes,
-            },
-            &cause,
-            prepared.autodeploy,
-        )
-        .await
-        .ok_or("the run was stopped")?;
-        if after.state != RunState::Applying.as_str() {
-            return Ok(());
-        }
-    }
-    workflow::apply(&prepared.workflow, &mut ctx)
-        .await
-        .map_err(stopped)?;
-    log.flush().await;
-    step(worker, run, Command::Applied, "applied", false).await;
+/// Renews the lease; `keep_going` is `false` once the run was canceled or
+/// the lease is no longer this worker's.
+pub async fn heartbeat(
+    state: &AppState,
+    run_id: &str,
+    owner: &str,
+) -> Result<Heartbeat, StoreError> {
+    let mut conn = state.store.conn().await?;
+    let until = Millis::now().plus(state.config.lease);
+    let keep_going = runs::heartbeat(&mut conn, run_id, owner, until).await?;
+    Ok(Heartbeat { keep_going })
+}
+
+/// Appends redacted output to the run's log; `false` without the lease.
+pub async fn log(
+    state: &AppState,
+    run_id: &str,
+    owner: &str,
+    text: String,
+) -> Result<bool, StoreError> {
+    let mut conn = state.store.conn().await?;
+    let stored = runs::append_log(&mut conn, run_id, owner, &text, Millis::now()).await?;
+    state.logs_signal.notify_waiters();
+    Ok(stored)
+}
+
+pub async fn release(state: &AppState, run_id: &str, owner: &str) -> Result<(), StoreError> {
+    let mut conn = state.store.conn().await?;
+    runs::release(&mut conn, run_id, owner).await?;
+    state.runs_signal.notify_waiters();
     Ok(())
+}
+
+/// Why a workspace could not be stored or fetched.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkspaceError {
+    #[error(transparent)]
+    Refused(#[from] Refused),
+    #[error("the run has no stored workspace")]
+    Missing,
+    #[error("the workspace store failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub async fn put_workspace(
+    state: &AppState,
+    run_id: &str,
+    owner: &str,
+    body: ByteStream,
+) -> Result<u64, WorkspaceError> {
+    let mut conn = state.store.conn().await?;
+    if !runs::holds_lease(&mut conn, run_id, owner).await? {
+        return Err(Refused::NotLeased.into());
+    }
+    drop(conn);
+    Ok(state.blobs.put(&workspace_key(run_id), body).await?)
+}
+
+pub async fn get_workspace(
+    state: &AppState,
+    run_id: &str,
+    owner: &str,
+) -> Result<ByteStream, WorkspaceError> {
+    let mut conn = state.store.conn().await?;
+    if !runs::holds_lease(&mut conn, run_id, owner).await? {
+        return Err(Refused::NotLeased.into());
+    }
+    drop(conn);
+    state
+        .blobs
+        .get(&workspace_key(run_id))
+        .await?
+        .ok_or(WorkspaceError::Missing)
+}
+
+/// Deletes the stored workspaces of runs that ended (or are gone): only a
+/// run waiting for its apply needs one.
+pub async fn sweep_workspaces(state: &AppState) -> Result<usize, anyhow::Error> {
+    let mut swept = 0;
+    for key in state.blobs.keys().await? {
+        let Some(run_id) = crate::blobs::run_of_workspace_key(&key) else {
+            continue;
+        };
+        let mut conn = state.store.conn().await?;
+        let ended = runs::get(&mut conn, run_id).await?.is_none_or(|run| {
+            gantry_domain::run::State::parse(&run.state).is_none_or(|s| s.is_terminal())
+        });
+        drop(conn);
+        if ended {
+            state.blobs.delete(&key).await?;
+            swept += 1;
+        }
+    }
+    Ok(swept)
+}
+
+/// An embedded worker: the [`Control`] of a worker inside the server.
+pub struct Local {
+    pub state: AppState,
+    pub name: String,
+}
+
+fn control_error(error: impl std::fmt::Display) -> ControlError {
+    ControlError(error.to_string())
+}
+
+impl Control for Local {
+    async fn claim(&self) -> Result<Option<Assignment>, ControlError> {
+        // Registered first, so a run queued meanwhile is not missed.
+        let notified = self.state.runs_signal.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if let Some(assignment) = claim(&self.state, &self.name)
+            .await
+            .map_err(control_error)?
+        {
+            return Ok(Some(assignment));
+        }
+        // Other servers' runs wake nobody here: look again now and then.
+        tokio::select! {
+            () = notified => {}
+            () = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+        Ok(None)
+    }
+
+    async fn heartbeat(&self, run: &str) -> Result<Heartbeat, ControlError> {
+        heartbeat(&self.state, run, &self.name)
+            .await
+            .map_err(control_error)
+    }
+
+    async fn log(&self, run: &str, text: String) -> Result<(), ControlError> {
+        log(&self.state, run, &self.name, text)
+            .await
+            .map(drop)
+            .map_err(control_error)
+    }
+
+    async fn step(&self, run: &str, step: &Step) -> Result<Option<String>, ControlError> {
+        match report(&self.state, run, &self.name, step).await {
+            Ok(Ok(run)) => Ok(Some(run.state)),
+            Ok(Err(refused)) => {
+                tracing::info!(run.id = %run, %refused, "step refused");
+                Ok(None)
+            }
+            Err(error) => Err(control_error(error)),
+        }
+    }
+
+    async fn put_workspace(
+        &self,
+        run: &str,
+        archive: &std::path::Path,
+    ) -> Result<(), ControlError> {
+        let file = tokio::fs::File::open(archive)
+            .await
+            .map_err(control_error)?;
+        let body: ByteStream = Box::pin(tokio_util::io::ReaderStream::new(file));
+        put_workspace(&self.state, run, &self.name, body)
+            .await
+            .map(drop)
+            .map_err(control_error)
+    }
+
+    async fn get_workspace(
+        &self,
+        run: &str,
+        archive: &std::path::Path,
+    ) -> Result<(), ControlError> {
+        let mut body = get_workspace(&self.state, run, &self.name)
+            .await
+            .map_err(control_error)?;
+        write_stream(&mut body, archive)
+            .await
+            .map_err(control_error)
+    }
+
+    async fn release(&self, run: &str) -> Result<(), ControlError> {
+        release(&self.state, run, &self.name)
+            .await
+            .map_err(control_error)
+    }
+}
+
+async fn write_stream(body: &mut ByteStream, path: &std::path::Path) -> std::io::Result<()> {
+    use futures_util::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    let mut file = tokio::fs::File::create(path).await?;
+    while let Some(chunk) = body.next().await {
+        file.write_all(&chunk?).await?;
+    }
+    file.flush().await
+}
+
+/// Starts the embedded pool: `count` workers that stop claiming when
+/// `shutdown` turns `true` and end once their run is done or handed back.
+pub fn spawn_pool(
+    state: &AppState,
+    owner: &str,
+    count: u32,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let options = gantry_runner::agent::Options {
+        work_dir: state.config.data_dir.join("workspaces"),
+        shutdown_grace: state.config.worker_shutdown_grace,
+        kill_grace: Duration::from_secs(10),
+    };
+    (0..count)
+        .map(|n| {
+            let control = Arc::new(Local {
+                state: state.clone(),
+                name: format!("{owner}-{n}"),
+            });
+            tokio::spawn(gantry_runner::agent::work(
+                control,
+                options.clone(),
+                shutdown.clone(),
+            ))
+        })
+        .collect()
 }

@@ -333,23 +333,56 @@ pub async fn start_next(
     }
 }
 
-/// Appends a chunk of (already redacted) log to a run.
+/// Appends a chunk of (already redacted) log to a run, if `owner` holds
+/// its lease; `false` when it does not (the run was taken from it).
 pub async fn append_log(
     conn: &mut Conn,
     run_id: &str,
+    owner: &str,
     chunk: &str,
     now: Millis,
-) -> Result<(), StoreError> {
-    sqlx::query(
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(
         "INSERT INTO run_logs (run_id, seq, at, chunk) \
-         SELECT $1, COALESCE(MAX(seq), -1) + 1, $2, $3 FROM run_logs WHERE run_id = $1",
+         SELECT $1, COALESCE((SELECT MAX(seq) FROM run_logs WHERE run_id = $1), -1) + 1, $2, $3 \
+         WHERE EXISTS (SELECT 1 FROM runs WHERE id = $1 AND lease_owner = $4)",
     )
     .bind(run_id)
     .bind(now.0)
     .bind(chunk)
+    .bind(owner)
     .execute(conn)
     .await?;
-    Ok(())
+    Ok(done.rows_affected() > 0)
+}
+
+/// The log chunks of a run after chunk `after` (-1 for all), in order, at
+/// most `limit`.
+pub async fn log_since(
+    conn: &mut Conn,
+    run_id: &str,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<(i64, String)>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT seq, chunk FROM run_logs WHERE run_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+    )
+    .bind(run_id)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// Whether `owner` holds the run's lease.
+pub async fn holds_lease(conn: &mut Conn, run_id: &str, owner: &str) -> Result<bool, StoreError> {
+    let found: Option<(i64,)> =
+        sqlx::query_as("SELECT 1 FROM runs WHERE id = $1 AND lease_owner = $2")
+            .bind(run_id)
+            .bind(owner)
+            .fetch_optional(conn)
+            .await?;
+    Ok(found.is_some())
 }
 
 /// A run's whole log, in order.
@@ -415,31 +448,42 @@ pub async fn lease(
     Ok(())
 }
 
-/// Extends the lease; `false` when the run is no longer this worker's.
+/// Extends the lease; `false` when the run is no longer this worker's or
+/// no longer executing (it was canceled): the worker should stop.
 pub async fn heartbeat(
     conn: &mut Conn,
     run_id: &str,
     owner: &str,
     until: Millis,
 ) -> Result<bool, StoreError> {
-    let done =
-        sqlx::query("UPDATE runs SET lease_expires_at = $1 WHERE id = $2 AND lease_owner = $3")
-            .bind(until.0)
-            .bind(run_id)
-            .bind(owner)
-            .execute(conn)
-            .await?;
+    let done = sqlx::query(
+        "UPDATE runs SET lease_expires_at = $1 WHERE id = $2 AND lease_owner = $3 \
+                     AND state IN ('preparing', 'planning', 'applying')",
+    )
+    .bind(until.0)
+    .bind(run_id)
+    .bind(owner)
+    .execute(conn)
+    .await?;
     Ok(done.rows_affected() > 0)
 }
 
-/// Ends the worker's lease (the run stopped executing: it ended, or waits
-/// for confirmation).
+/// Ends the worker's lease. A run that stopped executing (it ended, waits
+/// for confirmation, or went back to the queue) is free; a run still
+/// executing was given up by its worker, so its lease lapses now and the
+/// reaper fails it ("worker lost") instead of leaving it stuck.
 pub async fn release(conn: &mut Conn, run_id: &str, owner: &str) -> Result<(), StoreError> {
-    sqlx::query("UPDATE runs SET lease_owner = NULL, lease_expires_at = NULL WHERE id = $1 AND lease_owner = $2")
-        .bind(run_id)
-        .bind(owner)
-        .execute(conn)
-        .await?;
+    sqlx::query(
+        "UPDATE runs SET \
+           lease_owner = CASE WHEN state IN ('preparing', 'planning', 'applying') THEN lease_owner END, \
+           lease_expires_at = CASE WHEN state IN ('preparing', 'planning', 'applying') THEN $3 END \
+         WHERE id = $1 AND lease_owner = $2",
+    )
+    .bind(run_id)
+    .bind(owner)
+    .bind(Millis::now().0)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 

@@ -30,13 +30,16 @@ pub struct Stack {
     /// JSON array of names.
     pub secret_environment_names: String,
     pub secret_environment_sealed: Option<String>,
+    /// Limits of each phase's execution, in seconds.
+    pub run_timeout_seconds: i64,
+    pub no_output_timeout_seconds: i64,
     pub created_at: i64,
     pub updated_at: i64,
 }
 
 const COLUMNS: &str = "id, name, space_id, integration_id, project_id, repository, branch, project_root, \
     additional_project_globs, labels, autodeploy, allow_forks, vendor, environment, secret_environment_names, \
-    secret_environment_sealed, created_at, updated_at";
+    secret_environment_sealed, run_timeout_seconds, no_output_timeout_seconds, created_at, updated_at";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SaveStackError {
@@ -50,7 +53,7 @@ pub async fn insert(conn: &mut Conn, stack: &Stack) -> Result<(), SaveStackError
     let s = stack;
     sqlx::query(&format!(
         "INSERT INTO stacks ({COLUMNS}) VALUES \
-         ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
+         ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)"
     ))
     .bind(&s.id)
     .bind(&s.name)
@@ -68,6 +71,8 @@ pub async fn insert(conn: &mut Conn, stack: &Stack) -> Result<(), SaveStackError
     .bind(&s.environment)
     .bind(&s.secret_environment_names)
     .bind(&s.secret_environment_sealed)
+    .bind(s.run_timeout_seconds)
+    .bind(s.no_output_timeout_seconds)
     .bind(s.created_at)
     .bind(s.updated_at)
     .execute(conn)
@@ -89,7 +94,7 @@ pub async fn update(conn: &mut Conn, stack: &Stack) -> Result<(), StoreError> {
         "UPDATE stacks SET space_id = $2, integration_id = $3, project_id = $4, repository = $5, branch = $6, \
          project_root = $7, additional_project_globs = $8, labels = $9, autodeploy = $10, allow_forks = $11, \
          vendor = $12, environment = $13, secret_environment_names = $14, secret_environment_sealed = $15, \
-         updated_at = $16 WHERE id = $1",
+         updated_at = $16, run_timeout_seconds = $17, no_output_timeout_seconds = $18 WHERE id = $1",
     )
     .bind(&s.id)
     .bind(&s.space_id)
@@ -107,6 +112,8 @@ pub async fn update(conn: &mut Conn, stack: &Stack) -> Result<(), StoreError> {
     .bind(&s.secret_environment_names)
     .bind(&s.secret_environment_sealed)
     .bind(s.updated_at)
+    .bind(s.run_timeout_seconds)
+    .bind(s.no_output_timeout_seconds)
     .execute(conn)
     .await?;
     Ok(())

@@ -10,3 +10,4 @@ pub mod runs;
 pub mod spaces;
 pub mod stacks;
 pub mod webhooks;
+pub mod worker;

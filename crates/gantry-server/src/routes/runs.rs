@@ -278,20 +278,44 @@ async fn act(
     let answer = view(&mut tx, run).await?;
     tx.commit().await?;
     state.runs_signal.notify_waiters();
+    state.logs_signal.notify_waiters();
     tracing::info!(run.id = %id, run.state = %answer.state, "run {verb}");
     Ok(Json(answer))
 }
 
-/// The run's log so far, already redacted, as plain text.
-#[utoipa::path(get, path = "/api/v1/runs/{id}/logs", tag = "runs", security(("bearer" = [])),
-    responses((status = 200, body = String, content_type = "text/plain"), (status = 404, body = ErrorBody)))]
+#[derive(Deserialize, IntoParams)]
+pub struct LogParams {
+    /// Stream the log as server-sent events until the run ends.
+    #[serde(default)]
+    pub follow: bool,
+}
+
+/// The run's log so far, already redacted, as plain text; with
+/// `?follow=true`, server-sent events: a `log` event per chunk (its `id`
+/// is the chunk's number, so `Last-Event-ID` resumes after it) and one
+/// `end` event with the run's final state when the run ends.
+#[utoipa::path(get, path = "/api/v1/runs/{id}/logs", tag = "runs", security(("bearer" = [])), params(LogParams),
+    responses((status = 200, body = String, content_type = "text/plain"),
+        (status = 200, description = "with `follow=true`", content_type = "text/event-stream"),
+        (status = 404, body = ErrorBody)))]
 pub async fn logs(
     State(state): State<AppState>,
     principal: Principal,
     Path(id): Path<String>,
-) -> Result<([(axum::http::HeaderName, &'static str); 1], String), ApiError> {
+    ApiQuery(params): ApiQuery<LogParams>,
+    headers: axum::http::HeaderMap,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
     let mut conn = state.store.conn().await?;
     run_for(&mut conn, &principal, &id, Role::Read).await?;
+    if params.follow {
+        let after = headers
+            .get("last-event-id")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .unwrap_or(-1);
+        return Ok(crate::follow::follow(state.clone(), id, after).into_response());
+    }
     let text = runs::log(&mut conn, &id).await?;
     Ok((
         [(
@@ -299,7 +323,8 @@ pub async fn logs(
             "text/plain; charset=utf-8",
         )],
         text,
-    ))
+    )
+        .into_response())
 }
 
 /// Confirms an unconfirmed tracked run, so it applies. Needs `write`.

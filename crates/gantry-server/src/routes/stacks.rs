@@ -77,6 +77,10 @@ pub struct CreateStack {
     #[serde(default)]
     #[schema(value_type = BTreeMap<String, String>)]
     pub secret_environment: BTreeMap<String, SecretString>,
+    /// The longest a phase's execution may take (default 4200: 70 minutes).
+    pub run_timeout_seconds: Option<u64>,
+    /// The longest a phase may print nothing (default 600: 10 minutes).
+    pub no_output_timeout_seconds: Option<u64>,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -98,6 +102,8 @@ pub struct UpdateStack {
     /// Replaces the secret environment.
     #[schema(value_type = Option<BTreeMap<String, String>>)]
     pub secret_environment: Option<BTreeMap<String, SecretString>>,
+    pub run_timeout_seconds: Option<u64>,
+    pub no_output_timeout_seconds: Option<u64>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -120,6 +126,8 @@ pub struct StackView {
     pub environment: BTreeMap<String, String>,
     /// The names only.
     pub secret_environment: Vec<String>,
+    pub run_timeout_seconds: i64,
+    pub no_output_timeout_seconds: i64,
     /// From the checks with GitLab on create or change.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
@@ -146,9 +154,25 @@ fn view(stack: Stack, warnings: Vec<String>) -> StackView {
         environment: serde_json::from_str(&stack.environment).unwrap_or_default(),
         secret_environment: serde_json::from_str(&stack.secret_environment_names)
             .unwrap_or_default(),
+        run_timeout_seconds: stack.run_timeout_seconds,
+        no_output_timeout_seconds: stack.no_output_timeout_seconds,
         warnings,
         created_at: timestamp(stack.created_at),
         updated_at: timestamp(stack.updated_at),
+    }
+}
+
+/// The defaults of DESIGN.md section 5: 70 minutes, 10 minutes.
+const DEFAULT_RUN_TIMEOUT: u64 = 70 * 60;
+const DEFAULT_NO_OUTPUT_TIMEOUT: u64 = 10 * 60;
+
+/// A limit in seconds: at least one, at most a day.
+fn seconds(name: &str, value: u64) -> Result<i64, ApiError> {
+    match i64::try_from(value) {
+        Ok(seconds @ 1..=86_400) => Ok(seconds),
+        _ => Err(ApiError::invalid(format!(
+            "`{name}` is {value}; give between 1 and 86400 seconds"
+        ))),
     }
 }
 
@@ -353,6 +377,15 @@ pub async fn create(
     let labels = labels(body.labels)?;
     let vendor = vendor(&body.vendor)?;
     let environment = environment(&body.environment)?;
+    let run_timeout = seconds(
+        "run_timeout_seconds",
+        body.run_timeout_seconds.unwrap_or(DEFAULT_RUN_TIMEOUT),
+    )?;
+    let no_output_timeout = seconds(
+        "no_output_timeout_seconds",
+        body.no_output_timeout_seconds
+            .unwrap_or(DEFAULT_NO_OUTPUT_TIMEOUT),
+    )?;
     let (secret_names, secret_sealed) =
         seal_secrets(&state, id.as_str(), &body.secret_environment)?;
 
@@ -393,6 +426,8 @@ pub async fn create(
         environment,
         secret_environment_names: secret_names,
         secret_environment_sealed: secret_sealed,
+        run_timeout_seconds: run_timeout,
+        no_output_timeout_seconds: no_output_timeout,
         created_at: now.0,
         updated_at: now.0,
     };
@@ -499,6 +534,12 @@ pub async fn update(
     }
     if let Some(raw) = &body.environment {
         next.environment = environment(raw)?;
+    }
+    if let Some(value) = body.run_timeout_seconds {
+        next.run_timeout_seconds = seconds("run_timeout_seconds", value)?;
+    }
+    if let Some(value) = body.no_output_timeout_seconds {
+        next.no_output_timeout_seconds = seconds("no_output_timeout_seconds", value)?;
     }
     if let Some(raw) = &body.secret_environment {
         let (names, sealed) = seal_secrets(&state, &id, raw)?;

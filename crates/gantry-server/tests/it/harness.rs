@@ -51,6 +51,7 @@ impl Db {
                 max_attempts: 3,
                 ..gantry_gitlab::ClientConfig::default()
             },
+            worker_shutdown_grace: Duration::from_secs(2),
         }
     }
 }
