@@ -37,7 +37,7 @@ pub struct WorkerArgs {
 const LOG_PIECE: usize = 256 * 1024;
 
 /// How long a claim waits on the server for a run.
-const CLAIM_WAIT_SECONDS: u64 = 10;
+const CLAIM_WAIT_SECONDS: u64 = 5;
 
 pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let name = args.name.unwrap_or_else(default_name);

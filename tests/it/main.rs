@@ -1,5 +1,8 @@
-//! Tests of the `gantry` binary as a process: what survives `kill -9`.
+//! Tests of the `gantry` binary as processes: what survives `kill -9`, and
+//! external workers.
 
+mod api;
 mod crash;
+mod external_worker;
 mod process;
 mod worker_lost;

@@ -46,3 +46,34 @@ pub async fn serve(data_dir: &Path, port: u16, extra: &[&str]) -> Server {
     }
     panic!("gantry serve did not come up on {base}");
 }
+
+/// Starts `gantry worker` for the server at `base`.
+pub fn worker(base: &str, token: &str, name: &str, work_dir: &Path, extra: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .arg("worker")
+        .args(["--server", base, "--name", name])
+        .arg("--work-dir")
+        .arg(work_dir)
+        .args(extra)
+        .env("GANTRY_TOKEN", token)
+        .env("GANTRY_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("gantry worker starts")
+}
+
+/// Sends SIGTERM and waits for the process to exit; its exit status.
+pub async fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    let pid = child.id().expect("running");
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(sent.success());
+    tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .expect("wait")
+}

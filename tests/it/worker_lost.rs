@@ -2,41 +2,11 @@
 //! restart, the run ends `failed` ("worker lost") once its lease lapses,
 //! and the stack's next tracked run starts.
 
-use std::time::Duration;
-
 use gantry_gitlab_sim::{AccessLevel, Sim, TokenSpec};
-use serde_json::{Value, json};
+use serde_json::json;
 
+use crate::api::{Api, admin_token};
 use crate::process::{free_port, serve};
-
-async fn get(http: &reqwest::Client, url: &str, token: &str) -> Value {
-    http.get(url)
-        .bearer_auth(token)
-        .send()
-        .await
-        .expect("get")
-        .json()
-        .await
-        .expect("json")
-}
-
-async fn wait_for(
-    http: &reqwest::Client,
-    base: &str,
-    token: &str,
-    run: &str,
-    wanted: impl Fn(&Value) -> bool,
-) -> Value {
-    let mut last = Value::Null;
-    for _ in 0..1500 {
-        last = get(http, &format!("{base}/api/v1/runs/{run}"), token).await;
-        if wanted(&last) {
-            return last;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("run {run} never got there: {last}");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_whose_worker_died_fails_and_frees_the_stack() {
@@ -45,10 +15,7 @@ async fn a_run_whose_worker_died_fails_and_frees_the_stack() {
     let port = free_port();
     let flags = ["--lease-seconds", "3", "--embedded-workers", "1"];
     let mut server = serve(&data, port, &flags).await;
-    let admin = std::fs::read_to_string(data.join("initial-admin-token"))
-        .expect("token")
-        .trim()
-        .to_owned();
+    let api = Api::new(&server.base, &admin_token(&data));
     let sim = Sim::start().await.expect("sim");
     let user = sim.add_user("bot");
     let token = sim.add_token(TokenSpec::new(user, &["api"]));
@@ -60,52 +27,37 @@ async fn a_run_whose_worker_died_fails_and_frees_the_stack() {
     let (_, second) = sim
         .commit(project, "main", &[("main.tf", Some("two"))], "two")
         .expect("c2");
-    let http = reqwest::Client::new();
-    let base = server.base.clone();
-    let post = |path: &str, body: Value| {
-        let request = http
-            .post(format!("{base}{path}"))
-            .bearer_auth(&admin)
-            .json(&body);
-        async move {
-            request
-                .send()
-                .await
-                .expect("post")
-                .json::<Value>()
-                .await
-                .expect("json")
-        }
-    };
-    post(
+    api.post(
         "/api/v1/integrations/gitlab",
         json!({ "name": "Main", "default": true, "api_host_url": sim.url(), "api_token": token }),
     )
     .await;
-    let stack = post(
+    let stack = api.post(
         "/api/v1/stacks",
         json!({ "name": "Net", "repository": "infra/network", "branch": "main",
                 "vendor": { "kind": "shell", "plan": "echo planning; sleep 20; exit 2", "apply": "true" } }),
     )
     .await;
     assert_eq!(stack["id"], "net", "{stack}");
-    let run = post(
-        "/api/v1/stacks/net/runs",
-        json!({ "kind": "tracked", "commit_sha": first }),
-    )
-    .await;
-    let next = post(
-        "/api/v1/stacks/net/runs",
-        json!({ "kind": "tracked", "commit_sha": second }),
-    )
-    .await;
+    let run = api
+        .post(
+            "/api/v1/stacks/net/runs",
+            json!({ "kind": "tracked", "commit_sha": first }),
+        )
+        .await;
+    let next = api
+        .post(
+            "/api/v1/stacks/net/runs",
+            json!({ "kind": "tracked", "commit_sha": second }),
+        )
+        .await;
     let (run, next) = (
         run["id"].as_str().expect("run").to_owned(),
         next["id"].as_str().expect("next").to_owned(),
     );
-    wait_for(&http, &base, &admin, &run, |r| r["state"] == "planning").await;
+    api.wait_for(&run, |r| r["state"] == "planning").await;
     assert_eq!(
-        get(&http, &format!("{base}/api/v1/runs/{next}"), &admin).await["state"],
+        api.get(&format!("/api/v1/runs/{next}")).await["state"],
         "queued",
         "the lock holds"
     );
@@ -113,7 +65,7 @@ async fn a_run_whose_worker_died_fails_and_frees_the_stack() {
     server.child.start_kill().expect("kill -9");
     server.child.wait().await.expect("dead");
     let server = serve(&data, port, &flags).await;
-    let failed = wait_for(&http, &base, &admin, &run, |r| r["state"] == "failed").await;
+    let failed = api.wait_for(&run, |r| r["state"] == "failed").await;
     assert!(
         failed["reason"]
             .as_str()
@@ -122,6 +74,6 @@ async fn a_run_whose_worker_died_fails_and_frees_the_stack() {
         "{failed}"
     );
     // The stack is free again: the next tracked run starts.
-    wait_for(&http, &base, &admin, &next, |r| r["state"] != "queued").await;
+    api.wait_for(&next, |r| r["state"] != "queued").await;
     drop(server);
 }
