@@ -12,7 +12,445 @@ use serde_json::{Value, json};
 use crate::harness::{Db, TestApp};
 use crate::on_both_databases;
 
-on_both_databases!(a_shell_stack_plans_waits_for_confirmation_and_applies);
+on_both_databases!(
+    a_shell_stack_plans_waits_for_confirmation_and_applies,
+    no_changes_timeouts_log_following_and_hand_back,
+    the_worker_api_holds_workers_to_their_leases,
+);
+
+/// A simulated GitLab with the repository `infra/network` and the default
+/// integration `main` on it.
+struct Repo {
+    sim: Sim,
+    project: u64,
+}
+
+async fn repo(app: &TestApp) -> Repo {
+    let sim = Sim::start().await.expect("sim");
+    let user = sim.add_user("gantry-bot");
+    let token = sim.add_token(TokenSpec::new(user, &["api"]));
+    let project = sim.add_project("infra/network", "main").expect("project");
+    sim.add_member(project, user, AccessLevel::Maintainer);
+    let (status, created) = app
+        .post(
+            "/api/v1/integrations/gitlab",
+            &app.admin,
+            json!({ "name": "Main", "default": true, "api_host_url": sim.url(), "api_token": token }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    Repo { sim, project }
+}
+
+/// Creates a shell stack on `infra/network` with `extra` fields, and
+/// triggers a tracked run at the branch head; the run's id.
+async fn shell_run(app: &TestApp, name: &str, plan: &str, extra: Value) -> String {
+    let mut body = json!({
+        "name": name, "repository": "infra/network", "branch": "main",
+        "vendor": { "kind": "shell", "plan": plan, "apply": "echo APPLIED" }
+    });
+    for (key, value) in extra.as_object().expect("object") {
+        body[key] = value.clone();
+    }
+    let (status, stack) = app.post("/api/v1/stacks", &app.admin, body).await;
+    assert_eq!(status, StatusCode::CREATED, "{stack}");
+    let id = stack["id"].as_str().expect("id");
+    let (status, run) = app
+        .post(
+            &format!("/api/v1/stacks/{id}/runs"),
+            &app.admin,
+            json!({ "kind": "tracked" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{run}");
+    run["id"].as_str().expect("run").to_owned()
+}
+
+fn states(run: &Value) -> Vec<&str> {
+    run["transitions"]
+        .as_array()
+        .expect("transitions")
+        .iter()
+        .filter_map(|t| t["state"].as_str())
+        .collect()
+}
+
+/// Reads server-sent events until `end`; the `(event, id, data)` of each.
+async fn events(app: &TestApp, run: &str, last_id: Option<&str>) -> Vec<(String, String, String)> {
+    let mut request = reqwest::Client::new()
+        .get(format!("{}/api/v1/runs/{run}/logs?follow=true", app.base))
+        .bearer_auth(&app.admin);
+    if let Some(id) = last_id {
+        request = request.header("last-event-id", id);
+    }
+    let mut response = request.send().await.expect("follow");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/event-stream",
+        "{:?}",
+        response.headers()
+    );
+    let (mut buffer, mut found) = (String::new(), Vec::new());
+    while let Some(chunk) = response.chunk().await.expect("chunk") {
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            let (mut event, mut id, mut data) = (String::new(), String::new(), Vec::new());
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("event: ") {
+                    event = v.to_owned();
+                } else if let Some(v) = line.strip_prefix("id: ") {
+                    id = v.to_owned();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push(v.strip_prefix(' ').unwrap_or(v).to_owned());
+                }
+            }
+            if event.is_empty() {
+                continue; // a keep-alive comment
+            }
+            let done = event == "end";
+            found.push((event, id, data.join("\n")));
+            if done {
+                return found;
+            }
+        }
+    }
+    panic!("the stream ended without an `end` event: {found:?}");
+}
+
+async fn no_changes_timeouts_log_following_and_hand_back(db: Db) {
+    let app = TestApp::start_with_workers(&db, 2).await;
+    let _repo = repo(&app).await;
+
+    // No changes: finished, never applied.
+    let quiet = shell_run(&app, "Quiet", "echo nothing to do; exit 0", json!({})).await;
+    let done = wait_for(&app, &quiet, "finished").await;
+    assert_eq!(
+        states(&done),
+        ["queued", "preparing", "planning", "finished"]
+    );
+    let (_, log) = app
+        .get(&format!("/api/v1/runs/{quiet}/logs"), &app.admin)
+        .await;
+    assert!(
+        log.as_str()
+            .is_some_and(|l| l.contains("nothing to do") && !l.contains("APPLIED")),
+        "{log}"
+    );
+
+    // The stack's own no-output limit ends a silent plan.
+    let stuck = shell_run(
+        &app,
+        "Stuck",
+        "echo start; sleep 30",
+        json!({ "no_output_timeout_seconds": 1 }),
+    )
+    .await;
+    let failed = wait_for(&app, &stuck, "failed").await;
+    assert_eq!(
+        failed["reason"], "plan printed nothing for too long",
+        "{failed}"
+    );
+    let (status, answer) = app
+        .patch(
+            "/api/v1/stacks/stuck",
+            &app.admin,
+            json!({ "run_timeout_seconds": 0 }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("run_timeout_seconds")
+    );
+
+    // Following: the events carry exactly the stored log, then the end;
+    // Last-Event-ID resumes after a chunk.
+    let chatty = shell_run(
+        &app,
+        "Chatty",
+        "for i in 1 2 3; do echo line $i; sleep 0.3; done; printf 'no newline'",
+        json!({}),
+    )
+    .await;
+    let followed = events(&app, &chatty, None).await;
+    let (_, log) = app
+        .get(&format!("/api/v1/runs/{chatty}/logs"), &app.admin)
+        .await;
+    let log = log.as_str().expect("log").to_owned();
+    let (logs, end) = followed.split_at(followed.len() - 1);
+    assert!(
+        logs.len() >= 2,
+        "the log came in several events: {followed:?}"
+    );
+    let streamed: String = logs.iter().map(|(_, _, data)| data.as_str()).collect();
+    assert_eq!(streamed, log);
+    assert_eq!(end[0].0, "end");
+    let end: Value = serde_json::from_str(&end[0].2).expect("end json");
+    assert_eq!(end["state"], "finished");
+    let resumed = events(&app, &chatty, Some(&logs[0].1)).await;
+    let rest: String = resumed[..resumed.len() - 1]
+        .iter()
+        .map(|(_, _, d)| d.as_str())
+        .collect();
+    assert_eq!(format!("{}{rest}", logs[0].2), log);
+
+    // Shutdown while planning: after the grace period the plan is stopped
+    // and the run goes back to the queue, for the next worker.
+    let slow = shell_run(&app, "Slow", "echo waiting; sleep 30", json!({})).await;
+    wait_for(&app, &slow, "planning").await;
+    app.stop().await;
+    let app = TestApp::start(&db).await;
+    let (_, handed) = app.get(&format!("/api/v1/runs/{slow}"), &app.admin).await;
+    assert_eq!(handed["state"], "queued", "{handed}");
+    let last = handed["transitions"]
+        .as_array()
+        .expect("t")
+        .last()
+        .cloned()
+        .expect("last");
+    assert!(
+        last["cause"]
+            .as_str()
+            .unwrap_or("")
+            .contains("worker shut down"),
+        "{handed}"
+    );
+    app.stop().await;
+}
+
+/// A worker as `gantry worker` calls the API, by hand.
+struct Caller<'a> {
+    app: &'a TestApp,
+    key: &'a str,
+    name: &'a str,
+}
+
+impl Caller<'_> {
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> (StatusCode, Vec<u8>) {
+        let mut request = reqwest::Client::new()
+            .request(method, format!("{}/api/v1/worker{path}", self.app.base))
+            .bearer_auth(self.key)
+            .header("gantry-worker", self.name);
+        if let Some(body) = body {
+            request = request.body(body);
+        }
+        let response = request.send().await.expect("call");
+        (
+            response.status(),
+            response.bytes().await.expect("body").to_vec(),
+        )
+    }
+
+    async fn json(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        let (status, bytes) = self
+            .call(Method::POST, path, Some(body.to_string().into_bytes()))
+            .await;
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+}
+
+async fn the_worker_api_holds_workers_to_their_leases(db: Db) {
+    let app = TestApp::start(&db).await;
+    let repo = repo(&app).await;
+    let run = shell_run(
+        &app,
+        "Net",
+        "exit 2",
+        json!({ "secret_environment": { "TOKEN_X": "sekrit" }, "run_timeout_seconds": 120 }),
+    )
+    .await;
+    let key = app
+        .key("workers", json!([{ "space": "root", "role": "worker" }]))
+        .await;
+    let admin_key = app.admin.clone();
+    let (w1, w2) = (
+        Caller {
+            app: &app,
+            key: &key,
+            name: "w1",
+        },
+        Caller {
+            app: &app,
+            key: &key,
+            name: "w2",
+        },
+    );
+
+    // Roles and the worker's name are checked first.
+    let admin = Caller {
+        app: &app,
+        key: &admin_key,
+        name: "w1",
+    };
+    assert_eq!(
+        admin.json("/claim?wait_seconds=0", json!({})).await.0,
+        StatusCode::FORBIDDEN
+    );
+    let unnamed = Caller {
+        app: &app,
+        key: &key,
+        name: "",
+    };
+    let (status, answer) = unnamed.json("/claim?wait_seconds=0", json!({})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("Gantry-Worker")
+    );
+
+    // w1 claims: everything the run needs, secrets included.
+    let (status, assignment) = w1.json("/claim?wait_seconds=0", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{assignment}");
+    assert_eq!(assignment["run_id"], run.as_str());
+    assert_eq!(assignment["phase"], "plan");
+    assert_eq!(assignment["run_timeout_seconds"], 120);
+    assert_eq!(
+        assignment["secret_env"],
+        json!([{ "name": "TOKEN_X", "value": "sekrit" }])
+    );
+    assert_eq!(
+        assignment["source"]["clone_url"],
+        repo.sim.clone_url(repo.project).expect("url").as_str()
+    );
+    assert_eq!(
+        w2.json("/claim?wait_seconds=0", json!({})).await.0,
+        StatusCode::NO_CONTENT
+    );
+
+    // w2 holds no lease on it: refused everywhere.
+    let path = |what: &str| format!("/runs/{run}/{what}");
+    assert_eq!(
+        w2.json(&path("heartbeat"), json!({})).await.1["keep_going"],
+        false
+    );
+    assert_eq!(
+        w2.call(Method::POST, &path("log"), Some(b"x".to_vec()))
+            .await
+            .0,
+        StatusCode::CONFLICT
+    );
+    assert_eq!(
+        w2.json(&path("step"), json!({ "step": "plan" })).await.0,
+        StatusCode::CONFLICT
+    );
+    assert_eq!(
+        w2.call(Method::PUT, &path("workspace"), Some(b"x".to_vec()))
+            .await
+            .0,
+        StatusCode::CONFLICT
+    );
+
+    // w1 reports; a step that is not one is 422 and changes nothing.
+    assert_eq!(
+        w1.json(&path("heartbeat"), json!({})).await.1["keep_going"],
+        true
+    );
+    let (status, answer) = w1.json(&path("step"), json!({ "step": "explode" })).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    assert_eq!(
+        w1.json(&path("step"), json!({ "step": "plan" })).await.1["state"],
+        "planning"
+    );
+    assert_eq!(
+        w1.call(Method::POST, &path("log"), Some(b"planned\n".to_vec()))
+            .await
+            .0,
+        StatusCode::NO_CONTENT
+    );
+    let archive: Vec<u8> = (0..200_000u32).map(|n| (n % 251) as u8).collect();
+    assert_eq!(
+        w1.call(Method::PUT, &path("workspace"), Some(archive.clone()))
+            .await
+            .0,
+        StatusCode::NO_CONTENT
+    );
+    let summary = json!({ "add": 1, "change": 0, "destroy": 0, "resources": ["null_resource.a"] });
+    let (status, answer) = w1
+        .json(
+            &path("step"),
+            json!({ "step": "planned", "changes": true, "summary": summary }),
+        )
+        .await;
+    assert_eq!(
+        (status, &answer["state"]),
+        (StatusCode::OK, &json!("unconfirmed")),
+        "{answer}"
+    );
+    assert_eq!(
+        w1.call(Method::POST, &path("release"), None).await.0,
+        StatusCode::NO_CONTENT
+    );
+    let (_, shown) = app.get(&format!("/api/v1/runs/{run}"), &app.admin).await;
+    assert_eq!(shown["summary"], summary);
+
+    // Confirmed, the apply goes to w2 with the workspace w1 stored.
+    app.post(
+        &format!("/api/v1/runs/{run}/confirm"),
+        &app.admin,
+        json!({}),
+    )
+    .await;
+    let (status, assignment) = w2.json("/claim?wait_seconds=0", json!({})).await;
+    assert_eq!(
+        (status, &assignment["phase"]),
+        (StatusCode::OK, &json!("apply"))
+    );
+    assert!(
+        assignment["source"].is_null(),
+        "the apply needs no checkout"
+    );
+    assert_eq!(
+        w1.call(Method::GET, &path("workspace"), None).await.0,
+        StatusCode::CONFLICT
+    );
+    let (status, restored) = w2.call(Method::GET, &path("workspace"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        restored == archive,
+        "the workspace comes back byte for byte"
+    );
+    assert_eq!(
+        w2.json(&path("step"), json!({ "step": "applied" })).await.1["state"],
+        "finished"
+    );
+    w2.call(Method::POST, &path("release"), None).await;
+    let (_, log) = app
+        .get(&format!("/api/v1/runs/{run}/logs"), &app.admin)
+        .await;
+    assert_eq!(log, "planned\n");
+
+    // A restart sweeps the workspaces of ended runs.
+    let blobs = db.data_dir().join("blobs");
+    assert_eq!(std::fs::read_dir(&blobs).expect("blobs").count(), 1);
+    app.stop().await;
+    let app = TestApp::start(&db).await;
+    for _ in 0..200 {
+        if std::fs::read_dir(&blobs).expect("blobs").count() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        std::fs::read_dir(&blobs).expect("blobs").count(),
+        0,
+        "swept"
+    );
+    app.stop().await;
+}
 
 async fn wait_for(app: &TestApp, run: &str, state: &str) -> Value {
     let mut last = Value::Null;

@@ -93,6 +93,20 @@ async fn every_route_checks_the_callers_role(db: Db) {
             body: None,
             expect: [403, 403, 200, 403, 403],
         },
+        // The worker API: only `worker` gets past the role check, to the
+        // check of its `Gantry-Worker` header (absent here).
+        Case {
+            method: Method::POST,
+            path: "/api/v1/worker/claim?wait_seconds=0",
+            body: None,
+            expect: [403, 403, 403, 400, 403],
+        },
+        Case {
+            method: Method::POST,
+            path: "/api/v1/worker/runs/none/heartbeat",
+            body: None,
+            expect: [403, 403, 403, 400, 403],
+        },
     ];
 
     let mut n = 0;
