@@ -9,6 +9,9 @@ use std::time::Duration;
 use gantry_gitlab_sim::{Sim, TokenSpec};
 use serde_json::{Value, json};
 
+// Each bench is its own crate and uses part of this; `expect` would be
+// unfulfilled in the ones that use all of it.
+#[allow(dead_code, reason = "each bench uses part of it")]
 pub struct Bench {
     /// Killed when the bench is dropped.
     _server: tokio::process::Child,
@@ -16,8 +19,13 @@ pub struct Bench {
     pub data: PathBuf,
     /// The integration's webhook secret.
     pub secret: String,
+    /// The first admin key.
+    pub admin: String,
+    /// The integration's user and token on the simulated GitLab.
+    pub user: u64,
+    pub token: String,
+    pub sim: Sim,
     _dir: tempfile::TempDir,
-    _sim: Sim,
 }
 
 /// Starts the server with `flags` and creates the integration `name`.
@@ -79,7 +87,10 @@ pub async fn start(flags: &[&str], name: &str, default: bool) -> Bench {
         base,
         data,
         secret,
+        admin,
+        user,
+        token,
+        sim,
         _dir: dir,
-        _sim: sim,
     }
 }
