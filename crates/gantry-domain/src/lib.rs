@@ -6,6 +6,7 @@
 
 pub mod event;
 mod name;
+pub mod report;
 mod role;
 pub mod rules;
 pub mod run;

@@ -5,6 +5,7 @@
 pub mod client;
 pub mod error_body;
 pub mod projects;
+pub mod reporting;
 pub mod token;
 pub mod types;
 pub mod webhook;

@@ -13,6 +13,7 @@ mod extract;
 mod follow;
 mod inbox;
 mod metrics;
+mod outbox;
 mod router;
 mod routes;
 mod startup;

@@ -9,6 +9,7 @@ use axum::response::Response;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -25,10 +26,17 @@ struct RouteLabels {
     route: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IntegrationLabels {
+    integration: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     latency: Family<RouteLabels, Histogram>,
+    healthy: Family<IntegrationLabels, Gauge>,
+    pending: Family<IntegrationLabels, Gauge>,
 }
 
 impl Metrics {
@@ -49,11 +57,34 @@ impl Metrics {
             "Time to answer HTTP requests",
             latency.clone(),
         );
+        let healthy = Family::<IntegrationLabels, Gauge>::default();
+        registry.register(
+            "integration_healthy",
+            "1 while GitLab accepts the integration's token, 0 once it rejected it (its writes are paused)",
+            healthy.clone(),
+        );
+        let pending = Family::<IntegrationLabels, Gauge>::default();
+        registry.register(
+            "outbox_pending",
+            "Writes to GitLab waiting to be delivered, per integration",
+            pending.clone(),
+        );
         Self {
             registry,
             requests,
             latency,
+            healthy,
+            pending,
         }
+    }
+
+    /// Sets an integration's health and outbox backlog.
+    pub fn set_integration(&self, integration: &str, healthy: bool, pending: i64) {
+        let labels = IntegrationLabels {
+            integration: integration.to_owned(),
+        };
+        self.healthy.get_or_create(&labels).set(i64::from(healthy));
+        self.pending.get_or_create(&labels).set(pending);
     }
 
     pub fn render(&self) -> String {

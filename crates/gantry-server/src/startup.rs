@@ -90,6 +90,7 @@ pub async fn start(
         crate::worker::spawn_pool(&state, &owner, state.config.embedded_workers, workers_stop);
     let worker_grace = state.config.worker_shutdown_grace;
     let sweeper = tokio::spawn(sweep_workspaces(state.clone()));
+    let reporter = tokio::spawn(crate::outbox::work(state.clone(), owner.clone()));
     let inbox = tokio::spawn(crate::inbox::work(processor, owner, state.config.lease));
     let pruner = tokio::spawn(crate::inbox::prune(
         store.clone(),
@@ -119,6 +120,7 @@ pub async fn start(
         inbox.abort();
         pruner.abort();
         sweeper.abort();
+        reporter.abort();
         served.context("the HTTP server failed")
     });
     Ok(RunningServer { addr, store, task })

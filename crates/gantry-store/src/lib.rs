@@ -13,6 +13,7 @@ pub mod crypto;
 pub mod deliveries;
 pub mod integrations;
 pub mod jobs;
+pub mod outbox;
 pub mod page;
 pub mod runs;
 pub mod spaces;

@@ -2,6 +2,7 @@
 //! `gantry_domain::run`; this module stores what it decides, always with
 //! the transition that led there.
 
+use gantry_domain::report::Write;
 use gantry_domain::run::{Command, IllegalTransition, Kind, State, transition};
 use sqlx::FromRow;
 
@@ -82,8 +83,9 @@ pub async fn create(
     .fetch_optional(&mut *conn)
     .await?;
     if inserted.is_none() {
+        let mut linked = false;
         if let Some(iid) = iid {
-            sqlx::query(
+            linked = sqlx::query(
                 "UPDATE runs SET merge_request_iid = $1, updated_at = $2 \
                  WHERE stack_id = $3 AND commit_sha = $4 AND kind = $5 AND merge_request_iid IS NULL",
             )
@@ -93,7 +95,9 @@ pub async fn create(
             .bind(new.commit_sha)
             .bind(new.kind.as_str())
             .execute(&mut *conn)
-            .await?;
+            .await?
+            .rows_affected()
+                > 0;
         }
         let run: Run = sqlx::query_as(&format!(
             "SELECT {COLUMNS} FROM runs WHERE stack_id = $1 AND commit_sha = $2 AND kind = $3"
@@ -103,9 +107,17 @@ pub async fn create(
         .bind(new.kind.as_str())
         .fetch_one(&mut *conn)
         .await?;
+        if linked {
+            // Its merge request gets the comment from now on.
+            crate::outbox::record(conn, &run, None, Some(Write::Note), now).await?;
+        }
         return Ok((run, Created::Existing, Vec::new()));
     }
     record(conn, &id, 0, State::Queued, new.trigger, now).await?;
+    let queued = get(conn, &id)
+        .await?
+        .ok_or(StoreError::Database(sqlx::Error::RowNotFound))?;
+    crate::outbox::record(conn, &queued, None, None, now).await?;
     let mut canceled = Vec::new();
     if new.kind == Kind::Proposed {
         let older: Vec<(String,)> = sqlx::query_as(
@@ -197,9 +209,11 @@ pub async fn apply(
             .fetch_one(&mut *conn)
             .await?;
     record(conn, run_id, seq, to, cause, now).await?;
-    Ok(Ok(get(conn, run_id)
+    let moved = get(conn, run_id)
         .await?
-        .ok_or(StoreError::Database(sqlx::Error::RowNotFound))?))
+        .ok_or(StoreError::Database(sqlx::Error::RowNotFound))?;
+    crate::outbox::record(conn, &moved, Some(from), None, now).await?;
+    Ok(Ok(moved))
 }
 
 /// Cancels a stack's queued proposed runs of a branch, or of a merge

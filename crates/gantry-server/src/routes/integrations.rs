@@ -11,6 +11,7 @@ use gantry_domain::{Name, Role};
 use gantry_gitlab::GitLabError;
 use gantry_gitlab::token::{self, TokenCheckError};
 use gantry_store::integrations::{self, Integration, SaveIntegrationError, TokenFacts};
+use gantry_store::outbox;
 use gantry_store::spaces::{self, ROOT};
 use gantry_store::{Conn, Millis, audit, crypto};
 use secrecy::{ExposeSecret, SecretString};
@@ -93,6 +94,39 @@ pub struct TokenUserView {
     pub username: String,
 }
 
+/// Whether GitLab accepts the integration's token, and its writes waiting
+/// to be delivered.
+#[derive(Serialize, ToSchema)]
+pub struct HealthView {
+    /// `ok`, or `token_rejected` once GitLab answered 401: the
+    /// integration's writes to GitLab are paused until a new token is set.
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    /// Writes to GitLab (statuses, comments, deployments) not yet delivered.
+    pub pending_writes: i64,
+}
+
+fn health_view(health: &outbox::Health) -> HealthView {
+    HealthView {
+        status: if health.unhealthy_since.is_some() {
+            "token_rejected"
+        } else {
+            "ok"
+        },
+        reason: health.reason.clone(),
+        since: health.unhealthy_since.map(timestamp),
+        pending_writes: health.pending,
+    }
+}
+
+async fn health(state: &AppState, id: &str) -> Result<outbox::Health, ApiError> {
+    let mut conn = state.store.conn().await?;
+    Ok(outbox::health(&mut conn, id).await?)
+}
+
 #[derive(Serialize, ToSchema)]
 pub struct TokenView {
     /// Empty when GitLab was too old to tell.
@@ -124,6 +158,7 @@ pub struct IntegrationView {
     pub previous_webhook_secret_valid_until: Option<String>,
     pub token: TokenView,
     pub warnings: Vec<String>,
+    pub health: HealthView,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -134,7 +169,12 @@ enum Details {
     Hidden,
 }
 
-fn view(state: &AppState, integration: Integration, details: Details) -> IntegrationView {
+fn view(
+    state: &AppState,
+    integration: Integration,
+    details: Details,
+    health: &outbox::Health,
+) -> IntegrationView {
     let (webhook_endpoint, webhook_secret) = match details {
         Details::Shown(secret) => (
             Some(webhook_endpoint(state, &integration.id)),
@@ -167,6 +207,7 @@ fn view(state: &AppState, integration: Integration, details: Details) -> Integra
             },
         },
         warnings: integration.warnings,
+        health: health_view(health),
         created_at: timestamp(integration.created_at),
         updated_at: timestamp(integration.updated_at),
     }
@@ -508,7 +549,12 @@ pub async fn create(
     tracing::info!(integration.id = %integration.id, integration.space = %integration.space_id, "GitLab integration created");
     Ok((
         StatusCode::CREATED,
-        Json(view(&state, integration, Details::Shown(secret))),
+        Json(view(
+            &state,
+            integration,
+            Details::Shown(secret),
+            &outbox::Health::default(),
+        )),
     ))
 }
 
@@ -523,8 +569,11 @@ pub async fn list(
     let page = params.page()?;
     let mut conn = state.store.conn().await?;
     let (rows, next) = integrations::list_visible(&mut conn, &principal.key_id, &page).await?;
+    let healths: std::collections::HashMap<String, outbox::Health> =
+        outbox::all_health(&mut conn).await?.into_iter().collect();
     Ok(Json(List::new(rows, next, |row| {
-        view(&state, row, Details::Hidden)
+        let health = healths.get(&row.id).cloned().unwrap_or_default();
+        view(&state, row, Details::Hidden, &health)
     })))
 }
 
@@ -540,7 +589,8 @@ pub async fn show(
     let mut tx = state.store.begin().await?;
     let (integration, admin) = visible(&mut tx, &principal, &id).await?;
     if !admin {
-        return Ok(Json(view(&state, integration, Details::Hidden)));
+        let health = health(&state, &integration.id).await?;
+        return Ok(Json(view(&state, integration, Details::Hidden, &health)));
     }
     let secret = reveal(&state, &integration)?;
     record(
@@ -553,7 +603,13 @@ pub async fn show(
     )
     .await?;
     tx.commit().await?;
-    Ok(Json(view(&state, integration, Details::Shown(secret))))
+    let health = health(&state, &integration.id).await?;
+    Ok(Json(view(
+        &state,
+        integration,
+        Details::Shown(secret),
+        &health,
+    )))
 }
 
 /// Changes an integration. The name is immutable (422 on a new one); a new
@@ -653,6 +709,7 @@ pub async fn update(
         ))));
     }
     drop(conn);
+    let mut token_checked = false;
     if new_token.is_some() || next.api_host_url != current.api_host_url {
         let token = match new_token {
             Some(token) => {
@@ -668,6 +725,7 @@ pub async fn update(
         let (token_facts, warnings) = facts(check_token(&state, &next.api_host_url, token).await?);
         next.token = token_facts;
         next.warnings = warnings;
+        token_checked = true;
     }
     let now = Millis::now();
     next.updated_at = now.0;
@@ -680,6 +738,10 @@ pub async fn update(
     integrations::update(&mut tx, &next)
         .await
         .map_err(save_error)?;
+    if token_checked {
+        // GitLab accepts the token again: its paused writes resume.
+        outbox::mark_healthy(&mut tx, &id).await?;
+    }
     record(
         &mut tx,
         &principal,
@@ -692,7 +754,8 @@ pub async fn update(
     tx.commit().await?;
     tracing::info!(integration.id = %id, changed = ?changed, "GitLab integration updated");
     let secret = reveal(&state, &next)?;
-    Ok(Json(view(&state, next, Details::Shown(secret))))
+    let health = health(&state, &next.id).await?;
+    Ok(Json(view(&state, next, Details::Shown(secret), &health)))
 }
 
 /// Deletes an integration. Needs `admin` on its space.
@@ -734,7 +797,12 @@ pub async fn delete(
     .await?;
     tx.commit().await?;
     tracing::info!(integration.id = %id, "GitLab integration deleted");
-    Ok(Json(view(&state, integration, Details::Hidden)))
+    Ok(Json(view(
+        &state,
+        integration,
+        Details::Hidden,
+        &outbox::Health::default(),
+    )))
 }
 
 /// Makes a new webhook secret. The previous one keeps working for
@@ -788,5 +856,11 @@ pub async fn rotate_secret(
     .await?;
     tx.commit().await?;
     tracing::info!(integration.id = %id, grace_seconds = grace.as_secs(), "webhook secret rotated");
-    Ok(Json(view(&state, integration, Details::Shown(secret))))
+    let health = health(&state, &integration.id).await?;
+    Ok(Json(view(
+        &state,
+        integration,
+        Details::Shown(secret),
+        &health,
+    )))
 }

@@ -1,0 +1,396 @@
+//! Delivering the outbox to GitLab: commit statuses, merge request
+//! comments and deployments (DESIGN.md section 6). Every server runs one
+//! loop; writes are leased, so servers share the work, and per key only
+//! the newest pending write is sent (`gantry_store::outbox::claim`).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use gantry_domain::report::{self, Changes, CommitStatus, NoteView, Write};
+use gantry_domain::run::State as RunState;
+use gantry_gitlab::reporting::{self, Deployment, Status};
+use gantry_gitlab::{GitLab, GitLabError};
+use gantry_store::outbox::{self, Entry, Outcome, Remote};
+use gantry_store::runs::{self, Run};
+use gantry_store::{Millis, StoreError, integrations, stacks};
+
+use crate::routes::integrations::token_context;
+use crate::state::AppState;
+
+/// How long a claimed write stays leased.
+const LEASE: Duration = Duration::from_secs(60);
+/// Writes claimed per pass, and sent at once.
+const BATCH: i64 = 32;
+const PARALLEL: usize = 8;
+/// After this many failed attempts a write is dropped.
+const MAX_ATTEMPTS: i64 = 30;
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// GitLab.com's limit on notes created per minute, per integration.
+pub const NOTES_PER_MINUTE: usize = 60;
+
+/// Note creations per integration in the last minute.
+#[derive(Default)]
+pub struct NoteThrottle {
+    created: Mutex<HashMap<String, VecDeque<Instant>>>,
+}
+
+impl NoteThrottle {
+    /// Takes a slot for `integration`, or says when one frees up.
+    fn take(&self, integration: &str) -> Result<(), Duration> {
+        let mut created = self
+            .created
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let recent = created.entry(integration.to_owned()).or_default();
+        let now = Instant::now();
+        while recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60))
+        {
+            recent.pop_front();
+        }
+        if recent.len() >= NOTES_PER_MINUTE {
+            let oldest = recent.front().copied().unwrap_or(now);
+            return Err(Duration::from_secs(60).saturating_sub(now.duration_since(oldest)));
+        }
+        recent.push_back(now);
+        Ok(())
+    }
+}
+
+/// Delivers the outbox until the task is dropped.
+pub async fn work(state: AppState, owner: String) {
+    let throttle = NoteThrottle::default();
+    let mut gauges_at = Instant::now();
+    loop {
+        let delivered = pass(&state, &owner, &throttle).await;
+        if gauges_at.elapsed() >= Duration::from_secs(1) {
+            gauges_at = Instant::now();
+            if let Err(error) = update_gauges(&state).await {
+                tracing::warn!(%error, "cannot read the outbox backlog");
+            }
+        }
+        match delivered {
+            Ok(0) => tokio::time::sleep(Duration::from_millis(250)).await,
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(%error, "cannot claim outbox writes; trying again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+async fn update_gauges(state: &AppState) -> Result<(), StoreError> {
+    let mut conn = state.store.conn().await?;
+    for (integration, health) in outbox::all_health(&mut conn).await? {
+        state.metrics.set_integration(
+            &integration,
+            health.unhealthy_since.is_none(),
+            health.pending,
+        );
+    }
+    Ok(())
+}
+
+async fn pass(state: &AppState, owner: &str, throttle: &NoteThrottle) -> Result<usize, StoreError> {
+    let now = Millis::now();
+    let entries = outbox::claim(&state.store, owner, now.plus(LEASE), BATCH, now).await?;
+    let count = entries.len();
+    futures_util::stream::iter(entries)
+        .for_each_concurrent(PARALLEL, |entry| async move {
+            let outcome = deliver(state, &entry, throttle).await;
+            if let Outcome::Dropped { error } = &outcome {
+                tracing::warn!(outbox.key = %entry.key, %error, "GitLab refused a write for good; dropped");
+            }
+            let finished = async {
+                let mut conn = state.store.conn().await?;
+                outbox::finish(&mut conn, entry.id, owner, &outcome, Millis::now()).await
+            };
+            if let Err(error) = finished.await {
+                tracing::warn!(outbox.key = %entry.key, %error, "cannot record a delivery; its lease lapses and it is sent again");
+            }
+        })
+        .await;
+    Ok(count)
+}
+
+/// Why a delivery did not happen.
+enum Failure {
+    GitLab(GitLabError),
+    Store(StoreError),
+    /// The write can never be made (its integration is gone, …).
+    Impossible(String),
+    /// The note throttle is full; try again after this long.
+    Throttled(Duration),
+}
+
+impl From<GitLabError> for Failure {
+    fn from(error: GitLabError) -> Self {
+        Self::GitLab(error)
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(error: StoreError) -> Self {
+        Self::Store(error)
+    }
+}
+
+fn backoff(attempts: i64) -> Duration {
+    let exponent = u32::try_from(attempts.clamp(0, 16)).unwrap_or(16);
+    let base = Duration::from_secs(1).saturating_mul(2u32.saturating_pow(exponent));
+    let base = base.min(MAX_BACKOFF);
+    // Up to 25 % jitter, so that writes hit by one outage spread out.
+    base + base.mul_f64(rand::random::<f64>() * 0.25)
+}
+
+async fn deliver(state: &AppState, entry: &Entry, throttle: &NoteThrottle) -> Outcome {
+    let now = Millis::now();
+    let failure = match attempt(state, entry, throttle).await {
+        Ok(outcome) => return outcome,
+        Err(failure) => failure,
+    };
+    let retry = |wait: Duration, error: String| {
+        if entry.attempts + 1 >= MAX_ATTEMPTS {
+            Outcome::Dropped {
+                error: format!("gave up after {MAX_ATTEMPTS} attempts: {error}"),
+            }
+        } else {
+            Outcome::Retry {
+                at: now.plus(wait),
+                error,
+            }
+        }
+    };
+    match failure {
+        Failure::GitLab(error @ GitLabError::Unauthorized { .. }) => {
+            let reason = format!("GitLab rejected the token: {error}");
+            tracing::warn!(integration.id = %entry.integration_id, %reason, "pausing the integration's writes until its token is fixed");
+            let marked = async {
+                let mut conn = state.store.conn().await?;
+                outbox::mark_unhealthy(&mut conn, &entry.integration_id, &reason, now).await
+            };
+            match marked.await {
+                Ok(()) => Outcome::Paused,
+                Err(store) => retry(backoff(entry.attempts), store.to_string()),
+            }
+        }
+        Failure::GitLab(error) if error.is_transient() => {
+            let wait = error
+                .retry_after()
+                .unwrap_or_else(|| backoff(entry.attempts));
+            retry(wait, error.to_string())
+        }
+        Failure::GitLab(error) => Outcome::Dropped {
+            error: error.to_string(),
+        },
+        Failure::Store(error) => retry(backoff(entry.attempts), error.to_string()),
+        Failure::Impossible(error) => Outcome::Dropped { error },
+        Failure::Throttled(wait) => Outcome::Retry {
+            at: now.plus(wait),
+            error: format!("waiting: at most {NOTES_PER_MINUTE} comments a minute per integration"),
+        },
+    }
+}
+
+fn changes_of(run: &Run) -> Option<Changes> {
+    let summary: serde_json::Value = serde_json::from_str(run.summary.as_deref()?).ok()?;
+    let count = |key: &str| summary[key].as_u64().unwrap_or(0);
+    Some(Changes {
+        add: count("add"),
+        change: count("change"),
+        destroy: count("destroy"),
+        resources: summary["resources"]
+            .as_array()
+            .map(|list| {
+                list.iter()
+                    .filter_map(|r| r.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    })
+}
+
+async fn attempt(
+    state: &AppState,
+    entry: &Entry,
+    throttle: &NoteThrottle,
+) -> Result<Outcome, Failure> {
+    let mut conn = state.store.conn().await?;
+    let Some(run) = runs::get(&mut conn, &entry.run_id).await? else {
+        return Ok(Outcome::Superseded);
+    };
+    let integration = integrations::get(&mut conn, &entry.integration_id)
+        .await?
+        .ok_or_else(|| Failure::Impossible("the integration was deleted".into()))?;
+    let token = state
+        .keyring
+        .decrypt(&token_context(&integration.id), &integration.token_sealed)
+        .map_err(|_| {
+            Failure::Impossible(
+                "the integration's token cannot be decrypted with this server's master key".into(),
+            )
+        })?;
+    let client = state
+        .gitlab
+        .client(&integration.api_host_url, token)
+        .map_err(Failure::GitLab)?;
+    let remote = outbox::remote(&mut conn, &entry.key).await?;
+    drop(conn);
+    let project_id = u64::try_from(entry.project_id).unwrap_or_default();
+    let entry_state = RunState::parse(&entry.state).unwrap_or(RunState::Failed);
+    let run_url = format!("{}/runs/{}", state.config.public_url, run.id);
+    let write = Write::parse(&entry.kind)
+        .ok_or_else(|| Failure::Impossible(format!("unknown write {:?}", entry.kind)))?;
+    let stored = match write {
+        Write::Status => {
+            let status = CommitStatus::of(entry_state);
+            let earlier = remote
+                .last_state
+                .as_deref()
+                .and_then(RunState::parse)
+                .is_some_and(|last| CommitStatus::of(last).rank() > status.rank());
+            if earlier {
+                return Ok(Outcome::Superseded);
+            }
+            let changes = changes_of(&run);
+            let description =
+                report::description(entry_state, changes.as_ref(), run.reason.as_deref());
+            reporting::set_status(
+                &client,
+                &Status {
+                    project_id,
+                    sha: &run.commit_sha,
+                    state: status.as_str(),
+                    name: &report::context_name(&run.stack_id),
+                    git_ref: &run.branch,
+                    target_url: &run_url,
+                    description: &description,
+                },
+            )
+            .await?;
+            Remote {
+                remote_id: None,
+                last_state: Some(entry.state.clone()),
+            }
+        }
+        Write::Note => {
+            let iid = run
+                .merge_request_iid
+                .and_then(|iid| u64::try_from(iid).ok())
+                .ok_or_else(|| Failure::Impossible("the run has no merge request".into()))?;
+            let log = {
+                let mut conn = state.store.conn().await?;
+                runs::log(&mut conn, &run.id).await?
+            };
+            let changes = changes_of(&run);
+            let current = RunState::parse(&run.state).unwrap_or(entry_state);
+            let body = report::note_body(&NoteView {
+                stack_id: &run.stack_id,
+                run_id: &run.id,
+                run_url: &run_url,
+                log_url: &format!("{}/api/v1/runs/{}/logs", state.config.public_url, run.id),
+                state: current,
+                reason: run.reason.as_deref(),
+                commit_sha: &run.commit_sha,
+                changes: changes.as_ref(),
+                log: &log,
+            });
+            let note = note(
+                &client, throttle, entry, &remote, project_id, iid, &run, &body,
+            )
+            .await?;
+            Remote {
+                remote_id: Some(i64::try_from(note).unwrap_or_default()),
+                last_state: Some(run.state.clone()),
+            }
+        }
+        Write::Deployment => {
+            let Some(status) = report::deployment_status(entry_state) else {
+                return Ok(Outcome::Superseded);
+            };
+            let branch = {
+                let mut conn = state.store.conn().await?;
+                stacks::get(&mut conn, &run.stack_id)
+                    .await?
+                    .map_or_else(|| run.branch.clone(), |stack| stack.branch)
+            };
+            let environment = report::context_name(&run.stack_id);
+            let known = match remote.remote_id {
+                Some(id) => Some(u64::try_from(id).unwrap_or_default()),
+                None => {
+                    reporting::find_deployment(&client, project_id, &environment, &run.commit_sha)
+                        .await?
+                }
+            };
+            let id = match known {
+                Some(id) => {
+                    reporting::edit_deployment(&client, project_id, id, status).await?;
+                    id
+                }
+                None => {
+                    reporting::create_deployment(
+                        &client,
+                        &Deployment {
+                            project_id,
+                            environment: &environment,
+                            sha: &run.commit_sha,
+                            git_ref: &branch,
+                            status,
+                        },
+                    )
+                    .await?
+                }
+            };
+            Remote {
+                remote_id: Some(i64::try_from(id).unwrap_or_default()),
+                last_state: Some(entry.state.clone()),
+            }
+        }
+    };
+    let mut conn = state.store.conn().await?;
+    outbox::set_remote(&mut conn, &entry.key, &stored, Millis::now()).await?;
+    Ok(Outcome::Delivered)
+}
+
+/// Edits the stack's comment on the MR, finding it by its marker when its
+/// id is not known (a restart, or a crash after GitLab created it), and
+/// creates it only when there is none.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site; the parts of one note write"
+)]
+async fn note(
+    client: &GitLab,
+    throttle: &NoteThrottle,
+    entry: &Entry,
+    remote: &Remote,
+    project_id: u64,
+    iid: u64,
+    run: &Run,
+    body: &str,
+) -> Result<u64, Failure> {
+    let known = match remote.remote_id {
+        Some(id) => Some(u64::try_from(id).unwrap_or_default()),
+        None => {
+            let marker = report::note_marker(&run.stack_id);
+            reporting::find_note(client, project_id, iid, &marker).await?
+        }
+    };
+    if let Some(id) = known {
+        match reporting::edit_note(client, project_id, iid, id, body).await {
+            Ok(()) => return Ok(id),
+            // Deleted by someone: a new one is made below.
+            Err(GitLabError::NotFound { .. }) => {}
+            Err(error) => return Err(error.into()),
+        }
+    }
+    throttle
+        .take(&entry.integration_id)
+        .map_err(Failure::Throttled)?;
+    Ok(reporting::create_note(client, project_id, iid, body).await?)
+}

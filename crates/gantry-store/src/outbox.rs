@@ -1,0 +1,312 @@
+//! The outbox: every write to GitLab, stored in the transaction of the
+//! run's change that causes it (`runs::apply` and `runs::create` call
+//! [`record`]), then delivered by the server's outbox loop in order per
+//! key. Only the newest pending write of a key is delivered; the older
+//! ones are superseded, so a status never goes back to an earlier state.
+
+use gantry_domain::report::{Write, writes};
+use gantry_domain::run::{Kind, State};
+use sqlx::FromRow;
+
+use crate::runs::Run;
+use crate::{Backend, Conn, Millis, StoreError};
+
+#[derive(Clone, Debug, PartialEq, Eq, FromRow)]
+pub struct Entry {
+    pub id: i64,
+    pub integration_id: String,
+    pub project_id: i64,
+    pub key: String,
+    pub kind: String,
+    pub run_id: String,
+    pub state: String,
+    pub attempts: i64,
+    pub created_at: i64,
+}
+
+const COLUMNS: &str =
+    "id, integration_id, project_id, key, kind, run_id, state, attempts, created_at";
+
+/// The order key of a write about `run`.
+pub fn key(write: Write, project_id: i64, stack_id: &str, run: &Run) -> String {
+    match write {
+        Write::Status => format!("status:{project_id}:{}:{stack_id}", run.commit_sha),
+        Write::Note => format!(
+            "note:{project_id}:{}:{stack_id}",
+            run.merge_request_iid.unwrap_or_default()
+        ),
+        Write::Deployment => format!("deployment:{}", run.id),
+    }
+}
+
+/// Stores the writes that `run` entering its current state (from `from`)
+/// causes; nothing when its stack has no integration.
+pub async fn record(
+    conn: &mut Conn,
+    run: &Run,
+    from: Option<State>,
+    only: Option<Write>,
+    now: Millis,
+) -> Result<(), StoreError> {
+    let target: Option<(Option<String>, i64)> =
+        sqlx::query_as("SELECT integration_id, project_id FROM stacks WHERE id = $1")
+            .bind(&run.stack_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let Some((Some(integration_id), project_id)) = target else {
+        return Ok(());
+    };
+    let kind = Kind::parse(&run.kind).unwrap_or(Kind::Proposed);
+    let to = State::parse(&run.state).unwrap_or(State::Failed);
+    for write in writes(kind, from, to, run.merge_request_iid.is_some()) {
+        if only.is_some_and(|only| only != write) {
+            continue;
+        }
+        sqlx::query(
+            "INSERT INTO outbox (integration_id, project_id, key, kind, run_id, state, next_attempt_at, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+        )
+        .bind(&integration_id)
+        .bind(project_id)
+        .bind(key(write, project_id, &run.stack_id, run))
+        .bind(write.as_str())
+        .bind(&run.id)
+        .bind(to.as_str())
+        .bind(now.0)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Leases up to `limit` writes to deliver: per key, the newest pending
+/// one whose time has come, when no write of its key is leased and its
+/// integration is healthy. The older pending writes of those keys are
+/// superseded.
+pub async fn claim(
+    store: &crate::Store,
+    owner: &str,
+    until: Millis,
+    limit: i64,
+    now: Millis,
+) -> Result<Vec<Entry>, StoreError> {
+    let mut tx = store.begin().await?;
+    let candidates: Vec<Entry> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM outbox o WHERE o.status = 'pending' AND o.next_attempt_at <= $1 \
+           AND NOT EXISTS (SELECT 1 FROM outbox n WHERE n.key = o.key AND n.status = 'pending' AND n.id > o.id) \
+           AND NOT EXISTS (SELECT 1 FROM outbox l WHERE l.key = o.key AND l.lease_expires_at > $1) \
+           AND NOT EXISTS (SELECT 1 FROM integrations i WHERE i.id = o.integration_id AND i.unhealthy_since IS NOT NULL) \
+         ORDER BY o.id LIMIT $2"
+    ))
+    .bind(now.0)
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut claimed = Vec::new();
+    for entry in candidates {
+        if tx.backend() == Backend::Postgres {
+            // Servers claiming the same key queue here, then see the lease.
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))")
+                .bind(&entry.key)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let leased = sqlx::query(
+            "UPDATE outbox SET lease_owner = $1, lease_expires_at = $2 WHERE id = $3 AND status = 'pending' \
+             AND NOT EXISTS (SELECT 1 FROM outbox l WHERE l.key = $4 AND l.lease_expires_at > $5)",
+        )
+        .bind(owner)
+        .bind(until.0)
+        .bind(entry.id)
+        .bind(&entry.key)
+        .bind(now.0)
+        .execute(&mut *tx)
+        .await?;
+        if leased.rows_affected() == 0 {
+            continue;
+        }
+        sqlx::query(
+            "UPDATE outbox SET status = 'superseded', lease_owner = NULL, lease_expires_at = NULL \
+             WHERE key = $1 AND status = 'pending' AND id < $2",
+        )
+        .bind(&entry.key)
+        .bind(entry.id)
+        .execute(&mut *tx)
+        .await?;
+        claimed.push(entry);
+    }
+    tx.commit().await?;
+    Ok(claimed)
+}
+
+/// How a delivery attempt ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// GitLab has it (or already had it).
+    Delivered,
+    /// Not sent: a later state was already delivered for its key.
+    Superseded,
+    /// Try again at the given time.
+    Retry { at: Millis, error: String },
+    /// GitLab will never take it (a permanent refusal); kept with the error.
+    Dropped { error: String },
+    /// Not attempted (the integration was paused): back to pending as is.
+    Paused,
+}
+
+/// Records the outcome of a leased write, if `owner` still holds it.
+pub async fn finish(
+    conn: &mut Conn,
+    id: i64,
+    owner: &str,
+    outcome: &Outcome,
+    now: Millis,
+) -> Result<(), StoreError> {
+    let (status, attempts, next, error): (&str, i64, Option<i64>, Option<&str>) = match outcome {
+        Outcome::Delivered => ("delivered", 1, None, None),
+        Outcome::Superseded => ("superseded", 0, None, None),
+        Outcome::Retry { at, error } => ("pending", 1, Some(at.0), Some(error)),
+        Outcome::Dropped { error } => ("dropped", 1, None, Some(error)),
+        Outcome::Paused => ("pending", 0, None, None),
+    };
+    sqlx::query(
+        "UPDATE outbox SET status = $1, attempts = attempts + $2, next_attempt_at = COALESCE($3, next_attempt_at), \
+         last_error = COALESCE($4, last_error), delivered_at = CASE WHEN $1 = 'delivered' THEN $5 ELSE delivered_at END, \
+         lease_owner = NULL, lease_expires_at = NULL WHERE id = $6 AND lease_owner = $7",
+    )
+    .bind(status)
+    .bind(attempts)
+    .bind(next)
+    .bind(error)
+    .bind(now.0)
+    .bind(id)
+    .bind(owner)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// What GitLab has for a key: the note or deployment id and the last
+/// status delivered.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Remote {
+    pub remote_id: Option<i64>,
+    pub last_state: Option<String>,
+}
+
+pub async fn remote(conn: &mut Conn, key: &str) -> Result<Remote, StoreError> {
+    let found: Option<(Option<i64>, Option<String>)> =
+        sqlx::query_as("SELECT remote_id, last_state FROM gitlab_refs WHERE key = $1")
+            .bind(key)
+            .fetch_optional(conn)
+            .await?;
+    Ok(found
+        .map(|(remote_id, last_state)| Remote {
+            remote_id,
+            last_state,
+        })
+        .unwrap_or_default())
+}
+
+pub async fn set_remote(
+    conn: &mut Conn,
+    key: &str,
+    remote: &Remote,
+    now: Millis,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO gitlab_refs (key, remote_id, last_state, updated_at) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (key) DO UPDATE SET remote_id = excluded.remote_id, last_state = excluded.last_state, \
+         updated_at = excluded.updated_at",
+    )
+    .bind(key)
+    .bind(remote.remote_id)
+    .bind(&remote.last_state)
+    .bind(now.0)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// An integration's reporting health and backlog.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Health {
+    /// Since when GitLab has rejected its token; `None` when healthy.
+    pub unhealthy_since: Option<i64>,
+    pub reason: Option<String>,
+    /// Writes waiting to be delivered.
+    pub pending: i64,
+}
+
+pub async fn health(conn: &mut Conn, integration_id: &str) -> Result<Health, StoreError> {
+    let (unhealthy_since, reason): (Option<i64>, Option<String>) =
+        sqlx::query_as("SELECT unhealthy_since, unhealthy_reason FROM integrations WHERE id = $1")
+            .bind(integration_id)
+            .fetch_optional(&mut *conn)
+            .await?
+            .unwrap_or_default();
+    let (pending,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM outbox WHERE integration_id = $1 AND status = 'pending'",
+    )
+    .bind(integration_id)
+    .fetch_one(conn)
+    .await?;
+    Ok(Health {
+        unhealthy_since,
+        reason,
+        pending,
+    })
+}
+
+/// Every integration's health and backlog, for the metrics.
+pub async fn all_health(conn: &mut Conn) -> Result<Vec<(String, Health)>, StoreError> {
+    let rows: Vec<(String, Option<i64>, Option<String>, i64)> = sqlx::query_as(
+        "SELECT i.id, i.unhealthy_since, i.unhealthy_reason, \
+           (SELECT COUNT(*) FROM outbox o WHERE o.integration_id = i.id AND o.status = 'pending') \
+         FROM integrations i ORDER BY i.id",
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, unhealthy_since, reason, pending)| {
+            (
+                id,
+                Health {
+                    unhealthy_since,
+                    reason,
+                    pending,
+                },
+            )
+        })
+        .collect())
+}
+
+/// Pauses the integration's outbox: GitLab rejected its token.
+pub async fn mark_unhealthy(
+    conn: &mut Conn,
+    integration_id: &str,
+    reason: &str,
+    now: Millis,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE integrations SET unhealthy_since = COALESCE(unhealthy_since, $1), unhealthy_reason = $2 WHERE id = $3",
+    )
+    .bind(now.0)
+    .bind(reason)
+    .bind(integration_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Resumes the integration's outbox (its token was fixed).
+pub async fn mark_healthy(conn: &mut Conn, integration_id: &str) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE integrations SET unhealthy_since = NULL, unhealthy_reason = NULL WHERE id = $1",
+    )
+    .bind(integration_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
