@@ -555,6 +555,9 @@ async fn create_status(
             "Cannot transition status via :{event} from :{from} (Reason(s): Status cannot transition via \"{event}\")"
         ));
     }
+    project
+        .status_history
+        .push((sha.clone(), name.clone(), new_state.clone()));
     let finished = matches!(
         new_state.as_str(),
         "success" | "failed" | "canceled" | "skipped"

@@ -361,6 +361,23 @@ impl Sim {
         self.shared.lock().statuses_of(project_id, sha)
     }
 
+    /// The states a commit status `name` of `sha` was accepted in, in order
+    /// (GitLab keeps only the last; this is what it went through).
+    pub fn status_history(&self, project_id: u64, sha: &str, name: &str) -> Vec<String> {
+        let state = self.shared.lock();
+        state
+            .project(project_id)
+            .map(|project| {
+                project
+                    .status_history
+                    .iter()
+                    .filter(|(s, n, _)| s == sha && n == name)
+                    .map(|(_, _, state)| state.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The notes of a merge request, oldest first.
     pub fn notes(&self, project_id: u64, iid: u64) -> Vec<Note> {
         self.shared.lock().notes_of(project_id, iid)

@@ -108,6 +108,8 @@ pub(crate) struct Project {
     pub members: HashMap<u64, AccessLevel>,
     pub hooks: Vec<Hook>,
     pub statuses: Vec<Value>,
+    /// Every status change GitLab accepted: (sha, name, state), in order.
+    pub status_history: Vec<(String, String, String)>,
     pub merge_requests: Vec<MergeRequest>,
     pub deployments: Vec<Value>,
 }
@@ -198,6 +200,7 @@ impl State {
             members: HashMap::new(),
             hooks: Vec::new(),
             statuses: Vec::new(),
+            status_history: Vec::new(),
             merge_requests: Vec::new(),
             deployments: Vec::new(),
         });

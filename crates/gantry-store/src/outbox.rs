@@ -95,6 +95,7 @@ pub async fn claim(
         "SELECT {COLUMNS} FROM outbox o WHERE o.status = 'pending' AND o.next_attempt_at <= $1 \
            AND NOT EXISTS (SELECT 1 FROM outbox n WHERE n.key = o.key AND n.status = 'pending' AND n.id > o.id) \
            AND NOT EXISTS (SELECT 1 FROM outbox l WHERE l.key = o.key AND l.lease_expires_at > $1) \
+           AND NOT EXISTS (SELECT 1 FROM outbox w WHERE w.key = o.key AND w.status = 'pending' AND w.next_attempt_at > $1) \
            AND NOT EXISTS (SELECT 1 FROM integrations i WHERE i.id = o.integration_id AND i.unhealthy_since IS NOT NULL) \
          ORDER BY o.id LIMIT $2"
     ))

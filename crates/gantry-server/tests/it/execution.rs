@@ -20,12 +20,13 @@ on_both_databases!(
 
 /// A simulated GitLab with the repository `infra/network` and the default
 /// integration `main` on it.
-struct Repo {
-    sim: Sim,
-    project: u64,
+pub(crate) struct Repo {
+    pub sim: Sim,
+    pub project: u64,
+    pub token: String,
 }
 
-async fn repo(app: &TestApp) -> Repo {
+pub(crate) async fn repo(app: &TestApp) -> Repo {
     let sim = Sim::start().await.expect("sim");
     let user = sim.add_user("gantry-bot");
     let token = sim.add_token(TokenSpec::new(user, &["api"]));
@@ -39,12 +40,16 @@ async fn repo(app: &TestApp) -> Repo {
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
-    Repo { sim, project }
+    Repo {
+        sim,
+        project,
+        token,
+    }
 }
 
 /// Creates a shell stack on `infra/network` with `extra` fields, and
 /// triggers a tracked run at the branch head; the run's id.
-async fn shell_run(app: &TestApp, name: &str, plan: &str, extra: Value) -> String {
+pub(crate) async fn shell_run(app: &TestApp, name: &str, plan: &str, extra: Value) -> String {
     let mut body = json!({
         "name": name, "repository": "infra/network", "branch": "main",
         "vendor": { "kind": "shell", "plan": plan, "apply": "echo APPLIED" }
@@ -66,7 +71,7 @@ async fn shell_run(app: &TestApp, name: &str, plan: &str, extra: Value) -> Strin
     run["id"].as_str().expect("run").to_owned()
 }
 
-fn states(run: &Value) -> Vec<&str> {
+pub(crate) fn states(run: &Value) -> Vec<&str> {
     run["transitions"]
         .as_array()
         .expect("transitions")
@@ -452,7 +457,7 @@ async fn the_worker_api_holds_workers_to_their_leases(db: Db) {
     app.stop().await;
 }
 
-async fn wait_for(app: &TestApp, run: &str, state: &str) -> Value {
+pub(crate) async fn wait_for(app: &TestApp, run: &str, state: &str) -> Value {
     let mut last = Value::Null;
     for _ in 0..1500 {
         let (_, found) = app.get(&format!("/api/v1/runs/{run}"), &app.admin).await;

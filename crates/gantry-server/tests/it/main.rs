@@ -5,6 +5,7 @@ mod bad_input;
 mod execution;
 mod harness;
 mod integrations;
+mod reporting;
 mod roles;
 mod runs;
 mod spaces;
