@@ -4,5 +4,6 @@
 mod api;
 mod crash;
 mod external_worker;
+mod outbox_crash;
 mod process;
 mod worker_lost;

@@ -19,8 +19,6 @@ use gantry_store::{Millis, StoreError, integrations, stacks};
 use crate::routes::integrations::token_context;
 use crate::state::AppState;
 
-/// How long a claimed write stays leased.
-const LEASE: Duration = Duration::from_secs(60);
 /// Writes claimed per pass, and sent at once.
 const BATCH: i64 = 32;
 const PARALLEL: usize = 8;
@@ -98,7 +96,10 @@ async fn update_gauges(state: &AppState) -> Result<(), StoreError> {
 
 async fn pass(state: &AppState, owner: &str, throttle: &NoteThrottle) -> Result<usize, StoreError> {
     let now = Millis::now();
-    let entries = outbox::claim(&state.store, owner, now.plus(LEASE), BATCH, now).await?;
+    // A write leased by a server that died is sent again once the lease
+    // (`--lease-seconds`) lapses.
+    let until = now.plus(state.config.lease);
+    let entries = outbox::claim(&state.store, owner, until, BATCH, now).await?;
     let count = entries.len();
     futures_util::stream::iter(entries)
         .for_each_concurrent(PARALLEL, |entry| async move {
