@@ -72,10 +72,13 @@ pub fn follow(
                 return Some((Ok(event), None));
             }
             // Workers of other servers wake nobody here: look again
-            // now and then.
+            // now and then. A server shutting down ends the stream; the
+            // client reconnects with Last-Event-ID.
+            let mut stopping = state.shutting_down.clone();
             tokio::select! {
                 () = notified => {}
                 () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stopping.wait_for(|stop| *stop) => return None,
             }
         }
     });

@@ -68,7 +68,9 @@ pub async fn start(
     let gitlab_metrics = gantry_gitlab::ClientMetrics::default();
     let gitlab = gantry_gitlab::Http::new(config.gitlab.clone(), gitlab_metrics.clone())?;
     let config_data_dir = config.data_dir.clone();
+    let (stopping, shutting_down) = tokio::sync::watch::channel(false);
     let state = AppState {
+        shutting_down,
         store: store.clone(),
         config: Arc::new(config),
         metrics: Arc::new(Metrics::new(&gitlab_metrics)),
@@ -101,7 +103,12 @@ pub async fn start(
     let mut workers = workers;
     let task = tokio::spawn(async move {
         let served = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                // Long-lived answers (log streams, claims) end now, so the
+                // graceful shutdown does not wait for them.
+                let _ = stopping.send(true);
+            })
             .await;
         // Workers stop claiming; their runs get the grace period to end or
         // be handed back, then whatever is left is stopped.

@@ -19,6 +19,8 @@ pub struct AppState {
     pub runs_signal: Arc<tokio::sync::Notify>,
     /// Wakes log followers when a run's log grew or its state changed.
     pub logs_signal: Arc<tokio::sync::Notify>,
+    /// Turns `true` when the server begins to shut down.
+    pub shutting_down: tokio::sync::watch::Receiver<bool>,
     /// Planned workspaces, kept for the apply of confirmed runs.
     pub blobs: Arc<dyn crate::blobs::Blobs>,
     /// Group commit of webhook deliveries.

@@ -88,9 +88,13 @@ pub async fn claim(
         }
         // Runs queued by other servers wake nobody here: look again now
         // and then.
+        let mut stopping = state.shutting_down.clone();
         tokio::select! {
             () = notified => {}
             () = tokio::time::sleep(left.min(Duration::from_secs(2))) => {}
+            _ = stopping.wait_for(|stop| *stop) => {
+                return Ok(StatusCode::NO_CONTENT.into_response());
+            }
         }
     }
 }

@@ -207,7 +207,16 @@ async fn no_changes_timeouts_log_following_and_hand_back(db: Db) {
     // and the run goes back to the queue, for the next worker.
     let slow = shell_run(&app, "Slow", "echo waiting; sleep 30", json!({})).await;
     wait_for(&app, &slow, "planning").await;
+    // A follower of the unfinished run does not hold up the shutdown.
+    let following = reqwest::Client::new()
+        .get(format!("{}/api/v1/runs/{slow}/logs?follow=true", app.base))
+        .bearer_auth(&app.admin)
+        .send()
+        .await
+        .expect("follow");
+    assert_eq!(following.status(), StatusCode::OK);
     app.stop().await;
+    drop(following);
     let app = TestApp::start(&db).await;
     let (_, handed) = app.get(&format!("/api/v1/runs/{slow}"), &app.admin).await;
     assert_eq!(handed["state"], "queued", "{handed}");
