@@ -5,11 +5,10 @@
 
 use std::time::Duration;
 
-use gantry_gitlab_sim::{AccessLevel, Sim, TokenSpec};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::harness::{Db, TestApp};
+use crate::harness::{Db, TestApp, repo};
 use crate::on_both_databases;
 
 on_both_databases!(
@@ -17,35 +16,6 @@ on_both_databases!(
     no_changes_timeouts_log_following_and_hand_back,
     the_worker_api_holds_workers_to_their_leases,
 );
-
-/// A simulated GitLab with the repository `infra/network` and the default
-/// integration `main` on it.
-pub(crate) struct Repo {
-    pub sim: Sim,
-    pub project: u64,
-    pub token: String,
-}
-
-pub(crate) async fn repo(app: &TestApp) -> Repo {
-    let sim = Sim::start().await.expect("sim");
-    let user = sim.add_user("gantry-bot");
-    let token = sim.add_token(TokenSpec::new(user, &["api"]));
-    let project = sim.add_project("infra/network", "main").expect("project");
-    sim.add_member(project, user, AccessLevel::Maintainer);
-    let (status, created) = app
-        .post(
-            "/api/v1/integrations/gitlab",
-            &app.admin,
-            json!({ "name": "Main", "default": true, "api_host_url": sim.url(), "api_token": token }),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{created}");
-    Repo {
-        sim,
-        project,
-        token,
-    }
-}
 
 /// Creates a shell stack on `infra/network` with `extra` fields, and
 /// triggers a tracked run at the branch head; the run's id.
@@ -498,28 +468,9 @@ async fn runs_of(app: &TestApp, stack: &str) -> Vec<Value> {
 
 async fn a_shell_stack_plans_waits_for_confirmation_and_applies(db: Db) {
     let app = TestApp::start_with_workers(&db, 2).await;
-    let sim = Sim::start().await.expect("sim");
-    let user = sim.add_user("gantry-bot");
-    let token = sim.add_token(TokenSpec::new(user, &["api"]));
-    let project = sim.add_project("infra/network", "main").expect("project");
-    sim.add_member(project, user, AccessLevel::Maintainer);
-    let (status, created) = app
-        .post(
-            "/api/v1/integrations/gitlab",
-            &app.admin,
-            json!({ "name": "Main", "default": true, "api_host_url": sim.url(), "api_token": token }),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{created}");
-    let secret = created["webhook_secret"]
-        .as_str()
-        .expect("secret")
-        .to_owned();
-    sim.add_hook(
-        project,
-        &format!("{}/webhooks/gitlab/main", app.base),
-        &secret,
-    );
+    let repo = repo(&app).await;
+    repo.hook(&app).await;
+    let (sim, project, token) = (&repo.sim, repo.project, repo.token.clone());
     let shell = |autodeploy: bool, name: &str, root: &str| {
         json!({
             "name": name, "repository": "infra/network", "branch": "main", "project_root": root,

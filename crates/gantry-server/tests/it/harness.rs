@@ -229,6 +229,51 @@ impl TestApp {
     }
 }
 
+/// A simulated GitLab with the repository `infra/network` and the default
+/// integration `main` on it.
+pub struct Repo {
+    pub sim: gantry_gitlab_sim::Sim,
+    pub project: u64,
+    pub token: String,
+}
+
+pub async fn repo(app: &TestApp) -> Repo {
+    let sim = gantry_gitlab_sim::Sim::start().await.expect("sim");
+    let user = sim.add_user("gantry-bot");
+    let token = sim.add_token(gantry_gitlab_sim::TokenSpec::new(user, &["api"]));
+    let project = sim.add_project("infra/network", "main").expect("project");
+    sim.add_member(project, user, gantry_gitlab_sim::AccessLevel::Maintainer);
+    let (status, created) = app
+        .post(
+            "/api/v1/integrations/gitlab",
+            &app.admin,
+            serde_json::json!({ "name": "Main", "default": true, "api_host_url": sim.url(), "api_token": token }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    Repo {
+        sim,
+        project,
+        token,
+    }
+}
+
+impl Repo {
+    /// Adds the project hook that delivers to `app`'s endpoint of the
+    /// integration `main`, with its webhook secret.
+    pub async fn hook(&self, app: &TestApp) {
+        let (status, shown) = app
+            .get("/api/v1/integrations/gitlab/main", &app.admin)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{shown}");
+        self.sim.add_hook(
+            self.project,
+            &format!("{}/webhooks/gitlab/main", app.base),
+            shown["webhook_secret"].as_str().expect("secret"),
+        );
+    }
+}
+
 /// A GitLab integration on a simulated GitLab, as a webhook sender sees it.
 pub struct Hooked {
     /// Kept alive: the integration's GitLab.

@@ -9,8 +9,8 @@ use gantry_gitlab_sim::{Fault, FaultKind, TokenSpec};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::execution::{repo, shell_run, wait_for};
-use crate::harness::{Db, TestApp};
+use crate::execution::{shell_run, wait_for};
+use crate::harness::{Db, TestApp, repo};
 use crate::on_both_databases;
 
 on_both_databases!(
@@ -209,14 +209,7 @@ async fn one_comment_per_merge_request_and_stack(db: Db) {
     let app = TestApp::start_with_workers(&db, 1).await;
     let repo = repo(&app).await;
     let (sim, project) = (&repo.sim, repo.project);
-    let (_, created) = app
-        .get("/api/v1/integrations/gitlab/main", &app.admin)
-        .await;
-    sim.add_hook(
-        project,
-        &format!("{}/webhooks/gitlab/main", app.base),
-        created["webhook_secret"].as_str().expect("secret"),
-    );
+    repo.hook(&app).await;
     let (status, stack) = app
         .post(
             "/api/v1/stacks",
@@ -268,14 +261,7 @@ async fn one_comment_per_merge_request_and_stack(db: Db) {
     // A restart, then a new commit on the MR: the same note is edited.
     app.stop().await;
     let app = TestApp::start_with_workers(&db, 1).await;
-    let (_, shown) = app
-        .get("/api/v1/integrations/gitlab/main", &app.admin)
-        .await;
-    sim.add_hook(
-        project,
-        &format!("{}/webhooks/gitlab/main", app.base),
-        shown["webhook_secret"].as_str().expect("secret"),
-    );
+    repo.hook(&app).await;
     let delivered = |answers: Vec<gantry_gitlab_sim::DeliveryAnswer>| {
         // The hook of the server before the restart answers nothing.
         assert!(answers.iter().any(|a| a.status == 200), "{answers:?}");

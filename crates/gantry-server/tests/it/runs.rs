@@ -5,11 +5,11 @@
 
 use std::time::Duration;
 
-use gantry_gitlab_sim::{AccessLevel, Sim, TokenSpec};
+use gantry_gitlab_sim::Sim;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::harness::{Db, TestApp, assert_error, ids};
+use crate::harness::{Db, TestApp, assert_error, ids, repo};
 use crate::on_both_databases;
 
 on_both_databases!(pushes_and_merge_requests_make_the_right_runs, the_runs_api);
@@ -20,28 +20,8 @@ struct World {
 }
 
 async fn world(app: &TestApp) -> World {
-    let sim = Sim::start().await.expect("sim");
-    let user = sim.add_user("gantry-bot");
-    let token = sim.add_token(TokenSpec::new(user, &["api"]));
-    let project = sim.add_project("infra/network", "main").expect("project");
-    sim.add_member(project, user, AccessLevel::Maintainer);
-    let (status, created) = app
-        .post(
-            "/api/v1/integrations/gitlab",
-            &app.admin,
-            json!({ "name": "Main", "default": true, "api_host_url": sim.url(), "api_token": token }),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{created}");
-    let secret = created["webhook_secret"]
-        .as_str()
-        .expect("secret")
-        .to_owned();
-    sim.add_hook(
-        project,
-        &format!("{}/webhooks/gitlab/main", app.base),
-        &secret,
-    );
+    let repo = repo(app).await;
+    repo.hook(app).await;
     for (name, root) in [("Net", "network"), ("Docs", "docs")] {
         let (status, body) = app
             .post(
@@ -53,7 +33,10 @@ async fn world(app: &TestApp) -> World {
             .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
     }
-    World { sim, project }
+    World {
+        sim: repo.sim,
+        project: repo.project,
+    }
 }
 
 /// Delivers an event through the project's hook and waits until the
