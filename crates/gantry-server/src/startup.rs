@@ -87,9 +87,13 @@ pub async fn start(
     let reaper = tokio::spawn(reap_lapsed_leases(store.clone(), state.config.lease));
     let owner = format!("server-{}", uuid::Uuid::new_v4());
     let processor = state.processor();
-    let (stop_workers, workers_stop) = tokio::sync::watch::channel(false);
-    let workers =
-        crate::worker::spawn_pool(&state, &owner, state.config.embedded_workers, workers_stop);
+    // The embedded workers stop claiming as soon as the shutdown begins.
+    let workers = crate::worker::spawn_pool(
+        &state,
+        &owner,
+        state.config.embedded_workers,
+        state.shutting_down.clone(),
+    );
     let worker_grace = state.config.worker_shutdown_grace;
     let sweeper = tokio::spawn(sweep_workspaces(state.clone()));
     let reporter = tokio::spawn(crate::outbox::work(state.clone(), owner.clone()));
@@ -106,13 +110,13 @@ pub async fn start(
             .with_graceful_shutdown(async move {
                 shutdown.await;
                 // Long-lived answers (log streams, claims) end now, so the
-                // graceful shutdown does not wait for them.
+                // graceful shutdown does not wait for them, and the
+                // embedded workers stop claiming.
                 let _ = stopping.send(true);
             })
             .await;
-        // Workers stop claiming; their runs get the grace period to end or
-        // be handed back, then whatever is left is stopped.
-        let _ = stop_workers.send(true);
+        // The workers' runs get the grace period to end or be handed
+        // back, then whatever is left is stopped.
         let all = futures_util::future::join_all(workers.iter_mut());
         if tokio::time::timeout(worker_grace + Duration::from_secs(15), all)
             .await

@@ -59,6 +59,36 @@ pub async fn claim(state: &AppState, owner: &str) -> Result<Option<Assignment>, 
     }
 }
 
+/// [`claim`], waiting up to `wait` for a run to become ready (woken when
+/// runs change on this server, looking again every 2 s for other servers'
+/// runs); `None` when none did, or the server began to shut down.
+pub async fn claim_within(
+    state: &AppState,
+    owner: &str,
+    wait: Duration,
+) -> Result<Option<Assignment>, StoreError> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        // Registered first, so a run queued meanwhile is not missed.
+        let notified = state.runs_signal.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if let Some(assignment) = claim(state, owner).await? {
+            return Ok(Some(assignment));
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return Ok(None);
+        }
+        let mut stopping = state.shutting_down.clone();
+        tokio::select! {
+            () = notified => {}
+            () = tokio::time::sleep(left.min(Duration::from_secs(2))) => {}
+            _ = stopping.wait_for(|stop| *stop) => return Ok(None),
+        }
+    }
+}
+
 async fn take(state: &AppState, owner: &str) -> Result<Option<Run>, StoreError> {
     let cause = format!("taken by worker {owner}");
     let mut tx = state.store.begin().await?;
@@ -328,22 +358,9 @@ fn control_error(error: impl std::fmt::Display) -> ControlError {
 
 impl Control for Local {
     async fn claim(&self) -> Result<Option<Assignment>, ControlError> {
-        // Registered first, so a run queued meanwhile is not missed.
-        let notified = self.state.runs_signal.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        if let Some(assignment) = claim(&self.state, &self.name)
+        claim_within(&self.state, &self.name, Duration::from_secs(2))
             .await
-            .map_err(control_error)?
-        {
-            return Ok(Some(assignment));
-        }
-        // Other servers' runs wake nobody here: look again now and then.
-        tokio::select! {
-            () = notified => {}
-            () = tokio::time::sleep(Duration::from_secs(2)) => {}
-        }
-        Ok(None)
+            .map_err(control_error)
     }
 
     async fn heartbeat(&self, run: &str) -> Result<Heartbeat, ControlError> {

@@ -5,7 +5,7 @@
 //! another's. The handlers are the same functions the embedded workers
 //! call (`crate::worker`).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Json;
 use axum::body::Body;
@@ -73,29 +73,12 @@ pub async fn claim(
 ) -> Result<Response, ApiError> {
     let owner = owner(&principal, &headers)?;
     let wait = Duration::from_secs(params.wait_seconds.unwrap_or(20).min(30));
-    let deadline = Instant::now() + wait;
-    loop {
-        let notified = state.runs_signal.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        if let Some(assignment) = worker::claim(&state, &owner).await? {
+    match worker::claim_within(&state, &owner, wait).await? {
+        Some(assignment) => {
             tracing::info!(run.id = %assignment.run_id, worker = %owner, "run claimed");
-            return Ok(Json(assignment).into_response());
+            Ok(Json(assignment).into_response())
         }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Ok(StatusCode::NO_CONTENT.into_response());
-        }
-        // Runs queued by other servers wake nobody here: look again now
-        // and then.
-        let mut stopping = state.shutting_down.clone();
-        tokio::select! {
-            () = notified => {}
-            () = tokio::time::sleep(left.min(Duration::from_secs(2))) => {}
-            _ = stopping.wait_for(|stop| *stop) => {
-                return Ok(StatusCode::NO_CONTENT.into_response());
-            }
-        }
+        None => Ok(StatusCode::NO_CONTENT.into_response()),
     }
 }
 
