@@ -59,11 +59,16 @@ impl NoteThrottle {
     }
 }
 
-/// Delivers the outbox until the task is dropped.
-pub async fn work(state: AppState, owner: String) {
+/// Delivers the outbox until `stopping` turns true; a pass under way is
+/// finished first, so its outcomes are recorded.
+pub async fn work(
+    state: AppState,
+    owner: String,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) {
     let throttle = NoteThrottle::default();
     let mut gauges_at = Instant::now();
-    loop {
+    while !*stopping.borrow() {
         let delivered = pass(&state, &owner, &throttle).await;
         if gauges_at.elapsed() >= Duration::from_secs(1) {
             gauges_at = Instant::now();
@@ -71,13 +76,34 @@ pub async fn work(state: AppState, owner: String) {
                 tracing::warn!(%error, "cannot read the outbox backlog");
             }
         }
-        match delivered {
-            Ok(0) => tokio::time::sleep(Duration::from_millis(250)).await,
-            Ok(_) => {}
+        let pause = match delivered {
+            Ok(0) => Duration::from_millis(250),
+            Ok(_) => Duration::ZERO,
             Err(error) => {
                 tracing::warn!(%error, "cannot claim outbox writes; trying again");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                Duration::from_secs(1)
             }
+        };
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            _ = stopping.changed() => {}
+        }
+    }
+}
+
+/// Gives up the leases of a stopped (or stuck) reporter, so that its
+/// unfinished writes go out from the next server at once instead of after
+/// the lease.
+pub async fn release(state: &AppState, owner: &str) {
+    let released = async {
+        let mut conn = state.store.conn().await?;
+        outbox::release(&mut conn, owner).await
+    };
+    match released.await {
+        Ok(0) => {}
+        Ok(writes) => tracing::info!(writes, "released unfinished GitLab writes"),
+        Err(error) => {
+            tracing::warn!(%error, "cannot release GitLab writes; they go out after the lease")
         }
     }
 }

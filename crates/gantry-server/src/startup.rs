@@ -96,7 +96,13 @@ pub async fn start(
     );
     let worker_grace = state.config.worker_shutdown_grace;
     let sweeper = tokio::spawn(sweep_workspaces(state.clone()));
-    let reporter = tokio::spawn(crate::outbox::work(state.clone(), owner.clone()));
+    let reporter = tokio::spawn(crate::outbox::work(
+        state.clone(),
+        owner.clone(),
+        state.shutting_down.clone(),
+    ));
+    let reporter_state = state.clone();
+    let reporter_owner = owner.clone();
     let inbox = tokio::spawn(crate::inbox::work(processor, owner, state.config.lease));
     let pruner = tokio::spawn(crate::inbox::prune(
         store.clone(),
@@ -131,7 +137,16 @@ pub async fn start(
         inbox.abort();
         pruner.abort();
         sweeper.abort();
-        reporter.abort();
+        // The reporter finishes the writes it is sending (GitLab calls have
+        // their own timeout); what it still holds after that is released.
+        let mut reporter = reporter;
+        if tokio::time::timeout(Duration::from_secs(10), &mut reporter)
+            .await
+            .is_err()
+        {
+            reporter.abort();
+        }
+        crate::outbox::release(&reporter_state, &reporter_owner).await;
         served.context("the HTTP server failed")
     });
     Ok(RunningServer { addr, store, task })

@@ -187,6 +187,18 @@ pub async fn finish(
     Ok(())
 }
 
+/// Gives up `owner`'s leases (a server stopping): its unfinished writes
+/// stay pending, for the next server to send at once.
+pub async fn release(conn: &mut Conn, owner: &str) -> Result<u64, StoreError> {
+    let released = sqlx::query(
+        "UPDATE outbox SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner = $1",
+    )
+    .bind(owner)
+    .execute(conn)
+    .await?;
+    Ok(released.rows_affected())
+}
+
 /// What GitLab has for a key: the note or deployment id and the last
 /// status delivered.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

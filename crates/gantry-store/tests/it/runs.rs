@@ -4,6 +4,7 @@
 
 use gantry_domain::run::{Command, Kind};
 use gantry_store::integrations::{self, Integration, TokenFacts};
+use gantry_store::outbox::{self, Outcome};
 use gantry_store::runs::{self, Created, NewRun};
 use gantry_store::stacks::{self, Stack};
 use gantry_store::testing::TestStore;
@@ -14,6 +15,7 @@ use crate::on_both_databases;
 on_both_databases!(
     tracked_runs_take_turns_and_proposed_runs_do_not,
     a_lost_worker_fails_its_run_and_frees_the_stack,
+    outbox_leases_hold_a_key_until_finished_or_released,
 );
 
 async fn setup(db: &TestStore) {
@@ -235,4 +237,71 @@ async fn a_lost_worker_fails_its_run_and_frees_the_stack(db: &TestStore) {
     );
     drop(conn);
     assert_eq!(next(db).await.as_deref(), Some(t2.as_str()));
+}
+
+/// A run's GitLab writes are leased per key: another server gets none of
+/// them while the lease holds, the newest one once it is released, and
+/// nothing more once it is delivered.
+async fn outbox_leases_hold_a_key_until_finished_or_released(db: &TestStore) {
+    setup(db).await;
+    let run = create(db, "net", Kind::Tracked, "c1").await;
+    next(db).await.expect("started");
+    let until = Millis::now().plus(std::time::Duration::from_secs(60));
+    let a = outbox::claim(&db.store, "server a", until, 10, Millis::now())
+        .await
+        .expect("claim");
+    // `queued` was superseded by `preparing`: one status write for the key.
+    assert_eq!(a.len(), 1, "{a:?}");
+    assert_eq!(
+        (a[0].run_id.as_str(), a[0].state.as_str()),
+        (run.as_str(), "preparing")
+    );
+    let b = outbox::claim(&db.store, "server b", until, 10, Millis::now())
+        .await
+        .expect("claim");
+    assert!(b.is_empty(), "leased by a: {b:?}");
+
+    let mut conn = db.store.conn().await.expect("conn");
+    assert_eq!(
+        outbox::release(&mut conn, "server a")
+            .await
+            .expect("release"),
+        1
+    );
+    let b = outbox::claim(&db.store, "server b", until, 10, Millis::now())
+        .await
+        .expect("claim");
+    assert_eq!(b.len(), 1, "released by a: {b:?}");
+    // A stale owner cannot record an outcome; the lease holder can.
+    outbox::finish(
+        &mut conn,
+        b[0].id,
+        "server a",
+        &Outcome::Delivered,
+        Millis::now(),
+    )
+    .await
+    .expect("finish");
+    assert_eq!(
+        outbox::release(&mut conn, "server b")
+            .await
+            .expect("release"),
+        1
+    );
+    let b = outbox::claim(&db.store, "server b", until, 10, Millis::now())
+        .await
+        .expect("claim");
+    outbox::finish(
+        &mut conn,
+        b[0].id,
+        "server b",
+        &Outcome::Delivered,
+        Millis::now(),
+    )
+    .await
+    .expect("finish");
+    let again = outbox::claim(&db.store, "server c", until, 10, Millis::now())
+        .await
+        .expect("claim");
+    assert!(again.is_empty(), "delivered once: {again:?}");
 }
