@@ -6,9 +6,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 mod client;
+mod demo;
 mod worker;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use gantry_server::{MASTER_KEY_ENV, ServerConfig};
 use tracing_subscriber::EnvFilter;
 
@@ -41,12 +42,59 @@ enum Command {
     Worker(worker::WorkerArgs),
     /// Apply database migrations and exit.
     Migrate(DatabaseArgs),
-    /// Manage GitLab integrations on a server (GANTRY_URL, GANTRY_TOKEN).
-    #[command(subcommand)]
-    Integration(client::IntegrationCommand),
-    /// Manage stacks on a server (GANTRY_URL, GANTRY_TOKEN).
-    #[command(subcommand)]
-    Stack(client::StackCommand),
+    /// Try Gantry offline: a server and a simulated GitLab with a sample
+    /// repository, a push and a merge request, and what follows.
+    Demo(demo::DemoArgs),
+    /// Show the API key in use and its roles.
+    Me {
+        #[command(flatten)]
+        options: client::Options,
+    },
+    /// Manage spaces.
+    Space {
+        #[command(flatten)]
+        options: client::Options,
+        #[command(subcommand)]
+        command: client::SpaceCommand,
+    },
+    /// Manage API keys.
+    ApiKey {
+        #[command(flatten)]
+        options: client::Options,
+        #[command(subcommand)]
+        command: client::ApiKeyCommand,
+    },
+    /// Read the audit log.
+    Audit {
+        #[command(flatten)]
+        options: client::Options,
+        #[command(subcommand)]
+        command: client::AuditCommand,
+    },
+    /// Manage GitLab integrations and their webhook deliveries.
+    Integration {
+        #[command(flatten)]
+        options: client::Options,
+        #[command(subcommand)]
+        command: client::IntegrationCommand,
+    },
+    /// Manage stacks and trigger their runs.
+    Stack {
+        #[command(flatten)]
+        options: client::Options,
+        #[command(subcommand)]
+        command: client::StackCommand,
+    },
+    /// Show, confirm, discard and cancel runs, and read their logs.
+    Run {
+        #[command(flatten)]
+        options: client::Options,
+        #[command(subcommand)]
+        command: client::RunCommand,
+    },
+    /// Print a shell completion script, such as
+    /// `gantry completions bash > /etc/bash_completion.d/gantry`.
+    Completions { shell: clap_complete::Shell },
 }
 
 #[derive(clap::Args)]
@@ -100,7 +148,16 @@ struct ServeArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // Client commands and the demo print for people; the server's own log
+    // shows warnings only there, unless GANTRY_LOG says otherwise.
+    let quiet = !matches!(
+        cli.command,
+        Command::Serve(_) | Command::Worker(_) | Command::Migrate(_)
+    );
+    init_logging(
+        cli.log_format,
+        if quiet { "warn" } else { "info,sqlx=warn" },
+    );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -115,7 +172,10 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
-            ExitCode::FAILURE
+            let code = err
+                .downcast_ref::<client::Failure>()
+                .map_or(client::exit::FAILED, |failure| failure.code);
+            ExitCode::from(code)
         }
     }
 }
@@ -129,8 +189,30 @@ async fn run(command: Command) -> anyhow::Result<()> {
             println!("The database is up to date.");
             Ok(())
         }
-        Command::Integration(command) => client::integration(command).await,
-        Command::Stack(command) => client::stack(command).await,
+        Command::Demo(args) => demo::run(args).await,
+        Command::Me { options } => Ok(client::me(&client::Client::new(&options)?).await?),
+        Command::Space { options, command } => {
+            Ok(client::space(&client::Client::new(&options)?, command).await?)
+        }
+        Command::ApiKey { options, command } => {
+            Ok(client::api_key(&client::Client::new(&options)?, command).await?)
+        }
+        Command::Audit { options, command } => {
+            Ok(client::audit(&client::Client::new(&options)?, command).await?)
+        }
+        Command::Integration { options, command } => {
+            Ok(client::integration(&client::Client::new(&options)?, command).await?)
+        }
+        Command::Stack { options, command } => {
+            Ok(client::stack(&client::Client::new(&options)?, command).await?)
+        }
+        Command::Run { options, command } => {
+            Ok(client::run(&client::Client::new(&options)?, command).await?)
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "gantry", &mut std::io::stdout());
+            Ok(())
+        }
     }
 }
 
@@ -194,9 +276,8 @@ pub(crate) async fn shutdown_signal() {
     tracing::info!("shutting down: finishing requests in flight");
 }
 
-fn init_logging(format: LogFormat) {
-    let filter =
-        EnvFilter::try_from_env("GANTRY_LOG").unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+fn init_logging(format: LogFormat, default: &str) {
+    let filter = EnvFilter::try_from_env("GANTRY_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
