@@ -68,7 +68,8 @@ pub enum StackCommand {
     Update {
         id: String,
         /// The fields to change, as a JSON object (DESIGN.md's stack fields).
-        json: String,
+        #[arg(value_name = "JSON")]
+        change: String,
     },
     /// Delete a stack.
     Delete { id: String },
@@ -224,14 +225,14 @@ pub async fn stack(client: &Client, command: StackCommand) -> Outcome {
             return Ok(());
         }
         StackCommand::Show { id } => client.get(&format!("{STACKS}/{id}")).await?,
-        StackCommand::Update { id, json } => {
-            let body: Value = serde_json::from_str(&json)
+        StackCommand::Update { id, change } => {
+            let body: Value = serde_json::from_str(&change)
                 .ok()
                 .filter(Value::is_object)
                 .ok_or_else(|| {
                     Failure::new(
                         exit::REFUSED,
-                        format!("the change {json:?} is not a JSON object, such as '{{\"branch\": \"main\"}}'"),
+                        format!("the change {change:?} is not a JSON object, such as '{{\"branch\": \"main\"}}'"),
                     )
                 })?;
             client

@@ -2,6 +2,7 @@
 //! external workers.
 
 mod api;
+mod cli;
 mod crash;
 mod external_worker;
 mod outbox_crash;
