@@ -1,9 +1,10 @@
-//! Tests of the `gantry` binary as processes: what survives `kill -9`, and
-//! external workers.
+//! Tests of the `gantry` binary as processes: what survives `kill -9`,
+//! external workers, the client commands and `gantry demo`.
 
 mod api;
 mod cli;
 mod crash;
+mod demo;
 mod external_worker;
 mod outbox_crash;
 mod process;
