@@ -9,7 +9,7 @@ use std::time::Duration;
 use gantry_gitlab_sim::{AccessLevel, Sim, TokenSpec};
 use serde_json::Value;
 
-use crate::api::{Api, admin_token};
+use crate::api::admin_token;
 use crate::process::{free_port, serve};
 
 /// What a `gantry` command printed and how it exited.
