@@ -78,7 +78,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .context("cannot start the simulated GitLab")?;
     let user = sim.add_user("gantry-bot");
     let gitlab_token = sim.add_token(TokenSpec::new(user, &["api"]));
-    let project = sim.add_project(PROJECT, "main")?;
+    let project = sim
+        .add_project(PROJECT, "main")
+        .context("cannot create the sample repository (the demo needs `git` on PATH)")?;
     sim.add_member(project, user, AccessLevel::Maintainer);
     sim.commit(
         project,
@@ -135,12 +137,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     })?;
 
     let timeout = Duration::from_secs(args.timeout_seconds);
-    let toured = match tokio::time::timeout(
-        timeout,
-        tour(&timeline, &sim, project, &client, &gitlab_token),
-    )
-    .await
-    {
+    let toured = tokio::select! {
+        toured = tokio::time::timeout(timeout, tour(&timeline, &sim, project, &client, &gitlab_token)) => toured,
+        // Ctrl-C stops the server cleanly, so the temporary files go too.
+        () = crate::shutdown_signal() => Ok(Err(anyhow::anyhow!("interrupted"))),
+    };
+    let toured = match toured {
         Ok(toured) => toured,
         Err(_) => Err(anyhow::anyhow!(
             "the tour did not complete within {} s: still waiting for {}",
@@ -170,7 +172,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     toured
 }
 
-/// A local address that was free a moment ago.
+/// A local address that was free a moment ago (the server's public URL
+/// must be known before it binds).
 fn free_address() -> anyhow::Result<SocketAddr> {
     let listener =
         std::net::TcpListener::bind("127.0.0.1:0").context("cannot bind a local port")?;
