@@ -26,8 +26,14 @@ impl Event {
     pub fn describe(&self) -> String {
         match self {
             Self::Push(push) => format!(
-                "push to {} ({} commits)",
-                push.branch, push.total_commits_count
+                "push to {} ({} commit{})",
+                push.branch,
+                push.total_commits_count,
+                if push.total_commits_count == 1 {
+                    ""
+                } else {
+                    "s"
+                }
             ),
             Self::TagPush(tag) => format!("tag push of {}", tag.tag),
             Self::MergeRequest(mr) => format!(

@@ -149,7 +149,7 @@ async fn every_corpus_delivery_is_answered_as_the_contract_says(db: Db) {
     let done = processed(&app, &hooked, &single.1).await;
     assert_eq!(
         done["outcome"],
-        "push to master (1 commits): no stack uses project 4861503 (gitlab-org/hello-world)"
+        "push to master (1 commit): no stack uses project 4861503 (gitlab-org/hello-world)"
     );
     assert_eq!(
         done["idempotency_key"],
