@@ -291,6 +291,7 @@ const DELIVERY_COLUMNS: [Column; 5] = [
     Column::Field("id", "/id"),
     Column::Field("event", "/event"),
     Column::Field("status", "/status"),
+    Column::Field("received", "/received_at"),
     Column::With("outcome", |d| {
         super::output::text(if d["error"].is_string() {
             &d["error"]
@@ -298,7 +299,6 @@ const DELIVERY_COLUMNS: [Column; 5] = [
             &d["outcome"]
         })
     }),
-    Column::Field("received", "/received_at"),
 ];
 
 fn token(path: &Path) -> Result<Value, Failure> {
