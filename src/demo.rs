@@ -306,8 +306,8 @@ async fn tour(
         iid,
         statuses: vec![
             (pushed.clone(), "network"),
-            (pushed.clone(), "dns"),
-            (proposed.clone(), "network"),
+            (pushed, "dns"),
+            (proposed, "network"),
         ],
         seen_deliveries: HashSet::new(),
         seen_transitions: HashMap::new(),
