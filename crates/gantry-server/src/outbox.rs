@@ -86,7 +86,8 @@ pub async fn work(
         };
         tokio::select! {
             () = tokio::time::sleep(pause) => {}
-            _ = stopping.changed() => {}
+            // The server is gone when the signal's sender is.
+            changed = stopping.changed() => if changed.is_err() { break },
         }
     }
 }
