@@ -7,7 +7,6 @@ use gantry_store::audit::AuditEntry;
 use gantry_store::spaces::Space;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::error::ApiError;
@@ -59,9 +58,13 @@ impl ListParams {
 
 /// RFC 3339 in UTC, from stored unix milliseconds.
 pub fn timestamp(millis: i64) -> String {
+    // Always three digits of milliseconds: RFC 3339 that sorts as text.
+    const FORMAT: &[time::format_description::FormatItem<'_>] = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(millis) * 1_000_000)
         .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
+        .and_then(|t| t.format(FORMAT).ok())
         .unwrap_or_default()
 }
 
@@ -164,5 +167,15 @@ impl From<AuditEntry> for AuditEntryView {
             space: entry.space_id,
             detail: serde_json::from_str(&entry.detail).unwrap_or(serde_json::Value::Null),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn timestamps_keep_three_digits_so_they_sort_as_text() {
+        assert_eq!(super::timestamp(1_500), "1970-01-01T00:00:01.500Z");
+        assert_eq!(super::timestamp(1_510), "1970-01-01T00:00:01.510Z");
+        assert!(super::timestamp(1_500) < super::timestamp(1_510));
     }
 }
