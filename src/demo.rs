@@ -535,16 +535,8 @@ impl Watch<'_> {
                     self.confirmed.push(id);
                 }
                 state @ ("failed" | "canceled" | "discarded") => {
-                    let log = self
-                        .client
-                        .send(
-                            self.client
-                                .request(reqwest::Method::GET, &format!("/api/v1/runs/{id}/logs")),
-                        )
-                        .await?
-                        .text()
-                        .await
-                        .unwrap_or_default();
+                    // The run's end is the error to report, log or not.
+                    let log = self.client.log(&id).await.unwrap_or_default();
                     let tail: Vec<&str> = log.lines().rev().take(20).collect();
                     let tail: Vec<&str> = tail.into_iter().rev().collect();
                     bail!(

@@ -160,6 +160,16 @@ impl Client {
         })
     }
 
+    /// A run's log so far, as the plain text the API serves.
+    pub async fn log(&self, run: &str) -> Result<String, Failure> {
+        let request = self.request(Method::GET, &format!("/api/v1/runs/{run}/logs"));
+        let response = self.send(request).await?;
+        response
+            .text()
+            .await
+            .map_err(|error| self.unreachable(&error))
+    }
+
     pub async fn get(&self, path: &str) -> Result<Value, Failure> {
         self.call(Method::GET, path, None).await
     }

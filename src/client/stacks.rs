@@ -389,14 +389,7 @@ pub async fn run(client: &Client, command: RunCommand) -> Outcome {
         RunCommand::Discard { id } => act(client, &id, "discard").await?,
         RunCommand::Cancel { id } => act(client, &id, "cancel").await?,
         RunCommand::Logs { id, follow: false } => {
-            let response = client
-                .send(client.request(Method::GET, &format!("{RUNS}/{id}/logs")))
-                .await?;
-            let log = response
-                .text()
-                .await
-                .map_err(|error| client.unreachable(&error))?;
-            print!("{log}");
+            print!("{}", client.log(&id).await?);
         }
         RunCommand::Logs { id, follow: true } => follow(client, &id).await?,
     }
