@@ -13,7 +13,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use gantry_store::stacks::{self, Stack};
+use gantry_store::stacks;
 use gantry_store::{Millis, Store};
 use serde_json::{Value, json};
 
@@ -34,28 +34,14 @@ async fn measure(size: usize) -> (Duration, i64) {
         } else {
             format!("other-{i}/")
         };
-        let stack = Stack {
-            id: format!("stack-{i:05}"),
-            name: format!("stack-{i:05}"),
-            space_id: "root".into(),
-            integration_id: Some("main".into()),
-            project_id: 42,
-            repository: "infra/big".into(),
-            branch: "main".into(),
-            project_root: root,
-            additional_project_globs: "[]".into(),
-            labels: "[]".into(),
-            autodeploy: 0,
-            allow_forks: 0,
-            vendor: r#"{"kind":"opentofu"}"#.into(),
-            environment: "{}".into(),
-            secret_environment_names: "[]".into(),
-            secret_environment_sealed: None,
-            run_timeout_seconds: 4200,
-            no_output_timeout_seconds: 600,
-            created_at: now.0,
-            updated_at: now.0,
-        };
+        let stack = gantry_store::testing::stack(
+            &format!("stack-{i:05}"),
+            "main",
+            42,
+            "infra/big",
+            &root,
+            now,
+        );
         stacks::insert(&mut tx, &stack).await.expect("stack");
     }
     tx.commit().await.expect("commit");

@@ -132,7 +132,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     );
     let client = Client::new(&Options {
         url: base.clone(),
-        token: Some(admin.clone()),
+        token: Some(admin.clone().into()),
         json: false,
     })?;
 

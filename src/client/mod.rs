@@ -18,6 +18,7 @@ use std::path::Path;
 
 use clap::Args;
 use reqwest::{Method, StatusCode};
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value, json};
 
 pub use admin::{
@@ -44,11 +45,17 @@ pub struct Options {
     #[arg(long = "server", env = "GANTRY_URL", default_value = DEFAULT_URL, global = true)]
     pub url: String,
     /// An API key.
-    #[arg(long, env = "GANTRY_TOKEN", hide_env_values = true, global = true)]
-    pub token: Option<String>,
+    #[arg(long, env = "GANTRY_TOKEN", hide_env_values = true, global = true, value_parser = secret)]
+    pub token: Option<SecretString>,
     /// Print the server's JSON instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
+}
+
+/// An API key from the command line or the environment, held as a secret
+/// from the start so that it never `Debug`-prints.
+fn secret(raw: &str) -> Result<SecretString, std::convert::Infallible> {
+    Ok(SecretString::from(raw.trim().to_owned()))
 }
 
 /// A client command that did not succeed: the message for the user and
@@ -82,7 +89,7 @@ pub type Outcome = Result<(), Failure>;
 pub struct Client {
     http: reqwest::Client,
     base: String,
-    token: String,
+    token: SecretString,
     pub json: bool,
 }
 
@@ -90,9 +97,8 @@ impl Client {
     pub fn new(options: &Options) -> Result<Self, Failure> {
         let Some(token) = options
             .token
-            .as_deref()
-            .map(str::trim)
-            .filter(|token| !token.is_empty())
+            .clone()
+            .filter(|token| !token.expose_secret().is_empty())
         else {
             return Err(Failure::new(
                 exit::AUTH,
@@ -102,7 +108,7 @@ impl Client {
         Ok(Self {
             http: reqwest::Client::new(),
             base: options.url.trim_end_matches('/').to_owned(),
-            token: token.to_owned(),
+            token,
             json: options.json,
         })
     }
@@ -111,7 +117,7 @@ impl Client {
     pub fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
         self.http
             .request(method, format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
+            .bearer_auth(self.token.expose_secret())
     }
 
     /// Sends a request and returns the answer, or a failure that says what

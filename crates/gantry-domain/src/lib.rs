@@ -11,6 +11,10 @@ mod role;
 pub mod rules;
 pub mod run;
 pub mod stack;
+mod summary;
+mod workflow;
 
 pub use name::{Name, NameError, Slug};
 pub use role::{Grant, Role, RoleParseError, allows};
+pub use summary::Summary;
+pub use workflow::{MissingCommand, Workflow};

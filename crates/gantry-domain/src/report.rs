@@ -3,6 +3,7 @@
 //! state, the status description, the deployment status, and the merge
 //! request comment.
 
+use crate::Summary;
 use crate::run::{Kind, State};
 
 /// A kind of write to GitLab.
@@ -92,37 +93,18 @@ impl CommitStatus {
     }
 }
 
-/// A plan's change counts and the resources that change.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Changes {
-    pub add: u64,
-    pub change: u64,
-    pub destroy: u64,
-    pub resources: Vec<String>,
-}
-
-impl Changes {
-    /// `N to add, N to change, N to destroy`, as everywhere.
-    pub fn counts(&self) -> String {
-        format!(
-            "{} to add, {} to change, {} to destroy",
-            self.add, self.change, self.destroy
-        )
-    }
-}
-
 /// GitLab's limit on a commit status description.
 pub const DESCRIPTION_LIMIT: usize = 255;
 
 /// The commit status description: the phase until a plan exists, then the
 /// change summary; at most 255 characters.
-pub fn description(state: State, changes: Option<&Changes>, reason: Option<&str>) -> String {
+pub fn description(state: State, changes: Option<&Summary>, reason: Option<&str>) -> String {
     let text = match (state, changes) {
         (State::Failed, _) => format!("failed: {}", reason.unwrap_or("no reason given")),
         (State::Unconfirmed, Some(changes)) => {
-            format!("{}, waiting for confirmation", changes.counts())
+            format!("{changes}, waiting for confirmation")
         }
-        (_, Some(changes)) => changes.counts(),
+        (_, Some(changes)) => changes.to_string(),
         (State::Canceled, None) => format!("canceled: {}", reason.unwrap_or("no reason given")),
         (state, None) => state.as_str().to_owned(),
     };
@@ -162,7 +144,7 @@ pub struct NoteView<'a> {
     pub state: State,
     pub reason: Option<&'a str>,
     pub commit_sha: &'a str,
-    pub changes: Option<&'a Changes>,
+    pub changes: Option<&'a Summary>,
     /// The run's (redacted) log.
     pub log: &'a str,
 }
@@ -183,7 +165,7 @@ pub fn note_body(view: &NoteView<'_>) -> String {
         head.push_str(&format!("\n> {}\n", reason.replace('\n', " ")));
     }
     if let Some(changes) = view.changes {
-        head.push_str(&format!("\n**Plan:** {}\n", changes.counts()));
+        head.push_str(&format!("\n**Plan:** {changes}\n"));
         if !changes.resources.is_empty() {
             head.push_str(&format!(
                 "\n<details><summary>{} resources change</summary>\n\n",
@@ -270,7 +252,7 @@ mod tests {
 
     #[test]
     fn descriptions_stay_under_the_limit() {
-        let changes = Changes {
+        let changes = Summary {
             add: 1,
             change: 2,
             destroy: 0,
@@ -290,9 +272,9 @@ mod tests {
     #[test]
     fn a_huge_log_is_cut_under_the_note_limit() {
         let log = "é".repeat(2_000_000);
-        let changes = Changes {
+        let changes = Summary {
             add: 3,
-            ..Changes::default()
+            ..Summary::default()
         };
         let body = note_body(&NoteView {
             stack_id: "net",

@@ -88,7 +88,7 @@ pub enum Command {
     /// A person discarded the plan: unconfirmed → discarded.
     Discard,
     /// Applying begins: confirmed → applying.
-    Apply,
+    BeginApply,
     /// Applying succeeded: applying → finished.
     Applied,
     /// A phase failed, or the worker was lost.
@@ -116,7 +116,7 @@ impl Command {
             Self::Planned { .. } => "given a plan",
             Self::Confirm => "confirmed",
             Self::Discard => "discarded",
-            Self::Apply => "applied",
+            Self::BeginApply => "applied",
             Self::Applied => "finished applying",
             Self::Fail => "failed",
             Self::Cancel => "canceled",
@@ -162,7 +162,7 @@ pub fn transition(
         }
         (Kind::Tracked, Unconfirmed, Command::Confirm) => Some(Confirmed),
         (Kind::Tracked, Unconfirmed, Command::Discard) => Some(Discarded),
-        (Kind::Tracked, Confirmed, Command::Apply) => Some(Applying),
+        (Kind::Tracked, Confirmed, Command::BeginApply) => Some(Applying),
         (Kind::Tracked, Applying, Command::Applied) => Some(Finished),
         (_, Queued | Preparing | Planning, Command::Cancel) => Some(Canceled),
         (_, Preparing | Planning, Command::HandBack) => Some(Queued),
@@ -179,16 +179,20 @@ pub fn transition(
 /// Tracked runs of a stack run one at a time: a run in one of these
 /// states holds the stack's lock (waiting for confirmation included).
 pub fn holds_stack_lock(kind: Kind, state: State) -> bool {
-    kind == Kind::Tracked
-        && matches!(
-            state,
-            State::Preparing
-                | State::Planning
-                | State::Unconfirmed
-                | State::Confirmed
-                | State::Applying
-        )
+    kind == Kind::Tracked && LOCKING.contains(&state)
 }
+
+/// The states in which a tracked run holds its stack's lock.
+pub const LOCKING: [State; 5] = [
+    State::Preparing,
+    State::Planning,
+    State::Unconfirmed,
+    State::Confirmed,
+    State::Applying,
+];
+
+/// The states in which a worker is executing the run, under a lease.
+pub const EXECUTING: [State; 3] = [State::Preparing, State::Planning, State::Applying];
 
 #[cfg(test)]
 mod tests {
@@ -201,7 +205,7 @@ mod tests {
         Command::Planned { changes: true },
         Command::Confirm,
         Command::Discard,
-        Command::Apply,
+        Command::BeginApply,
         Command::Applied,
         Command::Fail,
         Command::Cancel,
@@ -221,7 +225,7 @@ mod tests {
             &[
                 Command::Planned { changes: true },
                 Command::Confirm,
-                Command::Apply,
+                Command::BeginApply,
                 Command::Applied,
             ],
         ]

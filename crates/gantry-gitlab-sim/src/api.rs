@@ -13,7 +13,7 @@ use axum::routing::{get, post, put};
 use serde_json::{Value, json};
 
 use crate::state::{AccessLevel, LoggedRequest, now};
-use crate::{FaultKind, Shared, git, reporting};
+use crate::{FaultKind, Shared, git, reporting, statuses};
 
 pub(crate) type SimState = State<Arc<Shared>>;
 
@@ -27,10 +27,13 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             "/api/v4/projects/{id}/hooks",
             get(list_hooks).post(create_hook),
         )
-        .route("/api/v4/projects/{id}/statuses/{sha}", post(create_status))
+        .route(
+            "/api/v4/projects/{id}/statuses/{sha}",
+            post(statuses::create_status),
+        )
         .route(
             "/api/v4/projects/{id}/repository/commits/{sha}/statuses",
-            get(list_statuses),
+            get(statuses::list_statuses),
         )
         .route("/api/v4/projects/{id}/repository/compare", get(compare))
         .route(
@@ -473,143 +476,6 @@ async fn create_hook(
     hook.tag_push_events = yes(params.get("tag_push_events"));
     hook.merge_requests_events = yes(params.get("merge_requests_events"));
     (StatusCode::CREATED, axum::Json(hook_json(project_id, hook))).into_response()
-}
-
-/// GitLab's commit status state machine, as `POST …/statuses/:sha` applies
-/// it: the latest pending or running status with the same name and ref
-/// moves on; a finished one starts afresh; an event that does not apply to
-/// the current state is refused with 400 "Cannot transition status …".
-async fn create_status(
-    State(shared): SimState,
-    Path((id, sha)): Path<(String, String)>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let (caller, project_id) = match project_access(
-        &shared,
-        &headers,
-        &Method::POST,
-        &id,
-        AccessLevel::Developer,
-    ) {
-        Ok(found) => found,
-        Err(response) => return response,
-    };
-    let params = params(&uri, &headers, &body);
-    let Some(new_state) = params.get("state").cloned() else {
-        return bad_request("state is missing");
-    };
-    let event = match new_state.as_str() {
-        "pending" => "enqueue",
-        "running" => "run",
-        "success" => "success",
-        "failed" => "drop",
-        "canceled" => "cancel",
-        "skipped" => "skip",
-        _ => return bad_request("state does not have a valid value"),
-    };
-    let name = params
-        .get("name")
-        .or(params.get("context"))
-        .cloned()
-        .unwrap_or_else(|| "default".to_owned());
-    let reference = params.get("ref").cloned();
-    let known = match git::rev_parse_in(&shared, project_id, &sha) {
-        Ok(known) => known,
-        Err(response) => return response,
-    };
-    if !known {
-        return not_found("Commit");
-    }
-    if let Some(description) = params.get("description")
-        && description.chars().count() > 255
-    {
-        return bad_request("description is too long (maximum is 255 characters)");
-    }
-    let mut state = shared.lock();
-    let author = state.user_json(caller.user_id, &shared.url);
-    let id = state.next_id();
-    let Some(project) = state.project_mut(project_id) else {
-        return not_found("Project");
-    };
-    let current = project.statuses.iter_mut().rev().find(|status| {
-        status["sha"] == sha.as_str()
-            && status["name"] == name.as_str()
-            && reference
-                .as_deref()
-                .is_none_or(|reference| status["ref"] == reference)
-            && matches!(status["status"].as_str(), Some("pending" | "running"))
-    });
-    let from = current
-        .as_ref()
-        .and_then(|status| status["status"].as_str().map(str::to_owned))
-        .unwrap_or_else(|| "created".to_owned());
-    let allowed = match event {
-        "enqueue" => from == "created",
-        "run" => from == "created" || from == "pending",
-        _ => true,
-    };
-    if !allowed {
-        return bad_request(&format!(
-            "Cannot transition status via :{event} from :{from} (Reason(s): Status cannot transition via \"{event}\")"
-        ));
-    }
-    project
-        .status_history
-        .push((sha.clone(), name.clone(), new_state.clone()));
-    let finished = matches!(
-        new_state.as_str(),
-        "success" | "failed" | "canceled" | "skipped"
-    );
-    let timestamp = now();
-    let record = match current {
-        Some(status) => {
-            status["status"] = json!(new_state);
-            status["description"] = json!(params.get("description"));
-            status["target_url"] = json!(params.get("target_url"));
-            if finished {
-                status["finished_at"] = json!(timestamp);
-            }
-            status.clone()
-        }
-        None => {
-            let status = json!({
-                "id": id,
-                "sha": sha,
-                "ref": reference,
-                "status": new_state,
-                "name": name,
-                "target_url": params.get("target_url"),
-                "description": params.get("description"),
-                "created_at": timestamp,
-                "started_at": null,
-                "finished_at": if finished { json!(timestamp) } else { Value::Null },
-                "allow_failure": false,
-                "coverage": null,
-                "author": author,
-            });
-            project.statuses.push(status.clone());
-            status
-        }
-    };
-    (StatusCode::CREATED, axum::Json(record)).into_response()
-}
-
-async fn list_statuses(
-    State(shared): SimState,
-    Path((id, sha)): Path<(String, String)>,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    let project_id =
-        match project_access(&shared, &headers, &Method::GET, &id, AccessLevel::Reporter) {
-            Ok((_, project_id)) => project_id,
-            Err(response) => return response,
-        };
-    let mut statuses = shared.lock().statuses_of(project_id, &sha);
-    statuses.reverse();
-    paginate(statuses, &params(&uri, &headers, &[]))
 }
 
 /// GitLab's offset pagination: `page`, `per_page` (default 20, at most

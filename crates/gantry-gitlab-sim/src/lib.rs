@@ -20,6 +20,7 @@ mod git;
 mod hooks;
 mod reporting;
 mod state;
+mod statuses;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

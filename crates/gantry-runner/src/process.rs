@@ -36,7 +36,7 @@ pub enum Ended {
 }
 
 /// One command of a phase.
-pub struct Phase<'a> {
+pub struct Script<'a> {
     /// Run with `sh -c`, as stacks write their commands.
     pub script: &'a str,
     pub dir: &'a Path,
@@ -48,7 +48,7 @@ pub struct Phase<'a> {
 /// `cancel` turning `true`, or its sender going away (the worker is
 /// stopping), ends it.
 pub async fn run(
-    phase: &Phase<'_>,
+    phase: &Script<'_>,
     limits: Limits,
     redactor: &mut Redactor,
     cancel: &mut watch::Receiver<bool>,

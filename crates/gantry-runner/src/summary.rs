@@ -3,32 +3,8 @@
 //! Terraform's JSON plan representation (`show -json`), or from a shell
 //! workflow's `Plan: N to add, N to change, N to destroy.` line.
 
+pub use gantry_domain::Summary;
 use serde::Deserialize;
-
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Summary {
-    pub add: u64,
-    pub change: u64,
-    pub destroy: u64,
-    /// Addresses of the resources that change, in plan order.
-    pub resources: Vec<String>,
-}
-
-impl Summary {
-    pub fn has_changes(&self) -> bool {
-        self.add + self.change + self.destroy > 0
-    }
-}
-
-impl std::fmt::Display for Summary {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} to add, {} to change, {} to destroy",
-            self.add, self.change, self.destroy
-        )
-    }
-}
 
 #[derive(Deserialize)]
 struct Plan {

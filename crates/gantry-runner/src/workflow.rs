@@ -8,22 +8,12 @@ use std::path::Path;
 
 use tokio::sync::watch;
 
-use crate::process::{Ended, Limits, Phase, run};
-use crate::redact::Redactor;
-use crate::summary::{Summary, from_plan_json, from_plan_line};
+use gantry_domain::Summary;
+pub use gantry_domain::Workflow;
 
-/// How a stack's runs are executed.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Workflow {
-    Shell {
-        init: String,
-        plan: String,
-        apply: String,
-    },
-    /// `tofu` or `terraform`, or the path of either.
-    Tool { binary: String },
-}
+use crate::process::{Ended, Limits, Script, run};
+use crate::redact::Redactor;
+use crate::summary::{from_plan_json, from_plan_line};
 
 /// The saved plan, kept in the workspace for `apply`.
 pub const PLAN_FILE: &str = ".gantry.tfplan";
@@ -72,7 +62,7 @@ impl Context<'_> {
             log(chunk);
         };
         let ended = run(
-            &Phase {
+            &Script {
                 script,
                 dir: self.dir,
                 env: &self.env,
@@ -131,8 +121,9 @@ pub async fn plan(workflow: &Workflow, ctx: &mut Context<'_>) -> Result<Planned,
                 }),
             }
         }
-        Workflow::Tool { binary } => {
-            ctx.env.push(("GANTRY_TOOL".to_owned(), binary.clone()));
+        Workflow::Opentofu { .. } | Workflow::Terraform { .. } => {
+            let binary = workflow.binary().unwrap_or("tofu").to_owned();
+            ctx.env.push(("GANTRY_TOOL".to_owned(), binary));
             ctx.must_succeed("init", "\"$GANTRY_TOOL\" init -input=false -no-color")
                 .await?;
             let script = format!(
@@ -169,9 +160,10 @@ pub async fn plan(workflow: &Workflow, ctx: &mut Context<'_>) -> Result<Planned,
 pub async fn apply(workflow: &Workflow, ctx: &mut Context<'_>) -> Result<(), Stopped> {
     match workflow {
         Workflow::Shell { apply, .. } => ctx.must_succeed("apply", apply).await.map(drop),
-        Workflow::Tool { binary } => {
+        Workflow::Opentofu { .. } | Workflow::Terraform { .. } => {
             if !ctx.env.iter().any(|(name, _)| name == "GANTRY_TOOL") {
-                ctx.env.push(("GANTRY_TOOL".to_owned(), binary.clone()));
+                let binary = workflow.binary().unwrap_or("tofu").to_owned();
+                ctx.env.push(("GANTRY_TOOL".to_owned(), binary));
             }
             let script =
                 format!("\"$GANTRY_TOOL\" apply -input=false -no-color -auto-approve {PLAN_FILE}");

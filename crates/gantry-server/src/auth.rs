@@ -4,7 +4,7 @@ use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use gantry_domain::{Grant, Role, allows};
-use gantry_store::{api_keys, spaces};
+use gantry_store::{Conn, api_keys, spaces};
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -43,6 +43,69 @@ impl Principal {
     /// Whether the caller holds `needed` on a space with this ancestry.
     pub fn allows(&self, needed: Role, ancestry: &[String]) -> bool {
         allows(&self.roles, needed, ancestry.iter().map(String::as_str))
+    }
+}
+
+/// What guards a resource: the space whose roles govern it, and whether
+/// every caller may know it exists (the default integration).
+pub struct Guard<'a> {
+    pub space: &'a str,
+    pub listed_to_all: bool,
+}
+
+/// The ancestry of a resource's space, once its caller passed the check,
+/// for asking about further roles without reading it again.
+pub struct Standing {
+    ancestry: Vec<String>,
+}
+
+impl Principal {
+    /// The one authorization rule of every route: 404 (`not_found`) when
+    /// the caller cannot see the resource, so its existence does not leak;
+    /// 403 when it can see it but lacks `needed` (`None`: seeing is all
+    /// that is asked).
+    pub async fn authorize(
+        &self,
+        conn: &mut Conn,
+        guard: Guard<'_>,
+        needed: Option<Role>,
+        not_found: impl FnOnce() -> ApiError,
+    ) -> Result<Standing, ApiError> {
+        let ancestry = spaces::ancestry(conn, guard.space).await?;
+        if !guard.listed_to_all && !self.allows(Role::Read, &ancestry) {
+            return Err(not_found());
+        }
+        if let Some(needed) = needed
+            && !self.allows(needed, &ancestry)
+        {
+            return Err(forbidden(needed, guard.space));
+        }
+        Ok(Standing { ancestry })
+    }
+
+    /// Whether the caller also holds `role` where it passed [`Self::authorize`].
+    pub fn holds(&self, role: Role, standing: &Standing) -> bool {
+        self.allows(role, &standing.ancestry)
+    }
+
+    /// The check before creating something in `space`: 422 when the space
+    /// does not exist (it is a field of the request), 403 without `needed`.
+    pub async fn may_create_in(
+        &self,
+        conn: &mut Conn,
+        space: &str,
+        needed: Role,
+    ) -> Result<(), ApiError> {
+        let ancestry = spaces::ancestry(conn, space).await?;
+        if ancestry.is_empty() {
+            return Err(ApiError::invalid(format!(
+                "`space` {space:?} does not exist"
+            )));
+        }
+        if !self.allows(needed, &ancestry) {
+            return Err(forbidden(needed, space));
+        }
+        Ok(())
     }
 }
 

@@ -65,10 +65,6 @@ impl ApiError {
         Self::new(StatusCode::BAD_GATEWAY, "gitlab_unavailable", message)
     }
 
-    pub fn is_not_found(&self) -> bool {
-        self.status == StatusCode::NOT_FOUND
-    }
-
     pub fn too_large(limit: usize) -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -107,5 +103,60 @@ impl IntoResponse for ApiError {
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
+    }
+}
+
+/// A name that is empty, too long or has no usable slug: 422.
+impl From<gantry_domain::NameError> for ApiError {
+    fn from(err: gantry_domain::NameError) -> Self {
+        Self::invalid(err.to_string())
+    }
+}
+
+/// A stack field that does not parse: 422 naming the field.
+impl From<gantry_domain::stack::StackFieldError> for ApiError {
+    fn from(err: gantry_domain::stack::StackFieldError) -> Self {
+        Self::invalid(err.to_string())
+    }
+}
+
+impl From<gantry_domain::MissingCommand> for ApiError {
+    fn from(err: gantry_domain::MissingCommand) -> Self {
+        Self::invalid(err.to_string())
+    }
+}
+
+/// A run that cannot do what was asked in its state: 409.
+impl From<gantry_domain::run::IllegalTransition> for ApiError {
+    fn from(err: gantry_domain::run::IllegalTransition) -> Self {
+        Self::conflict(err.to_string())
+    }
+}
+
+impl From<gantry_store::integrations::SaveIntegrationError> for ApiError {
+    fn from(err: gantry_store::integrations::SaveIntegrationError) -> Self {
+        use gantry_store::integrations::SaveIntegrationError as E;
+        match err {
+            E::IdTaken(_) | E::DefaultTaken(_) => Self::conflict(err.to_string()),
+            E::Store(err) => err.into(),
+        }
+    }
+}
+
+impl From<gantry_store::stacks::SaveStackError> for ApiError {
+    fn from(err: gantry_store::stacks::SaveStackError) -> Self {
+        use gantry_store::stacks::SaveStackError as E;
+        match err {
+            E::IdTaken(_) => Self::conflict(err.to_string()),
+            E::Store(err) => err.into(),
+        }
+    }
+}
+
+/// An integration whose token cannot be opened, or whose host URL makes no
+/// client: the integration must be fixed, so 422 with what to do.
+impl From<crate::gitlab::AccessError> for ApiError {
+    fn from(err: crate::gitlab::AccessError) -> Self {
+        Self::invalid(err.to_string())
     }
 }

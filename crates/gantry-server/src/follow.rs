@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
-use gantry_domain::run::State as RunState;
 use gantry_store::runs;
 
 use crate::state::AppState;
@@ -60,9 +59,7 @@ pub fn follow(
                     .data(text.replace("\r\n", "\n").replace('\r', "\n"));
                 return Some((Ok(event), Some((state, run_id, after))));
             }
-            let ended = run
-                .as_ref()
-                .is_none_or(|run| RunState::parse(&run.state).is_none_or(RunState::is_terminal));
+            let ended = run.as_ref().is_none_or(|run| run.state.is_terminal());
             if ended {
                 let data = serde_json::json!({
                     "state": run.as_ref().map(|r| r.state.as_str()),

@@ -8,15 +8,13 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use gantry_domain::report::{self, Changes, CommitStatus, NoteView, Write};
-use gantry_domain::run::State as RunState;
+use gantry_domain::report::{self, CommitStatus, NoteView, Write};
 use gantry_gitlab::reporting::{self, Deployment, Status};
 use gantry_gitlab::{GitLab, GitLabError};
 use gantry_store::outbox::{self, Entry, Outcome, Remote};
 use gantry_store::runs::{self, Run};
 use gantry_store::{Millis, StoreError, integrations, stacks};
 
-use crate::routes::integrations::token_context;
 use crate::state::AppState;
 
 /// Writes claimed per pass, and sent at once.
@@ -225,24 +223,6 @@ async fn deliver(state: &AppState, entry: &Entry, throttle: &NoteThrottle) -> Ou
     }
 }
 
-fn changes_of(run: &Run) -> Option<Changes> {
-    let summary: serde_json::Value = serde_json::from_str(run.summary.as_deref()?).ok()?;
-    let count = |key: &str| summary[key].as_u64().unwrap_or(0);
-    Some(Changes {
-        add: count("add"),
-        change: count("change"),
-        destroy: count("destroy"),
-        resources: summary["resources"]
-            .as_array()
-            .map(|list| {
-                list.iter()
-                    .filter_map(|r| r.as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default(),
-    })
-}
-
 async fn attempt(
     state: &AppState,
     entry: &Entry,
@@ -255,39 +235,31 @@ async fn attempt(
     let integration = integrations::get(&mut conn, &entry.integration_id)
         .await?
         .ok_or_else(|| Failure::Impossible("the integration was deleted".into()))?;
-    let token = state
-        .keyring
-        .decrypt(&token_context(&integration.id), &integration.token_sealed)
-        .map_err(|_| {
-            Failure::Impossible(
-                "the integration's token cannot be decrypted with this server's master key".into(),
-            )
-        })?;
     let client = state
         .gitlab
-        .client(&integration.api_host_url, token)
-        .map_err(Failure::GitLab)?;
+        .client(&integration)
+        .map_err(|error| Failure::Impossible(error.to_string()))?;
     let remote = outbox::remote(&mut conn, &entry.key).await?;
     drop(conn);
-    let project_id = u64::try_from(entry.project_id).unwrap_or_default();
-    let entry_state = RunState::parse(&entry.state).unwrap_or(RunState::Failed);
+    let project_id = u64::try_from(entry.project_id).map_err(|_| {
+        Failure::Impossible(format!(
+            "project id {} is not a GitLab id",
+            entry.project_id
+        ))
+    })?;
+    let entry_state = entry.state;
     let run_url = format!("{}/runs/{}", state.config.public_url, run.id);
-    let write = Write::parse(&entry.kind)
-        .ok_or_else(|| Failure::Impossible(format!("unknown write {:?}", entry.kind)))?;
-    let stored = match write {
+    let stored = match entry.kind {
         Write::Status => {
             let status = CommitStatus::of(entry_state);
             let earlier = remote
                 .last_state
-                .as_deref()
-                .and_then(RunState::parse)
                 .is_some_and(|last| CommitStatus::of(last).rank() > status.rank());
             if earlier {
                 return Ok(Outcome::Superseded);
             }
-            let changes = changes_of(&run);
             let description =
-                report::description(entry_state, changes.as_ref(), run.reason.as_deref());
+                report::description(entry_state, run.summary.as_ref(), run.reason.as_deref());
             reporting::set_status(
                 &client,
                 &Status {
@@ -303,7 +275,7 @@ async fn attempt(
             .await?;
             Remote {
                 remote_id: None,
-                last_state: Some(entry.state.clone()),
+                last_state: Some(entry.state),
             }
         }
         Write::Note => {
@@ -315,17 +287,15 @@ async fn attempt(
                 let mut conn = state.store.conn().await?;
                 runs::log(&mut conn, &run.id).await?
             };
-            let changes = changes_of(&run);
-            let current = RunState::parse(&run.state).unwrap_or(entry_state);
             let body = report::note_body(&NoteView {
                 stack_id: &run.stack_id,
                 run_id: &run.id,
                 run_url: &run_url,
                 log_url: &format!("{}/api/v1/runs/{}/logs", state.config.public_url, run.id),
-                state: current,
+                state: run.state,
                 reason: run.reason.as_deref(),
                 commit_sha: &run.commit_sha,
-                changes: changes.as_ref(),
+                changes: run.summary.as_ref(),
                 log: &log,
             });
             let note = note(
@@ -333,8 +303,8 @@ async fn attempt(
             )
             .await?;
             Remote {
-                remote_id: Some(i64::try_from(note).unwrap_or_default()),
-                last_state: Some(run.state.clone()),
+                remote_id: Some(note),
+                last_state: Some(run.state),
             }
         }
         Write::Deployment => {
@@ -349,7 +319,7 @@ async fn attempt(
             };
             let environment = report::context_name(&run.stack_id);
             let known = match remote.remote_id {
-                Some(id) => Some(u64::try_from(id).unwrap_or_default()),
+                Some(id) => Some(id),
                 None => {
                     reporting::find_deployment(&client, project_id, &environment, &run.commit_sha)
                         .await?
@@ -375,8 +345,8 @@ async fn attempt(
                 }
             };
             Remote {
-                remote_id: Some(i64::try_from(id).unwrap_or_default()),
-                last_state: Some(entry.state.clone()),
+                remote_id: Some(id),
+                last_state: Some(entry.state),
             }
         }
     };
@@ -403,7 +373,7 @@ async fn note(
     body: &str,
 ) -> Result<u64, Failure> {
     let known = match remote.remote_id {
-        Some(id) => Some(u64::try_from(id).unwrap_or_default()),
+        Some(id) => Some(id),
         None => {
             let marker = report::note_marker(&run.stack_id);
             reporting::find_note(client, project_id, iid, &marker).await?

@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 use crate::blobs::DirBlobs;
 use crate::bootstrap::{first_start, load_master_key};
 use crate::config::{MAX_WORKSPACE_BYTES, ServerConfig};
+use crate::gitlab::GitLabAccess;
 use crate::metrics::Metrics;
 use crate::router::router;
 use crate::state::AppState;
@@ -68,13 +69,14 @@ pub async fn start(
     let gitlab_metrics = gantry_gitlab::ClientMetrics::default();
     let gitlab = gantry_gitlab::Http::new(config.gitlab.clone(), gitlab_metrics.clone())?;
     let config_data_dir = config.data_dir.clone();
+    let keyring = Arc::new(Keyring::new(master_key));
     let (stopping, shutting_down) = tokio::sync::watch::channel(false);
     let state = AppState {
         shutting_down,
         store: store.clone(),
         config: Arc::new(config),
         metrics: Arc::new(Metrics::new(&gitlab_metrics)),
-        keyring: Arc::new(Keyring::new(master_key)),
+        keyring: keyring.clone(),
         inbox: gantry_store::deliveries::Inbox::spawn(store.clone()),
         runs_signal: Arc::new(tokio::sync::Notify::new()),
         logs_signal: Arc::new(tokio::sync::Notify::new()),
@@ -82,7 +84,7 @@ pub async fn start(
             DirBlobs::new(config_data_dir.join("blobs"), MAX_WORKSPACE_BYTES)
                 .context("cannot open the blob directory")?,
         ),
-        gitlab,
+        gitlab: GitLabAccess::new(keyring, gitlab),
     };
     let reaper = tokio::spawn(reap_lapsed_leases(store.clone(), state.config.lease));
     let owner = format!("server-{}", uuid::Uuid::new_v4());
@@ -103,8 +105,8 @@ pub async fn start(
     ));
     let reporter_state = state.clone();
     let reporter_owner = owner.clone();
-    let inbox = tokio::spawn(crate::inbox::work(processor, owner, state.config.lease));
-    let pruner = tokio::spawn(crate::inbox::prune(
+    let inbox = tokio::spawn(crate::process::work(processor, owner, state.config.lease));
+    let pruner = tokio::spawn(crate::process::prune(
         store.clone(),
         state.config.delivery_retention,
     ));

@@ -25,16 +25,15 @@ pub struct AppState {
     pub blobs: Arc<dyn crate::blobs::Blobs>,
     /// Group commit of webhook deliveries.
     pub inbox: gantry_store::deliveries::Inbox,
-    /// The GitLab client shared by all integrations.
-    pub gitlab: gantry_gitlab::Http,
+    /// How to reach an integration's GitLab.
+    pub gitlab: crate::gitlab::GitLabAccess,
 }
 
 impl AppState {
     /// What delivery processing (the job and replays) works with.
-    pub fn processor(&self) -> crate::inbox::Processor {
-        crate::inbox::Processor {
+    pub fn processor(&self) -> crate::process::Processor {
+        crate::process::Processor {
             store: self.store.clone(),
-            keyring: self.keyring.clone(),
             gitlab: self.gitlab.clone(),
             runs_signal: self.runs_signal.clone(),
         }

@@ -65,7 +65,8 @@ pub fn timestamp(millis: i64) -> String {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(millis) * 1_000_000)
         .ok()
         .and_then(|t| t.format(FORMAT).ok())
-        .unwrap_or_default()
+        // Past the year 9999: say what is stored rather than hide it.
+        .unwrap_or_else(|| format!("unix-ms:{millis}"))
 }
 
 #[derive(Serialize, Deserialize, ToSchema, Clone, Debug, PartialEq, Eq)]
@@ -165,7 +166,7 @@ impl From<AuditEntry> for AuditEntryView {
             target_kind: entry.target_kind,
             target_id: entry.target_id,
             space: entry.space_id,
-            detail: serde_json::from_str(&entry.detail).unwrap_or(serde_json::Value::Null),
+            detail: entry.detail,
         }
     }
 }

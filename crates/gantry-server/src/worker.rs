@@ -10,18 +10,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gantry_domain::run::Command;
+use gantry_domain::run::State as RunState;
+use gantry_gitlab::GitLabError;
 use gantry_gitlab::projects;
 use gantry_runner::agent::{
-    Assignment, Control, ControlError, Heartbeat, Phase, RemoteSource, SecretVar, Step,
+    Assignment, Control, ControlError, Heartbeat, RemoteSource, SecretVar, Stage, Step,
 };
-use gantry_runner::workflow::Workflow;
 use gantry_store::runs::{self, Run};
 use gantry_store::{Millis, StoreError, integrations, stacks};
 use secrecy::ExposeSecret;
-use serde_json::Value;
 
 use crate::blobs::{ByteStream, workspace_key};
-use crate::routes::integrations::token_context;
+use crate::gitlab::AccessError;
 use crate::state::AppState;
 
 /// Why the server refused a worker's report.
@@ -42,12 +42,12 @@ pub async fn claim(state: &AppState, owner: &str) -> Result<Option<Assignment>, 
         let Some(run) = take(state, owner).await? else {
             return Ok(None);
         };
-        let phase = if run.state == "applying" {
-            Phase::Apply
+        let stage = if run.state == RunState::Applying {
+            Stage::Apply
         } else {
-            Phase::Plan
+            Stage::Plan
         };
-        match assemble(state, &run, phase).await {
+        match assemble(state, &run, stage).await {
             Ok(assignment) => return Ok(Some(assignment)),
             Err(reason) => {
                 let reason = format!("preparing failed: {reason}");
@@ -104,50 +104,56 @@ async fn take(state: &AppState, owner: &str) -> Result<Option<Run>, StoreError> 
     Ok(run)
 }
 
-fn workflow_of(vendor: &str) -> Workflow {
-    let vendor: Value = serde_json::from_str(vendor).unwrap_or(Value::Null);
-    let text = |key: &str| vendor[key].as_str().unwrap_or_default().to_owned();
-    let tool = |default: &str| Workflow::Tool {
-        binary: vendor["binary"].as_str().unwrap_or(default).to_owned(),
-    };
-    match vendor["kind"].as_str() {
-        Some("shell") => Workflow::Shell {
-            init: text("init"),
-            plan: text("plan"),
-            apply: text("apply"),
-        },
-        Some("terraform") => tool("terraform"),
-        _ => tool("tofu"),
-    }
+/// Why a claimed run could not be given to its worker; the run fails
+/// with this reason.
+#[derive(Debug, thiserror::Error)]
+enum Unassignable {
+    #[error("the stack was deleted")]
+    StackGone,
+    #[error("the stack has no integration")]
+    NoIntegration,
+    #[error("the stack's integration was deleted")]
+    IntegrationGone,
+    #[error("the stack's secret environment cannot be decrypted with this server's master key")]
+    SealedSecrets,
+    #[error("the stack's secret environment is not a JSON object of strings: {0}")]
+    BadSecrets(serde_json::Error),
+    #[error(transparent)]
+    Access(#[from] AccessError),
+    #[error("GitLab: {0}")]
+    GitLab(#[from] GitLabError),
+    #[error("GitLab gave no HTTP clone URL for the project")]
+    NoCloneUrl,
+    #[error("the stack's timeouts are not positive")]
+    BadLimits,
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
-async fn assemble(state: &AppState, run: &Run, phase: Phase) -> Result<Assignment, String> {
-    let mut conn = state.store.conn().await.map_err(|e| e.to_string())?;
+async fn assemble(state: &AppState, run: &Run, stage: Stage) -> Result<Assignment, Unassignable> {
+    let mut conn = state.store.conn().await?;
     let stack = stacks::get(&mut conn, &run.stack_id)
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or("the stack was deleted")?;
+        .await?
+        .ok_or(Unassignable::StackGone)?;
     let mut env: Vec<(String, String)> = vec![
         ("GANTRY_RUN_ID".into(), run.id.clone()),
         ("GANTRY_STACK_ID".into(), stack.id.clone()),
         ("GANTRY_COMMIT_SHA".into(), run.commit_sha.clone()),
         ("GANTRY_BRANCH".into(), run.branch.clone()),
-        ("GANTRY_RUN_KIND".into(), run.kind.clone()),
+        ("GANTRY_RUN_KIND".into(), run.kind.as_str().into()),
     ];
     if let Some(iid) = run.merge_request_iid {
         env.push(("GANTRY_MERGE_REQUEST_IID".into(), iid.to_string()));
     }
-    let plain: BTreeMap<String, String> =
-        serde_json::from_str(&stack.environment).unwrap_or_default();
-    env.extend(plain);
+    env.extend(stack.environment.clone());
     let mut secret_env = Vec::new();
     if let Some(sealed) = &stack.secret_environment_sealed {
         let opened = state
             .keyring
-            .decrypt(&format!("stack:{}:secret_environment", stack.id), sealed)
-            .map_err(|_| "the stack's secret environment cannot be decrypted with this server's master key")?;
+            .decrypt(&stacks::secret_environment_context(&stack.id), sealed)
+            .map_err(|_| Unassignable::SealedSecrets)?;
         let values: BTreeMap<String, String> =
-            serde_json::from_str(opened.expose_secret()).unwrap_or_default();
+            serde_json::from_str(opened.expose_secret()).map_err(Unassignable::BadSecrets)?;
         secret_env = values
             .into_iter()
             .map(|(name, value)| SecretVar {
@@ -157,47 +163,35 @@ async fn assemble(state: &AppState, run: &Run, phase: Phase) -> Result<Assignmen
             .collect();
     }
     let mut source = None;
-    if phase == Phase::Plan {
+    if stage == Stage::Plan {
         let integration_id = stack
             .integration_id
             .clone()
-            .ok_or("the stack has no integration")?;
+            .ok_or(Unassignable::NoIntegration)?;
         let integration = integrations::get(&mut conn, &integration_id)
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or("the stack's integration was deleted")?;
+            .await?
+            .ok_or(Unassignable::IntegrationGone)?;
         drop(conn);
-        let token = state
-            .keyring
-            .decrypt(&token_context(&integration.id), &integration.token_sealed)
-            .map_err(
-                |_| "the integration's token cannot be decrypted with this server's master key",
-            )?;
-        let client = state
-            .gitlab
-            .client(&integration.api_host_url, token.clone())
-            .map_err(|e| e.to_string())?;
-        let project = projects::find(&client, &stack.project_id.to_string())
-            .await
-            .map_err(|e| e.to_string())?;
-        let clone_url = project
-            .http_url_to_repo
-            .ok_or("GitLab gave no HTTP clone URL for the project")?;
+        let client = state.gitlab.client(&integration)?;
+        let project = projects::find(&client, &stack.project_id.to_string()).await?;
+        let clone_url = project.http_url_to_repo.ok_or(Unassignable::NoCloneUrl)?;
+        let token = state.gitlab.token(&integration)?;
         source = Some(RemoteSource { clone_url, token });
     }
+    let seconds = |value: i64| u64::try_from(value).map_err(|_| Unassignable::BadLimits);
     Ok(Assignment {
         run_id: run.id.clone(),
         stack_id: stack.id,
-        kind: run.kind.clone(),
+        kind: run.kind.as_str().to_owned(),
         commit_sha: run.commit_sha.clone(),
-        phase,
-        workflow: workflow_of(&stack.vendor),
+        stage,
+        workflow: stack.vendor,
         project_root: stack.project_root,
         env,
         secret_env,
         source,
-        run_timeout_seconds: u64::try_from(stack.run_timeout_seconds).unwrap_or(1),
-        no_output_timeout_seconds: u64::try_from(stack.no_output_timeout_seconds).unwrap_or(1),
+        run_timeout_seconds: seconds(stack.run_timeout_seconds)?,
+        no_output_timeout_seconds: seconds(stack.no_output_timeout_seconds)?,
         lease_seconds: state.config.lease.as_secs().max(1),
     })
 }
@@ -219,13 +213,12 @@ pub async fn report(
     };
     let autodeploy = stacks::get(&mut tx, &run.stack_id)
         .await?
-        .is_some_and(|stack| stack.autodeploy == 1);
+        .is_some_and(|stack| stack.autodeploy);
     let now = Millis::now();
     let (command, cause) = match step {
         Step::Plan => (Command::Plan, format!("checked out by worker {owner}")),
         Step::Planned { changes, summary } => {
-            let json = serde_json::to_value(summary).unwrap_or(Value::Null);
-            runs::set_summary(&mut tx, run_id, &json, now).await?;
+            runs::set_summary(&mut tx, run_id, summary, now).await?;
             (
                 Command::Planned { changes: *changes },
                 format!("planned: {summary}"),
@@ -235,7 +228,7 @@ pub async fn report(
         Step::Fail { reason } => (Command::Fail, reason.clone()),
         Step::HandBack { reason } => (Command::HandBack, reason.clone()),
     };
-    let moved = match runs::apply(&mut tx, run_id, command, &cause, autodeploy, now).await? {
+    let moved = match runs::advance(&mut tx, run_id, command, &cause, autodeploy, now).await? {
         Ok(run) => run,
         Err(illegal) => return Ok(Err(illegal.into())),
     };
@@ -334,9 +327,9 @@ pub async fn sweep_workspaces(state: &AppState) -> Result<usize, anyhow::Error> 
             continue;
         };
         let mut conn = state.store.conn().await?;
-        let ended = runs::get(&mut conn, run_id).await?.is_none_or(|run| {
-            gantry_domain::run::State::parse(&run.state).is_none_or(|s| s.is_terminal())
-        });
+        let ended = runs::get(&mut conn, run_id)
+            .await?
+            .is_none_or(|run| run.state.is_terminal());
         drop(conn);
         if ended {
             state.blobs.delete(&key).await?;
@@ -378,7 +371,7 @@ impl Control for Local {
 
     async fn step(&self, run: &str, step: &Step) -> Result<Option<String>, ControlError> {
         match report(&self.state, run, &self.name, step).await {
-            Ok(Ok(run)) => Ok(Some(run.state)),
+            Ok(Ok(run)) => Ok(Some(run.state.as_str().to_owned())),
             Ok(Err(refused)) => {
                 tracing::info!(run.id = %run, %refused, "step refused");
                 Ok(None)

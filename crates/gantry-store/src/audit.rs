@@ -3,9 +3,10 @@
 
 use sqlx::FromRow;
 
+use crate::row::Fields;
 use crate::{Conn, Cursor, Millis, Page, StoreError};
 
-#[derive(Clone, Debug, PartialEq, Eq, FromRow)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AuditEntry {
     pub id: i64,
     pub at: i64,
@@ -15,7 +16,41 @@ pub struct AuditEntry {
     pub target_id: String,
     pub space_id: Option<String>,
     /// A JSON object with what else is worth knowing; never a secret.
-    pub detail: String,
+    pub detail: serde_json::Value,
+}
+
+#[derive(FromRow)]
+struct Row {
+    id: i64,
+    at: i64,
+    actor: String,
+    action: String,
+    target_kind: String,
+    target_id: String,
+    space_id: Option<String>,
+    detail: String,
+}
+
+impl TryFrom<Row> for AuditEntry {
+    type Error = StoreError;
+
+    fn try_from(row: Row) -> Result<Self, StoreError> {
+        let id = row.id.to_string();
+        let fields = Fields {
+            table: "audit_log",
+            id: &id,
+        };
+        Ok(Self {
+            detail: fields.json("detail", &row.detail)?,
+            id: row.id,
+            at: row.at,
+            actor: row.actor,
+            action: row.action,
+            target_kind: row.target_kind,
+            target_id: row.target_id,
+            space_id: row.space_id,
+        })
+    }
 }
 
 /// What to record. `actor` is `api-key:<id>` or `system`.
@@ -56,7 +91,7 @@ pub async fn list(
     page: &Page,
 ) -> Result<(Vec<AuditEntry>, Option<Cursor>), StoreError> {
     let before = page.after.as_ref().map_or(i64::MAX, |c| c.at);
-    let rows: Vec<AuditEntry> = sqlx::query_as(
+    let rows: Vec<Row> = sqlx::query_as(
         "SELECT id, at, actor, action, target_kind, target_id, space_id, detail FROM audit_log \
          WHERE id < $1 ORDER BY id DESC LIMIT $2",
     )
@@ -64,6 +99,10 @@ pub async fn list(
     .bind(page.fetch_limit())
     .fetch_all(conn)
     .await?;
+    let rows = rows
+        .into_iter()
+        .map(AuditEntry::try_from)
+        .collect::<Result<_, _>>()?;
     Ok(page.finish(rows, |e| Cursor {
         at: e.id,
         id: String::new(),

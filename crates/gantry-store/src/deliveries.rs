@@ -9,7 +9,8 @@ use sha2::{Digest, Sha256};
 use sqlx::FromRow;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::jobs::{self, EnqueueError, Lease, LeaseError, NewJob};
+use crate::jobs::{self, EnqueueError, NewJob};
+use crate::row::{Fields, to_json};
 use crate::{Backend, Conn, Cursor, Millis, Page, Store, StoreError, Tx, is_unique_violation};
 
 /// The job that processes an accepted delivery.
@@ -73,23 +74,69 @@ pub struct NewDelivery {
     pub received_at: Millis,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, FromRow)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Delivery {
     pub id: String,
     pub integration_id: String,
     pub event: String,
-    pub status: String,
+    pub status: Status,
     pub idempotency_key: Option<String>,
     pub event_uuid: Option<String>,
     pub webhook_uuid: Option<String>,
     pub duplicate_of: Option<String>,
     pub outcome: Option<String>,
-    /// A JSON array of run ids.
-    pub runs: String,
+    /// The runs it created or found.
+    pub runs: Vec<String>,
     pub error: Option<String>,
     pub received_at: i64,
     pub processed_at: Option<i64>,
     pub times_processed: i64,
+}
+
+/// A delivery as stored: its status as text, its runs as a JSON array.
+#[derive(FromRow)]
+struct Row {
+    id: String,
+    integration_id: String,
+    event: String,
+    status: String,
+    idempotency_key: Option<String>,
+    event_uuid: Option<String>,
+    webhook_uuid: Option<String>,
+    duplicate_of: Option<String>,
+    outcome: Option<String>,
+    runs: String,
+    error: Option<String>,
+    received_at: i64,
+    processed_at: Option<i64>,
+    times_processed: i64,
+}
+
+impl TryFrom<Row> for Delivery {
+    type Error = StoreError;
+
+    fn try_from(row: Row) -> Result<Self, StoreError> {
+        let fields = Fields {
+            table: "deliveries",
+            id: &row.id,
+        };
+        Ok(Self {
+            status: fields.parse("status", &row.status, Status::parse)?,
+            runs: fields.json("runs", &row.runs)?,
+            id: row.id,
+            integration_id: row.integration_id,
+            event: row.event,
+            idempotency_key: row.idempotency_key,
+            event_uuid: row.event_uuid,
+            webhook_uuid: row.webhook_uuid,
+            duplicate_of: row.duplicate_of,
+            outcome: row.outcome,
+            error: row.error,
+            received_at: row.received_at,
+            processed_at: row.processed_at,
+            times_processed: row.times_processed,
+        })
+    }
 }
 
 const COLUMNS: &str = "id, integration_id, event, status, idempotency_key, event_uuid, webhook_uuid, \
@@ -145,10 +192,8 @@ impl Inbox {
         self.sender
             .send((new, reply))
             .await
-            .map_err(|_| StoreError::Database(sqlx::Error::PoolClosed))?;
-        answer
-            .await
-            .map_err(|_| StoreError::Database(sqlx::Error::PoolClosed))?
+            .map_err(|_| StoreError::WriterClosed)?;
+        answer.await.map_err(|_| StoreError::WriterClosed)?
     }
 }
 
@@ -181,11 +226,7 @@ async fn write_batch(
     let failed = |err: &StoreError| -> Vec<Result<(String, Status), StoreError>> {
         batch
             .iter()
-            .map(|_| {
-                Err(StoreError::Database(sqlx::Error::Protocol(format!(
-                    "group commit failed: {err}"
-                ))))
-            })
+            .map(|_| Err(StoreError::GroupCommit(err.to_string())))
             .collect()
     };
     let mut tx = match store.begin().await {
@@ -226,8 +267,7 @@ async fn write_batch(
         } else if let Err(err) = &outcome {
             // On SQLite a failed statement leaves the transaction usable,
             // but this delivery may be half-written: fail the batch.
-            let err = StoreError::Database(sqlx::Error::Protocol(err.to_string()));
-            return failed(&err);
+            return failed(err);
         }
         outcomes[index] = Some(outcome);
     }
@@ -348,33 +388,24 @@ pub async fn get(
     integration_id: &str,
     id: &str,
 ) -> Result<Option<Delivery>, StoreError> {
-    Ok(sqlx::query_as(&format!(
+    let row: Option<Row> = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM deliveries WHERE id = $1 AND integration_id = $2"
     ))
     .bind(id)
     .bind(integration_id)
     .fetch_optional(conn)
-    .await?)
+    .await?;
+    row.map(Delivery::try_from).transpose()
 }
 
 /// A delivery by id alone, for the job that processes it.
 pub async fn by_id(conn: &mut Conn, id: &str) -> Result<Option<Delivery>, StoreError> {
-    Ok(
+    let row: Option<Row> =
         sqlx::query_as(&format!("SELECT {COLUMNS} FROM deliveries WHERE id = $1"))
             .bind(id)
             .fetch_optional(conn)
-            .await?,
-    )
-}
-
-/// The stored body, unless retention pruned it.
-pub async fn body(conn: &mut Conn, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
-    let row: Option<(Option<Vec<u8>>,)> =
-        sqlx::query_as("SELECT body FROM deliveries WHERE id = $1")
-            .bind(id)
-            .fetch_optional(conn)
             .await?;
-    Ok(row.and_then(|(body,)| body))
+    row.map(Delivery::try_from).transpose()
 }
 
 /// Which deliveries to list.
@@ -393,7 +424,7 @@ pub async fn list(
     page: &Page,
 ) -> Result<(Vec<Delivery>, Option<Cursor>), StoreError> {
     let (at, id) = page.bounds();
-    let rows: Vec<Delivery> = sqlx::query_as(&format!(
+    let rows: Vec<Row> = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM deliveries WHERE integration_id = $1 \
            AND ($2 = '' OR status = $2) AND ($3 = '' OR event = $3) \
            AND (received_at < $4 OR (received_at = $4 AND id < $5)) \
@@ -407,6 +438,10 @@ pub async fn list(
     .bind(page.fetch_limit())
     .fetch_all(conn)
     .await?;
+    let rows = rows
+        .into_iter()
+        .map(Delivery::try_from)
+        .collect::<Result<_, _>>()?;
     Ok(page.finish(rows, |row| Cursor {
         at: row.received_at,
         id: row.id.clone(),
@@ -419,18 +454,19 @@ pub async fn with_body(
     id: &str,
 ) -> Result<Option<(Delivery, Option<Vec<u8>>)>, StoreError> {
     #[derive(FromRow)]
-    struct Row {
+    struct WithBody {
         #[sqlx(flatten)]
-        delivery: Delivery,
+        delivery: Row,
         body: Option<Vec<u8>>,
     }
-    let row: Option<Row> = sqlx::query_as(&format!(
+    let row: Option<WithBody> = sqlx::query_as(&format!(
         "SELECT {COLUMNS}, body FROM deliveries WHERE id = $1"
     ))
     .bind(id)
     .fetch_optional(conn)
     .await?;
-    Ok(row.map(|row| (row.delivery, row.body)))
+    row.map(|row| Ok((Delivery::try_from(row.delivery)?, row.body)))
+        .transpose()
 }
 
 /// What processing found.
@@ -443,20 +479,15 @@ pub struct Processed<'a> {
     pub runs: &'a [String],
 }
 
-/// Records the result of processing, and when `lease` is given completes
-/// the processing job in the same transaction, so a delivery is processed
+/// Records the result of processing, in the transaction that completes
+/// the processing job (when there is one), so a delivery is processed
 /// exactly once even if the worker dies before or after.
 pub async fn finish(
     tx: &mut Tx,
     id: &str,
     processed: &Processed<'_>,
-    lease: Option<&Lease>,
     now: Millis,
-) -> Result<(), LeaseError> {
-    // The lease first: a lost lease leaves this delivery untouched.
-    if let Some(lease) = lease {
-        jobs::complete_in(tx, lease, now).await?;
-    }
+) -> Result<(), StoreError> {
     sqlx::query(
         "UPDATE deliveries SET status = $2, outcome = $3, error = $4, runs = $5, processed_at = $6, \
              times_processed = times_processed + 1 WHERE id = $1",
@@ -465,7 +496,7 @@ pub async fn finish(
     .bind(processed.status.as_str())
     .bind(processed.outcome)
     .bind(processed.error)
-    .bind(serde_json::Value::from(processed.runs.to_vec()).to_string())
+    .bind(to_json(&processed.runs))
     .bind(now.0)
     .execute(&mut **tx)
     .await?;

@@ -4,6 +4,8 @@
 
 use sqlx::FromRow;
 
+use crate::row::{Fields, to_json};
+use crate::spaces::READABLE_SPACES;
 use crate::{Conn, Cursor, Millis, Page, StoreError, is_unique_violation};
 
 /// What the token check learnt about the token.
@@ -66,39 +68,52 @@ const COLUMNS: &str = "id, name, space_id, is_default, api_host_url, user_facing
     description, token_sealed, token_scopes, token_expires_at, token_user_id, token_username, warnings, \
     webhook_secret_sealed, previous_secret_sealed, previous_secret_expires_at, created_at, updated_at";
 
-fn strings(json: &str) -> Vec<String> {
-    serde_json::from_str(json).unwrap_or_default()
-}
-
 fn json(list: &[String]) -> String {
-    serde_json::Value::from(list.to_vec()).to_string()
+    to_json(&list)
 }
 
-impl From<Row> for Integration {
-    fn from(row: Row) -> Self {
-        Self {
-            id: row.id,
-            name: row.name,
-            space_id: row.space_id,
-            is_default: row.is_default == 1,
-            api_host_url: row.api_host_url,
-            user_facing_host_url: row.user_facing_host_url,
-            labels: strings(&row.labels),
-            description: row.description,
-            token_sealed: row.token_sealed,
+/// The keyring context that seals an integration's API token.
+pub fn api_token_context(integration_id: &str) -> String {
+    format!("integration:{integration_id}:api_token")
+}
+
+/// The keyring context that seals an integration's webhook secrets (the
+/// current one and the one before the last rotation).
+pub fn webhook_secret_context(integration_id: &str) -> String {
+    format!("integration:{integration_id}:webhook_secret")
+}
+
+impl TryFrom<Row> for Integration {
+    type Error = StoreError;
+
+    fn try_from(row: Row) -> Result<Self, StoreError> {
+        let fields = Fields {
+            table: "integrations",
+            id: &row.id,
+        };
+        Ok(Self {
+            is_default: fields.flag("is_default", row.is_default)?,
+            labels: fields.json("labels", &row.labels)?,
             token: TokenFacts {
-                scopes: strings(&row.token_scopes),
+                scopes: fields.json("token_scopes", &row.token_scopes)?,
                 expires_at: row.token_expires_at,
                 user_id: row.token_user_id,
                 username: row.token_username,
             },
-            warnings: strings(&row.warnings),
+            warnings: fields.json("warnings", &row.warnings)?,
+            id: row.id,
+            name: row.name,
+            space_id: row.space_id,
+            api_host_url: row.api_host_url,
+            user_facing_host_url: row.user_facing_host_url,
+            description: row.description,
+            token_sealed: row.token_sealed,
             webhook_secret_sealed: row.webhook_secret_sealed,
             previous_secret_sealed: row.previous_secret_sealed,
             previous_secret_expires_at: row.previous_secret_expires_at,
             created_at: row.created_at,
             updated_at: row.updated_at,
-        }
+        })
     }
 }
 
@@ -119,7 +134,7 @@ pub async fn default(conn: &mut Conn) -> Result<Option<Integration>, StoreError>
     ))
     .fetch_optional(conn)
     .await?;
-    Ok(row.map(Integration::from))
+    row.map(Integration::try_from).transpose()
 }
 
 pub async fn get(conn: &mut Conn, id: &str) -> Result<Option<Integration>, StoreError> {
@@ -128,7 +143,7 @@ pub async fn get(conn: &mut Conn, id: &str) -> Result<Option<Integration>, Store
             .bind(id)
             .fetch_optional(conn)
             .await?;
-    Ok(row.map(Integration::from))
+    row.map(Integration::try_from).transpose()
 }
 
 /// Refuses a second default before the unique index would, to name it.
@@ -250,10 +265,7 @@ pub async fn list_visible(
 ) -> Result<(Vec<Integration>, Option<Cursor>), StoreError> {
     let (at, id) = page.bounds();
     let rows: Vec<Row> = sqlx::query_as(&format!(
-        "WITH RECURSIVE readable (id) AS ( \
-             SELECT space_id FROM api_key_roles WHERE api_key_id = $1 AND role IN ('read', 'write', 'admin') \
-             UNION \
-             SELECT s.id FROM spaces s JOIN readable r ON s.parent_id = r.id) \
+        "{READABLE_SPACES} \
          SELECT {COLUMNS} FROM integrations \
          WHERE (is_default = 1 OR space_id IN (SELECT id FROM readable)) \
            AND (created_at < $2 OR (created_at = $2 AND id < $3)) \
@@ -269,7 +281,11 @@ pub async fn list_visible(
         at: row.created_at,
         id: row.id.clone(),
     });
-    Ok((rows.into_iter().map(Integration::from).collect(), next))
+    let rows = rows
+        .into_iter()
+        .map(Integration::try_from)
+        .collect::<Result<_, _>>()?;
+    Ok((rows, next))
 }
 
 impl Integration {

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use sqlx::{Executor, FromRow};
 
+use crate::row::Fields;
 use crate::store::JOBS_CHANNEL;
 use crate::{Backend, Conn, Millis, Store, StoreError, Tx};
 
@@ -209,22 +210,30 @@ pub async fn claim_many(
     let mut claimed = query.fetch_all(&mut *tx).await?;
     tx.commit().await?;
     claimed.sort_by_key(|(job_id, ..)| *job_id);
-    Ok(claimed
+    claimed
         .into_iter()
-        .map(
-            |(job_id, kind, payload, attempts, max_attempts)| ClaimedJob {
-                kind,
-                // The payload was written by `enqueue` from a `Value`.
-                payload: serde_json::from_str(&payload).unwrap_or(serde_json::Value::Null),
+        .map(|(job_id, kind, payload, attempts, max_attempts)| {
+            let id = job_id.to_string();
+            let fields = Fields {
+                table: "jobs",
+                id: &id,
+            };
+            let count = |column, value: i64| {
+                u32::try_from(value)
+                    .map_err(|_| fields.corrupt(column, format!("{value} is out of range")))
+            };
+            Ok(ClaimedJob {
+                payload: fields.json("payload", &payload)?,
                 lease: Lease {
                     job_id,
                     token: token.clone(),
-                    attempt: u32::try_from(attempts).unwrap_or(u32::MAX),
-                    max_attempts: u32::try_from(max_attempts).unwrap_or(u32::MAX),
+                    attempt: count("attempts", attempts)?,
+                    max_attempts: count("max_attempts", max_attempts)?,
                 },
-            },
-        )
-        .collect())
+                kind,
+            })
+        })
+        .collect()
 }
 
 /// Extends the lease to `lease_for` from `now`.

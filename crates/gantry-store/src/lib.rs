@@ -15,6 +15,7 @@ pub mod integrations;
 pub mod jobs;
 pub mod outbox;
 pub mod page;
+mod row;
 pub mod runs;
 pub mod spaces;
 pub mod stacks;

@@ -1,27 +1,65 @@
 //! The outbox: every write to GitLab, stored in the transaction of the
-//! run's change that causes it (`runs::apply` and `runs::create` call
+//! run's change that causes it (`runs::advance` and `runs::create` call
 //! [`record`]), then delivered by the server's outbox loop in order per
 //! key. Only the newest pending write of a key is delivered; the older
 //! ones are superseded, so a status never goes back to an earlier state.
 
 use gantry_domain::report::{Write, writes};
-use gantry_domain::run::{Kind, State};
+use gantry_domain::run::State;
 use sqlx::FromRow;
 
+use crate::row::Fields;
 use crate::runs::Run;
 use crate::{Backend, Conn, Millis, StoreError};
 
-#[derive(Clone, Debug, PartialEq, Eq, FromRow)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
     pub id: i64,
     pub integration_id: String,
     pub project_id: i64,
     pub key: String,
-    pub kind: String,
+    pub kind: Write,
     pub run_id: String,
-    pub state: String,
+    /// The run state this write reports.
+    pub state: State,
     pub attempts: i64,
     pub created_at: i64,
+}
+
+#[derive(FromRow)]
+struct Row {
+    id: i64,
+    integration_id: String,
+    project_id: i64,
+    key: String,
+    kind: String,
+    run_id: String,
+    state: String,
+    attempts: i64,
+    created_at: i64,
+}
+
+impl TryFrom<Row> for Entry {
+    type Error = StoreError;
+
+    fn try_from(row: Row) -> Result<Self, StoreError> {
+        let id = row.id.to_string();
+        let fields = Fields {
+            table: "outbox",
+            id: &id,
+        };
+        Ok(Self {
+            kind: fields.parse("kind", &row.kind, Write::parse)?,
+            state: fields.parse("state", &row.state, State::parse)?,
+            id: row.id,
+            integration_id: row.integration_id,
+            project_id: row.project_id,
+            key: row.key,
+            run_id: row.run_id,
+            attempts: row.attempts,
+            created_at: row.created_at,
+        })
+    }
 }
 
 const COLUMNS: &str =
@@ -31,10 +69,11 @@ const COLUMNS: &str =
 pub fn key(write: Write, project_id: i64, stack_id: &str, run: &Run) -> String {
     match write {
         Write::Status => format!("status:{project_id}:{}:{stack_id}", run.commit_sha),
-        Write::Note => format!(
-            "note:{project_id}:{}:{stack_id}",
-            run.merge_request_iid.unwrap_or_default()
-        ),
+        // Notes are written for runs of a merge request only.
+        Write::Note => match run.merge_request_iid {
+            Some(iid) => format!("note:{project_id}:{iid}:{stack_id}"),
+            None => format!("note:{project_id}:none:{stack_id}"),
+        },
         Write::Deployment => format!("deployment:{}", run.id),
     }
 }
@@ -56,9 +95,8 @@ pub async fn record(
     let Some((Some(integration_id), project_id)) = target else {
         return Ok(());
     };
-    let kind = Kind::parse(&run.kind).unwrap_or(Kind::Proposed);
-    let to = State::parse(&run.state).unwrap_or(State::Failed);
-    for write in writes(kind, from, to, run.merge_request_iid.is_some()) {
+    let to = run.state;
+    for write in writes(run.kind, from, to, run.merge_request_iid.is_some()) {
         if only.is_some_and(|only| only != write) {
             continue;
         }
@@ -91,7 +129,7 @@ pub async fn claim(
     now: Millis,
 ) -> Result<Vec<Entry>, StoreError> {
     let mut tx = store.begin().await?;
-    let candidates: Vec<Entry> = sqlx::query_as(&format!(
+    let candidates: Vec<Row> = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM outbox o WHERE o.status = 'pending' AND o.next_attempt_at <= $1 \
            AND NOT EXISTS (SELECT 1 FROM outbox n WHERE n.key = o.key AND n.status = 'pending' AND n.id > o.id) \
            AND NOT EXISTS (SELECT 1 FROM outbox l WHERE l.key = o.key AND l.lease_expires_at > $1) \
@@ -104,7 +142,8 @@ pub async fn claim(
     .fetch_all(&mut *tx)
     .await?;
     let mut claimed = Vec::new();
-    for entry in candidates {
+    for row in candidates {
+        let entry = Entry::try_from(row)?;
         if tx.backend() == Backend::Postgres {
             // Servers claiming the same key queue here, then see the lease.
             sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))")
@@ -203,22 +242,35 @@ pub async fn release(conn: &mut Conn, owner: &str) -> Result<u64, StoreError> {
 /// status delivered.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Remote {
-    pub remote_id: Option<i64>,
-    pub last_state: Option<String>,
+    pub remote_id: Option<u64>,
+    pub last_state: Option<State>,
 }
 
+/// What GitLab has for a key; nothing yet when no write of it was delivered.
 pub async fn remote(conn: &mut Conn, key: &str) -> Result<Remote, StoreError> {
     let found: Option<(Option<i64>, Option<String>)> =
         sqlx::query_as("SELECT remote_id, last_state FROM gitlab_refs WHERE key = $1")
             .bind(key)
             .fetch_optional(conn)
             .await?;
-    Ok(found
-        .map(|(remote_id, last_state)| Remote {
-            remote_id,
-            last_state,
-        })
-        .unwrap_or_default())
+    let Some((remote_id, last_state)) = found else {
+        return Ok(Remote::default());
+    };
+    let fields = Fields {
+        table: "gitlab_refs",
+        id: key,
+    };
+    Ok(Remote {
+        remote_id: remote_id
+            .map(|id| {
+                u64::try_from(id)
+                    .map_err(|_| fields.corrupt("remote_id", format!("{id} is negative")))
+            })
+            .transpose()?,
+        last_state: last_state
+            .map(|state| fields.parse("last_state", &state, State::parse))
+            .transpose()?,
+    })
 }
 
 pub async fn set_remote(
@@ -233,8 +285,8 @@ pub async fn set_remote(
          updated_at = excluded.updated_at",
     )
     .bind(key)
-    .bind(remote.remote_id)
-    .bind(&remote.last_state)
+    .bind(remote.remote_id.and_then(|id| i64::try_from(id).ok()))
+    .bind(remote.last_state.map(State::as_str))
     .bind(now.0)
     .execute(conn)
     .await?;
@@ -251,13 +303,15 @@ pub struct Health {
     pub pending: i64,
 }
 
+/// An integration's health; a deleted integration has no pause, only its
+/// leftover writes.
 pub async fn health(conn: &mut Conn, integration_id: &str) -> Result<Health, StoreError> {
-    let (unhealthy_since, reason): (Option<i64>, Option<String>) =
+    let paused: Option<(Option<i64>, Option<String>)> =
         sqlx::query_as("SELECT unhealthy_since, unhealthy_reason FROM integrations WHERE id = $1")
             .bind(integration_id)
             .fetch_optional(&mut *conn)
-            .await?
-            .unwrap_or_default();
+            .await?;
+    let (unhealthy_since, reason) = paused.unwrap_or((None, None));
     let (pending,): (i64,) = sqlx::query_as(
         "SELECT COUNT(*) FROM outbox WHERE integration_id = $1 AND status = 'pending'",
     )

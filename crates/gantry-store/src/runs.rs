@@ -2,36 +2,106 @@
 //! `gantry_domain::run`; this module stores what it decides, always with
 //! the transition that led there.
 
+use std::sync::LazyLock;
+
+use gantry_domain::Summary;
 use gantry_domain::report::Write;
-use gantry_domain::run::{Command, IllegalTransition, Kind, State, transition};
+use gantry_domain::run::{Command, EXECUTING, IllegalTransition, Kind, LOCKING, State, transition};
 use sqlx::FromRow;
 
+use crate::row::{Fields, to_json};
 use crate::{Conn, Cursor, Millis, Page, StoreError};
 
-#[derive(Clone, Debug, PartialEq, Eq, FromRow)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Run {
     pub id: String,
     pub stack_id: String,
-    pub kind: String,
-    pub state: String,
+    pub kind: Kind,
+    pub state: State,
     pub reason: Option<String>,
     pub commit_sha: String,
     pub branch: String,
     pub merge_request_iid: Option<i64>,
     /// `delivery:<id>` or `api-key:<id>`.
     pub trigger: String,
-    /// JSON `{add, change, destroy, resources}` once planned.
-    pub summary: Option<String>,
+    /// The plan's change summary, once planned.
+    pub summary: Option<Summary>,
     pub created_at: i64,
     pub updated_at: i64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, FromRow)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Transition {
     pub seq: i64,
-    pub state: String,
+    pub state: State,
     pub at: i64,
     pub cause: String,
+}
+
+/// A run as stored: kind and state as text, the summary as JSON.
+#[derive(FromRow)]
+struct Row {
+    id: String,
+    stack_id: String,
+    kind: String,
+    state: String,
+    reason: Option<String>,
+    commit_sha: String,
+    branch: String,
+    merge_request_iid: Option<i64>,
+    trigger: String,
+    summary: Option<String>,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl TryFrom<Row> for Run {
+    type Error = StoreError;
+
+    fn try_from(row: Row) -> Result<Self, StoreError> {
+        let fields = Fields {
+            table: "runs",
+            id: &row.id,
+        };
+        Ok(Self {
+            kind: fields.parse("kind", &row.kind, Kind::parse)?,
+            state: fields.parse("state", &row.state, State::parse)?,
+            summary: row
+                .summary
+                .as_deref()
+                .map(|raw| fields.json("summary", raw))
+                .transpose()?,
+            id: row.id,
+            stack_id: row.stack_id,
+            reason: row.reason,
+            commit_sha: row.commit_sha,
+            branch: row.branch,
+            merge_request_iid: row.merge_request_iid,
+            trigger: row.trigger,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        })
+    }
+}
+
+/// States as an SQL list: `'preparing', 'planning', …`.
+fn sql_list(states: &[State]) -> String {
+    states
+        .iter()
+        .map(|state| format!("'{}'", state.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The domain's [`LOCKING`] and [`EXECUTING`] states, for queries.
+static LOCKING_SQL: LazyLock<String> = LazyLock::new(|| sql_list(&LOCKING));
+static EXECUTING_SQL: LazyLock<String> = LazyLock::new(|| sql_list(&EXECUTING));
+
+fn missing(id: &str) -> StoreError {
+    StoreError::NotFound {
+        what: "run",
+        id: id.to_owned(),
+    }
 }
 
 const COLUMNS: &str = "id, stack_id, kind, state, reason, commit_sha, branch, merge_request_iid, trigger, summary, \
@@ -64,9 +134,7 @@ pub async fn create(
     now: Millis,
 ) -> Result<(Run, Created, Vec<String>), StoreError> {
     let id = uuid::Uuid::now_v7().to_string();
-    let iid = new
-        .merge_request_iid
-        .map(|iid| i64::try_from(iid).unwrap_or(i64::MAX));
+    let iid = new.merge_request_iid.map(iid_column).transpose()?;
     let inserted: Option<(String,)> = sqlx::query_as(
         "INSERT INTO runs (id, stack_id, kind, state, commit_sha, branch, merge_request_iid, trigger, created_at, updated_at) \
          VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $8) \
@@ -99,7 +167,7 @@ pub async fn create(
             .rows_affected()
                 > 0;
         }
-        let run: Run = sqlx::query_as(&format!(
+        let row: Row = sqlx::query_as(&format!(
             "SELECT {COLUMNS} FROM runs WHERE stack_id = $1 AND commit_sha = $2 AND kind = $3"
         ))
         .bind(new.stack_id)
@@ -107,6 +175,7 @@ pub async fn create(
         .bind(new.kind.as_str())
         .fetch_one(&mut *conn)
         .await?;
+        let run = Run::try_from(row)?;
         if linked {
             // Its merge request gets the comment from now on.
             crate::outbox::record(conn, &run, None, Some(Write::Note), now).await?;
@@ -114,9 +183,7 @@ pub async fn create(
         return Ok((run, Created::Existing, Vec::new()));
     }
     record(conn, &id, 0, State::Queued, new.trigger, now).await?;
-    let queued = get(conn, &id)
-        .await?
-        .ok_or(StoreError::Database(sqlx::Error::RowNotFound))?;
+    let queued = get(conn, &id).await?.ok_or_else(|| missing(&id))?;
     crate::outbox::record(conn, &queued, None, None, now).await?;
     let mut canceled = Vec::new();
     if new.kind == Kind::Proposed {
@@ -131,7 +198,7 @@ pub async fn create(
         .await?;
         for (older,) in older {
             let cause = format!("superseded by run {id}");
-            if apply(conn, &older, Command::Cancel, &cause, false, now)
+            if advance(conn, &older, Command::Cancel, &cause, false, now)
                 .await?
                 .is_ok()
             {
@@ -139,9 +206,7 @@ pub async fn create(
             }
         }
     }
-    let run = get(conn, &id)
-        .await?
-        .ok_or(StoreError::Database(sqlx::Error::RowNotFound))?;
+    let run = get(conn, &id).await?.ok_or_else(|| missing(&id))?;
     Ok((run, Created::New, canceled))
 }
 
@@ -169,7 +234,7 @@ async fn record(
 /// Applies `command` to a run: the new state and its transition are
 /// stored, or the state machine's refusal is returned and nothing changes.
 /// Failed and canceled runs keep `cause` as their reason.
-pub async fn apply(
+pub async fn advance(
     conn: &mut Conn,
     run_id: &str,
     command: Command,
@@ -177,11 +242,8 @@ pub async fn apply(
     autodeploy: bool,
     now: Millis,
 ) -> Result<Result<Run, IllegalTransition>, StoreError> {
-    let run = get(conn, run_id)
-        .await?
-        .ok_or(StoreError::Database(sqlx::Error::RowNotFound))?;
-    let kind = Kind::parse(&run.kind).unwrap_or(Kind::Proposed);
-    let from = State::parse(&run.state).unwrap_or(State::Failed);
+    let run = get(conn, run_id).await?.ok_or_else(|| missing(run_id))?;
+    let (kind, from) = (run.kind, run.state);
     let to = match transition(kind, from, command, autodeploy) {
         Ok(to) => to,
         Err(illegal) => return Ok(Err(illegal)),
@@ -209,9 +271,7 @@ pub async fn apply(
             .fetch_one(&mut *conn)
             .await?;
     record(conn, run_id, seq, to, cause, now).await?;
-    let moved = get(conn, run_id)
-        .await?
-        .ok_or(StoreError::Database(sqlx::Error::RowNotFound))?;
+    let moved = get(conn, run_id).await?.ok_or_else(|| missing(run_id))?;
     crate::outbox::record(conn, &moved, Some(from), None, now).await?;
     Ok(Ok(moved))
 }
@@ -226,7 +286,7 @@ pub async fn cancel_queued_proposed(
     cause: &str,
     now: Millis,
 ) -> Result<Vec<String>, StoreError> {
-    let iid = merge_request_iid.map(|iid| i64::try_from(iid).unwrap_or(i64::MAX));
+    let iid = merge_request_iid.map(iid_column).transpose()?;
     let ids: Vec<(String,)> = sqlx::query_as(
         "SELECT id FROM runs WHERE stack_id = $1 AND kind = 'proposed' AND state = 'queued' \
          AND (($2 IS NOT NULL AND branch = $2) OR ($3 IS NOT NULL AND merge_request_iid = $3)) ORDER BY id",
@@ -238,7 +298,7 @@ pub async fn cancel_queued_proposed(
     .await?;
     let mut canceled = Vec::new();
     for (id,) in ids {
-        if apply(conn, &id, Command::Cancel, cause, false, now)
+        if advance(conn, &id, Command::Cancel, cause, false, now)
             .await?
             .is_ok()
         {
@@ -249,21 +309,45 @@ pub async fn cancel_queued_proposed(
 }
 
 pub async fn get(conn: &mut Conn, id: &str) -> Result<Option<Run>, StoreError> {
-    Ok(
-        sqlx::query_as(&format!("SELECT {COLUMNS} FROM runs WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(conn)
-            .await?,
-    )
+    let row: Option<Row> = sqlx::query_as(&format!("SELECT {COLUMNS} FROM runs WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(conn)
+        .await?;
+    row.map(Run::try_from).transpose()
 }
 
 pub async fn transitions(conn: &mut Conn, run_id: &str) -> Result<Vec<Transition>, StoreError> {
-    Ok(sqlx::query_as(
+    let rows: Vec<(i64, String, i64, String)> = sqlx::query_as(
         "SELECT seq, state, at, cause FROM run_transitions WHERE run_id = $1 ORDER BY seq",
     )
     .bind(run_id)
     .fetch_all(conn)
-    .await?)
+    .await?;
+    let id = format!("{run_id} (its transitions)");
+    let fields = Fields {
+        table: "run_transitions",
+        id: &id,
+    };
+    rows.into_iter()
+        .map(|(seq, state, at, cause)| {
+            Ok(Transition {
+                seq,
+                state: fields.parse("state", &state, State::parse)?,
+                at,
+                cause,
+            })
+        })
+        .collect()
+}
+
+/// A merge request's iid as its column holds it.
+fn iid_column(iid: u64) -> Result<i64, StoreError> {
+    i64::try_from(iid).map_err(|_| StoreError::Corrupt {
+        table: "runs",
+        id: String::new(),
+        column: "merge_request_iid",
+        problem: format!("{iid} is larger than a database integer"),
+    })
 }
 
 /// A stack's runs, newest first, optionally of one state and kind.
@@ -275,7 +359,7 @@ pub async fn list(
     page: &Page,
 ) -> Result<(Vec<Run>, Option<Cursor>), StoreError> {
     let (at, id) = page.bounds();
-    let rows: Vec<Run> = sqlx::query_as(&format!(
+    let rows: Vec<Row> = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM runs WHERE stack_id = $1 AND ($2 = '' OR state = $2) AND ($3 = '' OR kind = $3) \
            AND (created_at < $4 OR (created_at = $4 AND id < $5)) ORDER BY created_at DESC, id DESC LIMIT $6"
     ))
@@ -287,6 +371,10 @@ pub async fn list(
     .bind(page.fetch_limit())
     .fetch_all(conn)
     .await?;
+    let rows = rows
+        .into_iter()
+        .map(Run::try_from)
+        .collect::<Result<_, _>>()?;
     Ok(page.finish(rows, |row| Cursor {
         at: row.created_at,
         id: row.id.clone(),
@@ -308,10 +396,11 @@ pub async fn start_next(
         crate::Backend::Sqlite => "",
     };
     loop {
+        let locking = &*LOCKING_SQL;
         let candidate: Option<(String, String, String)> = sqlx::query_as(&format!(
             "SELECT r.id, r.stack_id, r.kind FROM runs r WHERE r.state = 'queued' AND (r.kind = 'proposed' OR ( \
                NOT EXISTS (SELECT 1 FROM runs h WHERE h.stack_id = r.stack_id AND h.kind = 'tracked' \
-                           AND h.state IN ('preparing', 'planning', 'unconfirmed', 'confirmed', 'applying')) \
+                           AND h.state IN ({locking})) \
                AND NOT EXISTS (SELECT 1 FROM runs o WHERE o.stack_id = r.stack_id AND o.kind = 'tracked' \
                            AND o.state = 'queued' AND (o.created_at < r.created_at OR (o.created_at = r.created_at AND o.id < r.id))))) \
              ORDER BY r.created_at, r.id LIMIT 1 {skip_locked}"
@@ -328,10 +417,10 @@ pub async fn start_next(
                 .bind(&stack_id)
                 .execute(&mut **tx)
                 .await?;
-            let (held,): (i64,) = sqlx::query_as(
+            let (held,): (i64,) = sqlx::query_as(&format!(
                 "SELECT COUNT(*) FROM runs WHERE stack_id = $1 AND kind = 'tracked' \
-                 AND state IN ('preparing', 'planning', 'unconfirmed', 'confirmed', 'applying')",
-            )
+                 AND state IN ({locking})"
+            ))
             .bind(&stack_id)
             .fetch_one(&mut **tx)
             .await?;
@@ -339,7 +428,7 @@ pub async fn start_next(
                 return Ok(None);
             }
         }
-        match apply(tx, &id, Command::Start, cause, false, now).await? {
+        match advance(tx, &id, Command::Start, cause, false, now).await? {
             Ok(run) => return Ok(Some(run)),
             // Taken meanwhile: look again.
             Err(_) => continue,
@@ -409,15 +498,15 @@ pub async fn log(conn: &mut Conn, run_id: &str) -> Result<String, StoreError> {
     Ok(chunks.into_iter().map(|(chunk,)| chunk).collect())
 }
 
-/// Records the plan's change summary (JSON).
+/// Records the plan's change summary.
 pub async fn set_summary(
     conn: &mut Conn,
     run_id: &str,
-    summary: &serde_json::Value,
+    summary: &Summary,
     now: Millis,
 ) -> Result<(), StoreError> {
     sqlx::query("UPDATE runs SET summary = $1, updated_at = $2 WHERE id = $3")
-        .bind(summary.to_string())
+        .bind(to_json(summary))
         .bind(now.0)
         .bind(run_id)
         .execute(conn)
@@ -440,7 +529,7 @@ pub async fn take_confirmed(
         let Some((id,)) = candidate else {
             return Ok(None);
         };
-        if let Ok(run) = apply(tx, &id, Command::Apply, cause, false, now).await? {
+        if let Ok(run) = advance(tx, &id, Command::BeginApply, cause, false, now).await? {
             return Ok(Some(run));
         }
     }
@@ -470,10 +559,11 @@ pub async fn heartbeat(
     owner: &str,
     until: Millis,
 ) -> Result<bool, StoreError> {
-    let done = sqlx::query(
+    let done = sqlx::query(&format!(
         "UPDATE runs SET lease_expires_at = $1 WHERE id = $2 AND lease_owner = $3 \
-                     AND state IN ('preparing', 'planning', 'applying')",
-    )
+         AND state IN ({})",
+        *EXECUTING_SQL
+    ))
     .bind(until.0)
     .bind(run_id)
     .bind(owner)
@@ -487,12 +577,13 @@ pub async fn heartbeat(
 /// executing was given up by its worker, so its lease lapses now and the
 /// reaper fails it ("worker lost") instead of leaving it stuck.
 pub async fn release(conn: &mut Conn, run_id: &str, owner: &str) -> Result<(), StoreError> {
-    sqlx::query(
+    let executing = &*EXECUTING_SQL;
+    sqlx::query(&format!(
         "UPDATE runs SET \
-           lease_owner = CASE WHEN state IN ('preparing', 'planning', 'applying') THEN lease_owner END, \
-           lease_expires_at = CASE WHEN state IN ('preparing', 'planning', 'applying') THEN $3 END \
-         WHERE id = $1 AND lease_owner = $2",
-    )
+           lease_owner = CASE WHEN state IN ({executing}) THEN lease_owner END, \
+           lease_expires_at = CASE WHEN state IN ({executing}) THEN $3 END \
+         WHERE id = $1 AND lease_owner = $2"
+    ))
     .bind(run_id)
     .bind(owner)
     .bind(Millis::now().0)
@@ -505,20 +596,21 @@ pub async fn release(conn: &mut Conn, run_id: &str, owner: &str) -> Result<(), S
 /// releases their stacks' locks. Returns their ids.
 pub async fn reap_lost(store: &crate::Store, now: Millis) -> Result<Vec<String>, StoreError> {
     let mut tx = store.begin().await?;
-    let lapsed: Vec<(String, Option<String>)> = sqlx::query_as(
-        "SELECT id, lease_owner FROM runs WHERE state IN ('preparing', 'planning', 'applying') \
+    let lapsed: Vec<(String, Option<String>)> = sqlx::query_as(&format!(
+        "SELECT id, lease_owner FROM runs WHERE state IN ({}) \
          AND lease_expires_at IS NOT NULL AND lease_expires_at < $1 ORDER BY id",
-    )
+        *EXECUTING_SQL
+    ))
     .bind(now.0)
     .fetch_all(&mut *tx)
     .await?;
     let mut failed = Vec::new();
     for (id, owner) in lapsed {
-        let cause = format!(
-            "worker lost: {} stopped renewing its lease",
-            owner.unwrap_or_default()
-        );
-        if apply(&mut tx, &id, Command::Fail, &cause, false, now)
+        let cause = match owner {
+            Some(owner) => format!("worker lost: {owner} stopped renewing its lease"),
+            None => "worker lost: its lease lapsed".to_owned(),
+        };
+        if advance(&mut tx, &id, Command::Fail, &cause, false, now)
             .await?
             .is_ok()
         {

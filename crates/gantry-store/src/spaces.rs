@@ -97,6 +97,15 @@ pub async fn count(conn: &mut Conn) -> Result<i64, StoreError> {
     Ok(n)
 }
 
+/// The rule "a role on a space applies to all its descendants" in SQL:
+/// `readable` holds every space on which API key `$1` has `read` or more.
+/// The one copy of that rule for the queries that list what a key sees;
+/// single resources are checked by `Principal::authorize` in the server.
+pub const READABLE_SPACES: &str = "WITH RECURSIVE readable (id) AS ( \
+    SELECT space_id FROM api_key_roles WHERE api_key_id = $1 AND role IN ('read', 'write', 'admin') \
+    UNION \
+    SELECT s.id FROM spaces s JOIN readable r ON s.parent_id = r.id)";
+
 /// The space and its ancestors, the space itself first and `root` last;
 /// empty when the space does not exist.
 pub async fn ancestry(conn: &mut Conn, id: &str) -> Result<Vec<String>, StoreError> {
@@ -121,15 +130,12 @@ pub async fn list_readable(
     page: &Page,
 ) -> Result<(Vec<Space>, Option<Cursor>), StoreError> {
     let (at, id) = page.bounds();
-    let rows: Vec<Space> = sqlx::query_as(
-        "WITH RECURSIVE readable (id) AS ( \
-             SELECT space_id FROM api_key_roles WHERE api_key_id = $1 AND role IN ('read', 'write', 'admin') \
-             UNION \
-             SELECT s.id FROM spaces s JOIN readable r ON s.parent_id = r.id) \
+    let rows: Vec<Space> = sqlx::query_as(&format!(
+        "{READABLE_SPACES} \
          SELECT id, name, parent_id, created_at FROM spaces \
          WHERE id IN (SELECT id FROM readable) AND (created_at < $2 OR (created_at = $2 AND id < $3)) \
-         ORDER BY created_at DESC, id DESC LIMIT $4",
-    )
+         ORDER BY created_at DESC, id DESC LIMIT $4"
+    ))
     .bind(api_key_id)
     .bind(at)
     .bind(id)

@@ -2,11 +2,16 @@
 //! environment arrives sealed by the keyring, as one value, with its names
 //! kept apart so they can be shown.
 
+use std::collections::BTreeMap;
+
+use gantry_domain::Workflow;
 use sqlx::FromRow;
 
+use crate::row::{Fields, to_json};
+use crate::spaces::READABLE_SPACES;
 use crate::{Conn, Cursor, Page, StoreError, is_unique_violation};
 
-#[derive(Clone, Debug, PartialEq, Eq, FromRow)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Stack {
     pub id: String,
     pub name: String,
@@ -17,24 +22,97 @@ pub struct Stack {
     pub branch: String,
     /// `network/`, or empty for the whole repository.
     pub project_root: String,
-    /// JSON array of globs.
-    pub additional_project_globs: String,
-    /// JSON array of strings.
-    pub labels: String,
-    pub autodeploy: i64,
-    pub allow_forks: i64,
-    /// JSON object: `{"kind": "shell", …}` or `{"kind": "opentofu", …}`.
-    pub vendor: String,
-    /// JSON object of names to values.
-    pub environment: String,
-    /// JSON array of names.
-    pub secret_environment_names: String,
+    pub additional_project_globs: Vec<String>,
+    pub labels: Vec<String>,
+    pub autodeploy: bool,
+    pub allow_forks: bool,
+    pub vendor: Workflow,
+    pub environment: BTreeMap<String, String>,
+    /// The names of the secret environment; its values are sealed together.
+    pub secret_environment_names: Vec<String>,
     pub secret_environment_sealed: Option<String>,
     /// Limits of each phase's execution, in seconds.
     pub run_timeout_seconds: i64,
     pub no_output_timeout_seconds: i64,
     pub created_at: i64,
     pub updated_at: i64,
+}
+
+/// The keyring context that seals a stack's secret environment: the row
+/// it belongs to, so a sealed value cannot be moved to another stack.
+pub fn secret_environment_context(stack_id: &str) -> String {
+    format!("stack:{stack_id}:secret_environment")
+}
+
+/// A stack as stored: lists and objects as JSON text, flags as 0 or 1.
+#[derive(FromRow)]
+struct Row {
+    id: String,
+    name: String,
+    space_id: String,
+    integration_id: Option<String>,
+    project_id: i64,
+    repository: String,
+    branch: String,
+    project_root: String,
+    additional_project_globs: String,
+    labels: String,
+    autodeploy: i64,
+    allow_forks: i64,
+    vendor: String,
+    environment: String,
+    secret_environment_names: String,
+    secret_environment_sealed: Option<String>,
+    run_timeout_seconds: i64,
+    no_output_timeout_seconds: i64,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl TryFrom<Row> for Stack {
+    type Error = StoreError;
+
+    fn try_from(row: Row) -> Result<Self, StoreError> {
+        let fields = Fields {
+            table: "stacks",
+            id: &row.id,
+        };
+        let additional_project_globs: Vec<String> =
+            fields.json("additional_project_globs", &row.additional_project_globs)?;
+        gantry_domain::stack::globs(&additional_project_globs)
+            .map_err(|error| fields.corrupt("additional_project_globs", error.to_string()))?;
+        let vendor: Workflow = fields.json("vendor", &row.vendor)?;
+        vendor
+            .check()
+            .map_err(|error| fields.corrupt("vendor", error.to_string()))?;
+        Ok(Self {
+            additional_project_globs,
+            labels: fields.json("labels", &row.labels)?,
+            autodeploy: fields.flag("autodeploy", row.autodeploy)?,
+            allow_forks: fields.flag("allow_forks", row.allow_forks)?,
+            vendor,
+            environment: fields.json("environment", &row.environment)?,
+            secret_environment_names: fields
+                .json("secret_environment_names", &row.secret_environment_names)?,
+            id: row.id,
+            name: row.name,
+            space_id: row.space_id,
+            integration_id: row.integration_id,
+            project_id: row.project_id,
+            repository: row.repository,
+            branch: row.branch,
+            project_root: row.project_root,
+            secret_environment_sealed: row.secret_environment_sealed,
+            run_timeout_seconds: row.run_timeout_seconds,
+            no_output_timeout_seconds: row.no_output_timeout_seconds,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        })
+    }
+}
+
+fn parse_all(rows: Vec<Row>) -> Result<Vec<Stack>, StoreError> {
+    rows.into_iter().map(Stack::try_from).collect()
 }
 
 const COLUMNS: &str = "id, name, space_id, integration_id, project_id, repository, branch, project_root, \
@@ -63,13 +141,13 @@ pub async fn insert(conn: &mut Conn, stack: &Stack) -> Result<(), SaveStackError
     .bind(&s.repository)
     .bind(&s.branch)
     .bind(&s.project_root)
-    .bind(&s.additional_project_globs)
-    .bind(&s.labels)
-    .bind(s.autodeploy)
-    .bind(s.allow_forks)
-    .bind(&s.vendor)
-    .bind(&s.environment)
-    .bind(&s.secret_environment_names)
+    .bind(to_json(&s.additional_project_globs))
+    .bind(to_json(&s.labels))
+    .bind(i64::from(s.autodeploy))
+    .bind(i64::from(s.allow_forks))
+    .bind(to_json(&s.vendor))
+    .bind(to_json(&s.environment))
+    .bind(to_json(&s.secret_environment_names))
     .bind(&s.secret_environment_sealed)
     .bind(s.run_timeout_seconds)
     .bind(s.no_output_timeout_seconds)
@@ -103,13 +181,13 @@ pub async fn update(conn: &mut Conn, stack: &Stack) -> Result<(), StoreError> {
     .bind(&s.repository)
     .bind(&s.branch)
     .bind(&s.project_root)
-    .bind(&s.additional_project_globs)
-    .bind(&s.labels)
-    .bind(s.autodeploy)
-    .bind(s.allow_forks)
-    .bind(&s.vendor)
-    .bind(&s.environment)
-    .bind(&s.secret_environment_names)
+    .bind(to_json(&s.additional_project_globs))
+    .bind(to_json(&s.labels))
+    .bind(i64::from(s.autodeploy))
+    .bind(i64::from(s.allow_forks))
+    .bind(to_json(&s.vendor))
+    .bind(to_json(&s.environment))
+    .bind(to_json(&s.secret_environment_names))
     .bind(&s.secret_environment_sealed)
     .bind(s.updated_at)
     .bind(s.run_timeout_seconds)
@@ -120,12 +198,11 @@ pub async fn update(conn: &mut Conn, stack: &Stack) -> Result<(), StoreError> {
 }
 
 pub async fn get(conn: &mut Conn, id: &str) -> Result<Option<Stack>, StoreError> {
-    Ok(
-        sqlx::query_as(&format!("SELECT {COLUMNS} FROM stacks WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(conn)
-            .await?,
-    )
+    let row: Option<Row> = sqlx::query_as(&format!("SELECT {COLUMNS} FROM stacks WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(conn)
+        .await?;
+    row.map(Stack::try_from).transpose()
 }
 
 pub async fn delete(conn: &mut Conn, id: &str) -> Result<bool, StoreError> {
@@ -158,13 +235,14 @@ pub async fn for_project(
     integration_id: &str,
     project_id: i64,
 ) -> Result<Vec<Stack>, StoreError> {
-    Ok(sqlx::query_as(&format!(
+    let rows: Vec<Row> = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM stacks WHERE integration_id = $1 AND project_id = $2 ORDER BY id"
     ))
     .bind(integration_id)
     .bind(project_id)
     .fetch_all(conn)
-    .await?)
+    .await?;
+    parse_all(rows)
 }
 
 /// The stacks an API key can read, newest first.
@@ -174,11 +252,8 @@ pub async fn list_readable(
     page: &Page,
 ) -> Result<(Vec<Stack>, Option<Cursor>), StoreError> {
     let (at, id) = page.bounds();
-    let rows: Vec<Stack> = sqlx::query_as(&format!(
-        "WITH RECURSIVE readable (id) AS ( \
-             SELECT space_id FROM api_key_roles WHERE api_key_id = $1 AND role IN ('read', 'write', 'admin') \
-             UNION \
-             SELECT s.id FROM spaces s JOIN readable r ON s.parent_id = r.id) \
+    let rows: Vec<Row> = sqlx::query_as(&format!(
+        "{READABLE_SPACES} \
          SELECT {COLUMNS} FROM stacks WHERE space_id IN (SELECT id FROM readable) \
            AND (created_at < $2 OR (created_at = $2 AND id < $3)) \
          ORDER BY created_at DESC, id DESC LIMIT $4"
@@ -189,7 +264,7 @@ pub async fn list_readable(
     .bind(page.fetch_limit())
     .fetch_all(conn)
     .await?;
-    Ok(page.finish(rows, |row| Cursor {
+    Ok(page.finish(parse_all(rows)?, |row| Cursor {
         at: row.created_at,
         id: row.id.clone(),
     }))

@@ -29,6 +29,24 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A row that a statement needs is not there (it was deleted meanwhile).
+    #[error("{what} {id:?} does not exist")]
+    NotFound { what: &'static str, id: String },
+    /// A stored value that does not parse: the database was edited by hand,
+    /// or written by another program.
+    #[error("{table} row {id:?} holds a bad `{column}`: {problem}")]
+    Corrupt {
+        table: &'static str,
+        id: String,
+        column: &'static str,
+        problem: String,
+    },
+    /// The delivery writer stopped (the server is shutting down).
+    #[error("the delivery writer has stopped; the server is shutting down")]
+    WriterClosed,
+    /// The group commit that held a delivery failed.
+    #[error("the group commit of deliveries failed: {0}")]
+    GroupCommit(String),
 }
 
 /// The handle to Gantry's database: a pool, its dialect, and the signal that

@@ -219,3 +219,81 @@ fn is_root() -> bool {
         .output()
         .is_ok_and(|out| out.stdout.starts_with(b"0\n"))
 }
+
+/// A stack row as the API would create it (OpenTofu, tracked branch
+/// `main`, the default limits), for tests and benchmarks that write rows
+/// directly.
+pub fn stack(
+    id: &str,
+    integration_id: &str,
+    project_id: i64,
+    repository: &str,
+    project_root: &str,
+    now: crate::Millis,
+) -> crate::stacks::Stack {
+    crate::stacks::Stack {
+        id: id.into(),
+        name: id.into(),
+        space_id: crate::spaces::ROOT.into(),
+        integration_id: Some(integration_id.into()),
+        project_id,
+        repository: repository.into(),
+        branch: "main".into(),
+        project_root: project_root.into(),
+        additional_project_globs: Vec::new(),
+        labels: Vec::new(),
+        autodeploy: false,
+        allow_forks: false,
+        vendor: gantry_domain::Workflow::Opentofu { binary: None },
+        environment: std::collections::BTreeMap::new(),
+        secret_environment_names: Vec::new(),
+        secret_environment_sealed: None,
+        run_timeout_seconds: 4200,
+        no_output_timeout_seconds: 600,
+        created_at: now.0,
+        updated_at: now.0,
+    }
+}
+
+/// What a test runs on: SQLite always, and PostgreSQL where a throwaway
+/// cluster can start (under `CI=true` it must).
+pub trait Databases: Sized {
+    fn sqlite() -> impl std::future::Future<Output = Self>;
+    fn postgres() -> impl std::future::Future<Output = Option<Self>>;
+}
+
+impl Databases for TestStore {
+    async fn sqlite() -> Self {
+        sqlite().await
+    }
+
+    async fn postgres() -> Option<Self> {
+        postgres().await
+    }
+}
+
+/// `on_both_databases!(Db; a, b)` runs the async test functions `a(db)`
+/// and `b(db)` once on SQLite and once on PostgreSQL, as two tests each,
+/// with `Db` (a [`Databases`]) made afresh for each.
+#[macro_export]
+macro_rules! on_both_databases {
+    ($db:ty; $($test:ident),* $(,)?) => {$(
+        mod $test {
+            #[allow(unused_imports, reason = "the caller's names, for `$db`")]
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$test(<$db as $crate::testing::Databases>::sqlite().await).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let Some(db) = <$db as $crate::testing::Databases>::postgres().await else {
+                    return;
+                };
+                super::$test(db).await;
+            }
+        }
+    )*};
+}

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use gantry_runner::process::{Ended, Limits, Phase, run};
+use gantry_runner::process::{Ended, Limits, Script, run};
 use gantry_runner::redact::Redactor;
 use tokio::sync::watch;
 
@@ -42,7 +42,7 @@ async fn phase(
     let mut redactor = Redactor::new(secrets.iter().copied());
     let mut log = Vec::new();
     let ended = run(
-        &Phase {
+        &Script {
             script,
             dir: dir.path(),
             env: &env,

@@ -153,8 +153,8 @@ async fn an_opentofu_workflow_reads_the_json_plan() {
     fake_tofu(&bin, &fixture);
     let work = dir.path().join("work");
     std::fs::create_dir_all(&work).expect("work");
-    let workflow = Workflow::Tool {
-        binary: bin.display().to_string(),
+    let workflow = Workflow::Opentofu {
+        binary: Some(bin.display().to_string()),
     };
     let (_tx, cancel) = watch::channel(false);
     let mut log = Vec::new();

@@ -4,15 +4,16 @@ use axum::Json;
 use axum::extract::{Path, State};
 use gantry_domain::Role;
 use gantry_store::deliveries::{self, Delivery, Filter, Status};
-use gantry_store::{Millis, audit, integrations, spaces};
+use gantry_store::{Millis, audit};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::auth::{Principal, forbidden};
+use crate::auth::Principal;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::ApiQuery;
-use crate::inbox::ProcessError;
+use crate::process::ProcessError;
+use crate::routes::integrations;
 use crate::state::AppState;
 use crate::views::{List, timestamp};
 
@@ -43,9 +44,9 @@ impl From<Delivery> for DeliveryView {
         Self {
             id: delivery.id,
             event: delivery.event,
-            status: delivery.status,
+            status: delivery.status.as_str().to_owned(),
             outcome: delivery.outcome,
-            runs: serde_json::from_str(&delivery.runs).unwrap_or_default(),
+            runs: delivery.runs,
             error: delivery.error,
             idempotency_key: delivery.idempotency_key,
             event_uuid: delivery.event_uuid,
@@ -69,8 +70,8 @@ pub struct DeliveryListParams {
     pub event: Option<String>,
 }
 
-/// Checks that the caller holds `needed` on the integration's space (and
-/// can see it at all), returning its governing space.
+/// Checks that the caller holds `needed` on the integration, by the one
+/// authorization rule.
 async fn authorize(
     state: &AppState,
     principal: &Principal,
@@ -78,24 +79,7 @@ async fn authorize(
     needed: Role,
 ) -> Result<(), ApiError> {
     let mut conn = state.store.conn().await?;
-    let integration = integrations::get(&mut conn, id).await?.ok_or_else(|| {
-        ApiError::not_found(format!("no GitLab integration {id:?} that you can see"))
-    })?;
-    let space = if integration.is_default {
-        spaces::ROOT
-    } else {
-        &integration.space_id
-    };
-    let ancestry = spaces::ancestry(&mut conn, space).await?;
-    let sees = integration.is_default || principal.allows(Role::Read, &ancestry);
-    if !sees {
-        return Err(ApiError::not_found(format!(
-            "no GitLab integration {id:?} that you can see"
-        )));
-    }
-    if !principal.allows(needed, &ancestry) {
-        return Err(forbidden(needed, space));
-    }
+    integrations::authorized(&mut conn, principal, id, Some(needed)).await?;
     Ok(())
 }
 
@@ -164,6 +148,7 @@ pub async fn replay(
         .map_err(|err| match err {
             ProcessError::Pruned(_) => ApiError::conflict(err.to_string()),
             ProcessError::Missing(_) => ApiError::not_found(err.to_string()),
+            ProcessError::BadJob(_) => ApiError::conflict(err.to_string()),
             ProcessError::GitLab(err) => {
                 ApiError::bad_gateway(format!("{err}; try the replay again later"))
             }
@@ -187,7 +172,7 @@ pub async fn replay(
             target_kind: "delivery",
             target_id: &delivery,
             space_id: None,
-            detail: json!({ "integration": id, "status": replayed.status }),
+            detail: json!({ "integration": id, "status": replayed.status.as_str() }),
         },
         Millis::now(),
     )

@@ -3,6 +3,7 @@
 pub mod api_keys;
 pub mod audit;
 pub mod deliveries;
+pub mod fields;
 pub mod health;
 pub mod integrations;
 pub mod me;

@@ -4,21 +4,20 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use gantry_domain::Role;
 use gantry_domain::run::{Command, Kind, State as RunState};
+use gantry_domain::{Role, Summary};
 use gantry_gitlab::{GitLabError, projects};
 use gantry_store::runs::{self, Created, NewRun, Run};
 use gantry_store::stacks::Stack;
-use gantry_store::{Conn, Millis, integrations};
+use gantry_store::{Conn, Millis, audit, integrations};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::Principal;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiQuery};
-use crate::routes::integrations::token_context;
-use crate::routes::stacks::authorized;
+use crate::routes::stacks::{authorized, guarded};
 use crate::state::AppState;
 use crate::views::{List, ListParams, timestamp};
 
@@ -45,7 +44,7 @@ pub struct RunView {
     pub trigger: String,
     /// `{add, change, destroy, resources}` once planned.
     #[schema(value_type = Option<Object>)]
-    pub summary: Option<Value>,
+    pub summary: Option<Summary>,
     pub created_at: String,
     pub updated_at: String,
     pub transitions: Vec<TransitionView>,
@@ -57,21 +56,21 @@ async fn view(conn: &mut Conn, run: Run) -> Result<RunView, ApiError> {
         transitions: transitions
             .into_iter()
             .map(|t| TransitionView {
-                state: t.state,
+                state: t.state.as_str().to_owned(),
                 at: timestamp(t.at),
                 cause: t.cause,
             })
             .collect(),
         id: run.id,
         stack: run.stack_id,
-        kind: run.kind,
-        state: run.state,
+        kind: run.kind.as_str().to_owned(),
+        state: run.state.as_str().to_owned(),
         reason: run.reason,
         commit_sha: run.commit_sha,
         branch: run.branch,
         merge_request_iid: run.merge_request_iid,
         trigger: run.trigger,
-        summary: run.summary.and_then(|s| serde_json::from_str(&s).ok()),
+        summary: run.summary,
         created_at: timestamp(run.created_at),
         updated_at: timestamp(run.updated_at),
     })
@@ -178,17 +177,13 @@ pub async fn trigger(
                     ApiError::invalid(format!("integration {integration_id:?} no longer exists"))
                 })?;
             drop(conn);
-            let token = state
-                .keyring
-                .decrypt(&token_context(&integration.id), &integration.token_sealed)
-                .map_err(|_| {
-                    ApiError::invalid("the integration's token cannot be decrypted; update it")
-                })?;
-            let client = state
-                .gitlab
-                .client(&integration.api_host_url, token)
-                .map_err(|e| ApiError::invalid(e.to_string()))?;
-            let project_id = u64::try_from(stack.project_id).unwrap_or_default();
+            let client = state.gitlab.client(&integration)?;
+            let project_id = u64::try_from(stack.project_id).map_err(|_| {
+                ApiError::invalid(format!(
+                    "the stack's project id {} is not a GitLab id",
+                    stack.project_id
+                ))
+            })?;
             projects::branch_head(&client, project_id, &stack.branch).await.map_err(|error| match error {
                 GitLabError::NotFound { .. } => ApiError::invalid(format!(
                     "branch {:?} does not exist in {}; pass `commit_sha` or fix the stack's branch",
@@ -218,11 +213,36 @@ pub async fn trigger(
             run.id
         )));
     }
+    record(&mut tx, &principal, "run.trigger", &run, &stack).await?;
     let answer = view(&mut tx, run).await?;
     tx.commit().await?;
     state.runs_signal.notify_waiters();
     tracing::info!(run.id = %answer.id, stack.id = %stack.id, "run triggered");
     Ok((StatusCode::CREATED, Json(answer)))
+}
+
+/// Run actions are changes like any other: audited in their transaction.
+async fn record(
+    conn: &mut Conn,
+    principal: &Principal,
+    action: &str,
+    run: &Run,
+    stack: &Stack,
+) -> Result<(), ApiError> {
+    audit::record(
+        conn,
+        &audit::NewAuditEntry {
+            actor: &principal.actor(),
+            action,
+            target_kind: "run",
+            target_id: &run.id,
+            space_id: Some(&stack.space_id),
+            detail: json!({ "stack": stack.id, "kind": run.kind.as_str(), "state": run.state.as_str() }),
+        },
+        Millis::now(),
+    )
+    .await?;
+    Ok(())
 }
 
 async fn run_for(
@@ -233,9 +253,7 @@ async fn run_for(
 ) -> Result<(Run, Stack), ApiError> {
     let not_found = || ApiError::not_found(format!("no run {id:?} that you can see"));
     let run = runs::get(conn, id).await?.ok_or_else(not_found)?;
-    let stack = authorized(conn, principal, &run.stack_id, needed)
-        .await
-        .map_err(|err| if err.is_not_found() { not_found() } else { err })?;
+    let stack = guarded(conn, principal, &run.stack_id, needed, not_found).await?;
     Ok((run, stack))
 }
 
@@ -259,22 +277,22 @@ async fn act(
 ) -> Result<Json<RunView>, ApiError> {
     let mut tx = state.store.begin().await?;
     let (_, stack) = run_for(&mut tx, principal, id, Role::Write).await?;
-    let verb = match command {
-        Command::Confirm => "confirmed",
-        Command::Discard => "discarded",
-        _ => "canceled",
+    let (verb, action) = match command {
+        Command::Confirm => ("confirmed", "run.confirm"),
+        Command::Discard => ("discarded", "run.discard"),
+        _ => ("canceled", "run.cancel"),
     };
     let cause = format!("{verb} by {}", principal.actor());
-    let moved = runs::apply(
+    let run = runs::advance(
         &mut tx,
         id,
         command,
         &cause,
-        stack.autodeploy == 1,
+        stack.autodeploy,
         Millis::now(),
     )
-    .await?;
-    let run = moved.map_err(|illegal| ApiError::conflict(illegal.to_string()))?;
+    .await??;
+    record(&mut tx, principal, action, &run, &stack).await?;
     let answer = view(&mut tx, run).await?;
     tx.commit().await?;
     state.runs_signal.notify_waiters();

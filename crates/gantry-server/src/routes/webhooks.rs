@@ -16,8 +16,8 @@ use subtle::ConstantTimeEq;
 use utoipa::ToSchema;
 
 use crate::error::{ApiError, ErrorBody};
-use crate::routes::integrations::webhook_secret_context;
 use crate::state::AppState;
+use gantry_store::integrations::webhook_secret_context;
 
 /// The answer GitLab gets.
 #[derive(Serialize, ToSchema)]

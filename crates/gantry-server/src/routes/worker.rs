@@ -136,7 +136,9 @@ pub async fn step(
     let run = worker::report(&state, &id, &owner, &step)
         .await?
         .map_err(refused)?;
-    Ok(Json(StepAnswer { state: run.state }))
+    Ok(Json(StepAnswer {
+        state: run.state.as_str().to_owned(),
+    }))
 }
 
 fn workspace_error(error: WorkspaceError) -> ApiError {

@@ -2,12 +2,13 @@ use reqwest::{Method, StatusCode};
 use serde_json::json;
 
 use crate::harness::{Db, TestApp, assert_error, ids, stop_and_assert_not_stored};
-use crate::on_both_databases;
+use gantry_store::on_both_databases;
 
 on_both_databases!(
+    Db;
     a_key_works_once_created_and_stops_when_revoked,
     the_database_holds_no_plaintext_key,
-    key_rules
+    key_rules,
 );
 
 async fn a_key_works_once_created_and_stops_when_revoked(db: Db) {

@@ -9,9 +9,10 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::harness::{Db, TestApp, repo};
-use crate::on_both_databases;
+use gantry_store::on_both_databases;
 
 on_both_databases!(
+    Db;
     a_shell_stack_plans_waits_for_confirmation_and_applies,
     no_changes_timeouts_log_following_and_hand_back,
     the_worker_api_holds_workers_to_their_leases,

@@ -14,6 +14,16 @@ pub struct Db {
     pub database_url: Option<String>,
 }
 
+impl gantry_store::testing::Databases for Db {
+    async fn sqlite() -> Self {
+        Db::sqlite()
+    }
+
+    async fn postgres() -> Option<Self> {
+        Db::postgres().await
+    }
+}
+
 impl Db {
     pub fn sqlite() -> Self {
         Self {

@@ -7,9 +7,10 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::harness::{Db, TestApp, assert_error, captured_logs, ids, stop_and_assert_not_stored};
-use crate::on_both_databases;
+use gantry_store::on_both_databases;
 
 on_both_databases!(
+    Db;
     create_show_and_list,
     the_rules_of_names_defaults_and_urls,
     bad_tokens_are_refused_and_change_nothing,

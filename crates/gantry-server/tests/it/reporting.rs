@@ -11,9 +11,10 @@ use serde_json::{Value, json};
 
 use crate::execution::{shell_run, wait_for};
 use crate::harness::{Db, TestApp, repo};
-use crate::on_both_databases;
+use gantry_store::on_both_databases;
 
 on_both_databases!(
+    Db;
     statuses_and_deployments_of_tracked_runs,
     one_comment_per_merge_request_and_stack,
 );

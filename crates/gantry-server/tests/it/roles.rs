@@ -4,9 +4,9 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::harness::{Db, TestApp};
-use crate::on_both_databases;
+use gantry_store::on_both_databases;
 
-on_both_databases!(every_route_checks_the_callers_role);
+on_both_databases!(Db; every_route_checks_the_callers_role);
 
 /// Who calls: a role on `root`, or `admin` on the child space `team` only.
 const CALLERS: [&str; 5] = ["read", "write", "admin", "worker", "team-admin"];

@@ -10,9 +10,9 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::harness::{Db, TestApp, assert_error, ids, repo};
-use crate::on_both_databases;
+use gantry_store::on_both_databases;
 
-on_both_databases!(pushes_and_merge_requests_make_the_right_runs, the_runs_api);
+on_both_databases!(Db; pushes_and_merge_requests_make_the_right_runs, the_runs_api);
 
 struct World {
     sim: Sim,

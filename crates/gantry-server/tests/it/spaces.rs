@@ -2,11 +2,12 @@ use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::harness::{Db, TestApp, assert_error, ids};
-use crate::on_both_databases;
+use gantry_store::on_both_databases;
 
 on_both_databases!(
+    Db;
     spaces_form_a_tree_with_clear_conflicts,
-    space_lists_show_what_a_key_can_read
+    space_lists_show_what_a_key_can_read,
 );
 
 async fn spaces_form_a_tree_with_clear_conflicts(db: Db) {

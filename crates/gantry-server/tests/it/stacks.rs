@@ -7,9 +7,10 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::harness::{Db, TestApp, assert_error, ids, stop_and_assert_not_stored};
-use crate::on_both_databases;
+use gantry_store::on_both_databases;
 
 on_both_databases!(
+    Db;
     create_resolves_the_project_and_normalises_fields,
     bad_input_names_what_is_wrong,
     roles_and_visibility,

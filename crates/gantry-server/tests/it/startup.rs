@@ -5,9 +5,9 @@ use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::harness::{Db, TestApp};
-use crate::on_both_databases;
+use gantry_store::on_both_databases;
 
-on_both_databases!(first_start_writes_private_files_and_a_restart_keeps_everything);
+on_both_databases!(Db; first_start_writes_private_files_and_a_restart_keeps_everything);
 
 fn mode(path: std::path::PathBuf) -> u32 {
     std::fs::metadata(path).expect("file").permissions().mode() & 0o777

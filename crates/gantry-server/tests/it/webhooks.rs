@@ -9,9 +9,10 @@ use serde_json::{Value, json};
 
 use crate::harness::{Db, Hooked, TestApp, assert_error, ids};
 
-use crate::on_both_databases;
+use gantry_store::on_both_databases;
 
 on_both_databases!(
+    Db;
     every_corpus_delivery_is_answered_as_the_contract_says,
     bad_input_gets_clear_answers_and_stores_nothing_it_should_not,
     duplicates_by_key_and_by_body,

@@ -3,11 +3,12 @@ use gantry_store::testing::TestStore;
 use gantry_store::{Millis, Page, api_keys, spaces};
 use secrecy::ExposeSecret;
 
-use crate::on_both_databases;
+use gantry_store::on_both_databases;
 
 on_both_databases!(
+    TestStore;
     api_key_secrets_work_until_revoked,
-    admins_see_the_keys_of_their_subtree
+    admins_see_the_keys_of_their_subtree,
 );
 
 fn grant(space: &str, role: Role) -> Grant {
@@ -17,7 +18,8 @@ fn grant(space: &str, role: Role) -> Grant {
     }
 }
 
-async fn api_key_secrets_work_until_revoked(db: &TestStore) {
+async fn api_key_secrets_work_until_revoked(db: TestStore) {
+    let db = &db;
     let mut conn = db.store.conn().await.expect("conn");
     spaces::insert(&mut conn, "root", "root", None, Millis::now())
         .await
@@ -71,7 +73,8 @@ async fn api_key_secrets_work_until_revoked(db: &TestStore) {
     );
 }
 
-async fn admins_see_the_keys_of_their_subtree(db: &TestStore) {
+async fn admins_see_the_keys_of_their_subtree(db: TestStore) {
+    let db = &db;
     let mut conn = db.store.conn().await.expect("conn");
     let now = Millis::now();
     spaces::insert(&mut conn, "root", "root", None, now)

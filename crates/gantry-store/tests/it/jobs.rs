@@ -7,9 +7,11 @@ use gantry_store::testing::TestStore;
 use gantry_store::{Millis, Store};
 use serde_json::json;
 
-use crate::{on_both_databases, reconnect};
+use crate::reconnect;
+use gantry_store::on_both_databases;
 
 on_both_databases!(
+    TestStore;
     eight_concurrent_claimers_never_share_a_job,
     a_lapsed_lease_is_requeued_and_the_old_lease_is_void,
     failed_jobs_retry_with_backoff_then_die,
@@ -34,7 +36,8 @@ async fn enqueue(store: &Store, kind: &str, n: usize) {
     tx.commit().await.expect("commit");
 }
 
-async fn eight_concurrent_claimers_never_share_a_job(db: &TestStore) {
+async fn eight_concurrent_claimers_never_share_a_job(db: TestStore) {
+    let db = &db;
     enqueue(&db.store, "work", 200).await;
     let mut claimers = Vec::new();
     for worker in 0..8 {
@@ -69,7 +72,8 @@ async fn eight_concurrent_claimers_never_share_a_job(db: &TestStore) {
     assert_eq!(unique.len(), 200);
 }
 
-async fn a_lapsed_lease_is_requeued_and_the_old_lease_is_void(db: &TestStore) {
+async fn a_lapsed_lease_is_requeued_and_the_old_lease_is_void(db: TestStore) {
+    let db = &db;
     enqueue(&db.store, "work", 1).await;
     let t0 = Millis::now();
     let first = jobs::claim(&db.store, &["work"], "w1", LEASE, t0)
@@ -133,7 +137,8 @@ async fn a_lapsed_lease_is_requeued_and_the_old_lease_is_void(db: &TestStore) {
     assert_eq!(row.state, "done");
 }
 
-async fn failed_jobs_retry_with_backoff_then_die(db: &TestStore) {
+async fn failed_jobs_retry_with_backoff_then_die(db: TestStore) {
+    let db = &db;
     let mut tx = db.store.begin().await.expect("begin");
     let job = NewJob {
         max_attempts: 3,
@@ -185,7 +190,8 @@ async fn failed_jobs_retry_with_backoff_then_die(db: &TestStore) {
     );
 }
 
-async fn duplicate_idempotency_keys_are_refused(db: &TestStore) {
+async fn duplicate_idempotency_keys_are_refused(db: TestStore) {
+    let db = &db;
     let job = NewJob {
         idempotency_key: Some("delivery:1"),
         ..NewJob::new("work", json!({}))
@@ -216,7 +222,8 @@ async fn duplicate_idempotency_keys_are_refused(db: &TestStore) {
     assert_eq!(n, 2);
 }
 
-async fn jobs_enqueued_in_a_rolled_back_transaction_vanish(db: &TestStore) {
+async fn jobs_enqueued_in_a_rolled_back_transaction_vanish(db: TestStore) {
+    let db = &db;
     let mut tx = db.store.begin().await.expect("begin");
     jobs::enqueue(&mut tx, &NewJob::new("work", json!({})), Millis::now())
         .await
@@ -230,7 +237,8 @@ async fn jobs_enqueued_in_a_rolled_back_transaction_vanish(db: &TestStore) {
     );
 }
 
-async fn a_waiting_claimer_wakes_on_commit_from_another_server(db: &TestStore) {
+async fn a_waiting_claimer_wakes_on_commit_from_another_server(db: TestStore) {
+    let db = &db;
     let waiter = Arc::new(reconnect(db).await);
     let claimer = {
         let waiter = waiter.clone();

@@ -1,11 +1,13 @@
 use gantry_store::testing::TestStore;
 use gantry_store::{Millis, spaces};
 
-use crate::{on_both_databases, reconnect};
+use crate::reconnect;
+use gantry_store::on_both_databases;
 
-on_both_databases!(migrations_are_idempotent_and_keep_data);
+on_both_databases!(TestStore; migrations_are_idempotent_and_keep_data);
 
-async fn migrations_are_idempotent_and_keep_data(db: &TestStore) {
+async fn migrations_are_idempotent_and_keep_data(db: TestStore) {
+    let db = &db;
     let mut conn = db.store.conn().await.expect("conn");
     spaces::insert(&mut conn, "root", "root", None, Millis::now())
         .await

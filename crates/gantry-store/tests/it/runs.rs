@@ -2,17 +2,18 @@
 //! and a run waiting for confirmation holds the lock; proposed runs start
 //! at once. Also what may and may not move a run.
 
-use gantry_domain::run::{Command, Kind};
+use gantry_domain::run::{Command, Kind, State};
 use gantry_store::integrations::{self, Integration, TokenFacts};
 use gantry_store::outbox::{self, Outcome};
 use gantry_store::runs::{self, Created, NewRun};
-use gantry_store::stacks::{self, Stack};
+use gantry_store::stacks;
 use gantry_store::testing::TestStore;
 use gantry_store::{Millis, spaces};
 
-use crate::on_both_databases;
+use gantry_store::on_both_databases;
 
 on_both_databases!(
+    TestStore;
     tracked_runs_take_turns_and_proposed_runs_do_not,
     a_lost_worker_fails_its_run_and_frees_the_stack,
     outbox_leases_hold_a_key_until_finished_or_released,
@@ -51,28 +52,7 @@ async fn setup(db: &TestStore) {
         .await
         .expect("integration");
     for id in ["net", "dns"] {
-        let stack = Stack {
-            id: id.into(),
-            name: id.into(),
-            space_id: "root".into(),
-            integration_id: Some("main".into()),
-            project_id: 42,
-            repository: "infra/network".into(),
-            branch: "main".into(),
-            project_root: String::new(),
-            additional_project_globs: "[]".into(),
-            labels: "[]".into(),
-            autodeploy: 0,
-            allow_forks: 0,
-            vendor: r#"{"kind":"opentofu"}"#.into(),
-            environment: "{}".into(),
-            secret_environment_names: "[]".into(),
-            secret_environment_sealed: None,
-            run_timeout_seconds: 4200,
-            no_output_timeout_seconds: 600,
-            created_at: now.0,
-            updated_at: now.0,
-        };
+        let stack = gantry_store::testing::stack(id, "main", 42, "infra/network", "", now);
         stacks::insert(&mut tx, &stack).await.expect("stack");
     }
     tx.commit().await.expect("commit");
@@ -111,14 +91,15 @@ async fn next(db: &TestStore) -> Option<String> {
 
 async fn command(db: &TestStore, id: &str, command: Command) {
     let mut tx = db.store.begin().await.expect("tx");
-    runs::apply(&mut tx, id, command, "test", false, Millis::now())
+    runs::advance(&mut tx, id, command, "test", false, Millis::now())
         .await
         .expect("apply")
         .unwrap_or_else(|illegal| panic!("{illegal}"));
     tx.commit().await.expect("commit");
 }
 
-async fn tracked_runs_take_turns_and_proposed_runs_do_not(db: &TestStore) {
+async fn tracked_runs_take_turns_and_proposed_runs_do_not(db: TestStore) {
+    let db = &db;
     setup(db).await;
     let t1 = create(db, "net", Kind::Tracked, "a1").await;
     let t2 = create(db, "net", Kind::Tracked, "a2").await;
@@ -150,7 +131,7 @@ async fn tracked_runs_take_turns_and_proposed_runs_do_not(db: &TestStore) {
 
     // A terminal run never moves again.
     let mut tx = db.store.begin().await.expect("tx");
-    let refused = runs::apply(&mut tx, &t1, Command::Confirm, "late", false, Millis::now())
+    let refused = runs::advance(&mut tx, &t1, Command::Confirm, "late", false, Millis::now())
         .await
         .expect("apply");
     assert!(refused.is_err());
@@ -168,7 +149,8 @@ async fn tracked_runs_take_turns_and_proposed_runs_do_not(db: &TestStore) {
     );
 }
 
-async fn a_lost_worker_fails_its_run_and_frees_the_stack(db: &TestStore) {
+async fn a_lost_worker_fails_its_run_and_frees_the_stack(db: TestStore) {
+    let db = &db;
     setup(db).await;
     let t1 = create(db, "net", Kind::Tracked, "a1").await;
     let t2 = create(db, "net", Kind::Tracked, "a2").await;
@@ -226,7 +208,7 @@ async fn a_lost_worker_fails_its_run_and_frees_the_stack(db: &TestStore) {
     assert_eq!(lost, [t1.as_str()]);
     let mut conn = db.store.conn().await.expect("conn");
     let failed = runs::get(&mut conn, &t1).await.expect("get").expect("run");
-    assert_eq!(failed.state, "failed");
+    assert_eq!(failed.state, State::Failed);
     assert!(
         failed
             .reason
@@ -242,7 +224,8 @@ async fn a_lost_worker_fails_its_run_and_frees_the_stack(db: &TestStore) {
 /// A run's GitLab writes are leased per key: another server gets none of
 /// them while the lease holds, the newest one once it is released, and
 /// nothing more once it is delivered.
-async fn outbox_leases_hold_a_key_until_finished_or_released(db: &TestStore) {
+async fn outbox_leases_hold_a_key_until_finished_or_released(db: TestStore) {
+    let db = &db;
     setup(db).await;
     let run = create(db, "net", Kind::Tracked, "c1").await;
     next(db).await.expect("started");

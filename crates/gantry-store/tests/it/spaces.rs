@@ -2,15 +2,17 @@ use gantry_store::spaces::{self, CreateSpaceError};
 use gantry_store::testing::TestStore;
 use gantry_store::{Millis, Page};
 
-use crate::on_both_databases;
+use gantry_store::on_both_databases;
 
 on_both_databases!(
+    TestStore;
     spaces_form_a_tree,
     space_conflicts_and_unknown_parents,
-    space_lists_page_newest_first
+    space_lists_page_newest_first,
 );
 
-async fn spaces_form_a_tree(db: &TestStore) {
+async fn spaces_form_a_tree(db: TestStore) {
+    let db = &db;
     let mut conn = db.store.conn().await.expect("conn");
     let now = Millis::now();
     spaces::insert(&mut conn, "root", "root", None, now)
@@ -40,7 +42,8 @@ async fn spaces_form_a_tree(db: &TestStore) {
     );
 }
 
-async fn space_conflicts_and_unknown_parents(db: &TestStore) {
+async fn space_conflicts_and_unknown_parents(db: TestStore) {
+    let db = &db;
     let mut conn = db.store.conn().await.expect("conn");
     let now = Millis::now();
     spaces::insert(&mut conn, "root", "root", None, now)
@@ -76,7 +79,8 @@ async fn space_conflicts_and_unknown_parents(db: &TestStore) {
     assert_eq!(spaces::count(&mut conn).await.expect("count"), 4);
 }
 
-async fn space_lists_page_newest_first(db: &TestStore) {
+async fn space_lists_page_newest_first(db: TestStore) {
+    let db = &db;
     let mut conn = db.store.conn().await.expect("conn");
     spaces::insert(&mut conn, "root", "root", None, Millis(1))
         .await

@@ -1,239 +1,34 @@
-//! Stacks (DESIGN.md section 7): create with the repository resolved to
-//! its GitLab project, list, show, change, delete. `admin` of a stack's
-//! space manages it; `read` sees it.
+//! Stacks: create with the repository resolved to its GitLab project,
+//! list, show, change, delete. `admin` of a stack's space manages it;
+//! `read` sees it.
 
-use std::collections::BTreeMap;
+mod input;
+mod view;
 
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use gantry_domain::stack::{self, StackFieldError};
-use gantry_domain::{Name, Role};
+use gantry_domain::{Name, Role, stack};
 use gantry_gitlab::{GitLabError, projects, types::MAINTAINER};
 use gantry_store::integrations::{self, Integration};
 use gantry_store::spaces::{self, ROOT};
 use gantry_store::stacks::{self, SaveStackError, Stack};
 use gantry_store::{Conn, Millis, audit};
-use secrecy::{ExposeSecret, SecretString};
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use utoipa::ToSchema;
 
-use crate::auth::{Principal, forbidden};
+use crate::auth::{Guard, Principal};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiQuery};
-use crate::routes::integrations::{self as integrations_routes, token_context};
+use crate::routes::fields::labels;
 use crate::state::AppState;
-use crate::views::{List, ListParams, timestamp};
+use crate::views::{List, ListParams};
 
-/// How a stack's runs are executed.
-#[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
-#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
-pub enum Vendor {
-    /// Shell commands for each phase.
-    Shell {
-        #[serde(default)]
-        init: String,
-        plan: String,
-        apply: String,
-    },
-    Opentofu {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        binary: Option<String>,
-    },
-    Terraform {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        binary: Option<String>,
-    },
-}
-
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateStack {
-    pub name: String,
-    /// Defaults to `root`.
-    pub space: Option<String>,
-    /// Defaults to the default integration.
-    pub integration: Option<String>,
-    /// The GitLab project path, such as `infra/network`.
-    pub repository: String,
-    /// The tracked branch.
-    pub branch: String,
-    /// A directory of the repository; empty for all of it.
-    #[serde(default)]
-    pub project_root: String,
-    #[serde(default)]
-    pub additional_project_globs: Vec<String>,
-    #[serde(default)]
-    pub labels: Vec<String>,
-    #[serde(default)]
-    pub autodeploy: bool,
-    #[serde(default)]
-    pub allow_forks: bool,
-    pub vendor: Vendor,
-    #[serde(default)]
-    pub environment: BTreeMap<String, String>,
-    /// Write-only: only the names come back.
-    #[serde(default)]
-    #[schema(value_type = BTreeMap<String, String>)]
-    pub secret_environment: BTreeMap<String, SecretString>,
-    /// The longest a phase's execution may take (default 4200: 70 minutes).
-    pub run_timeout_seconds: Option<u64>,
-    /// The longest a phase may print nothing (default 600: 10 minutes).
-    pub no_output_timeout_seconds: Option<u64>,
-}
-
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct UpdateStack {
-    /// Immutable: only the current name is accepted.
-    pub name: Option<String>,
-    pub integration: Option<String>,
-    pub repository: Option<String>,
-    pub branch: Option<String>,
-    pub project_root: Option<String>,
-    pub additional_project_globs: Option<Vec<String>>,
-    pub labels: Option<Vec<String>>,
-    pub autodeploy: Option<bool>,
-    pub allow_forks: Option<bool>,
-    pub vendor: Option<Vendor>,
-    /// Replaces the environment.
-    pub environment: Option<BTreeMap<String, String>>,
-    /// Replaces the secret environment.
-    #[schema(value_type = Option<BTreeMap<String, String>>)]
-    pub secret_environment: Option<BTreeMap<String, SecretString>>,
-    pub run_timeout_seconds: Option<u64>,
-    pub no_output_timeout_seconds: Option<u64>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct StackView {
-    pub id: String,
-    pub name: String,
-    pub space: String,
-    /// `null` when its integration was deleted with `force`.
-    pub integration: Option<String>,
-    pub project_id: i64,
-    pub repository: String,
-    pub branch: String,
-    pub project_root: String,
-    pub additional_project_globs: Vec<String>,
-    pub labels: Vec<String>,
-    pub autodeploy: bool,
-    pub allow_forks: bool,
-    #[schema(value_type = Object)]
-    pub vendor: Value,
-    pub environment: BTreeMap<String, String>,
-    /// The names only.
-    pub secret_environment: Vec<String>,
-    pub run_timeout_seconds: i64,
-    pub no_output_timeout_seconds: i64,
-    /// From the checks with GitLab on create or change.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub warnings: Vec<String>,
-    pub created_at: String,
-    pub updated_at: String,
-}
-
-fn view(stack: Stack, warnings: Vec<String>) -> StackView {
-    StackView {
-        id: stack.id,
-        name: stack.name,
-        space: stack.space_id,
-        integration: stack.integration_id,
-        project_id: stack.project_id,
-        repository: stack.repository,
-        branch: stack.branch,
-        project_root: stack.project_root,
-        additional_project_globs: serde_json::from_str(&stack.additional_project_globs)
-            .unwrap_or_default(),
-        labels: serde_json::from_str(&stack.labels).unwrap_or_default(),
-        autodeploy: stack.autodeploy == 1,
-        allow_forks: stack.allow_forks == 1,
-        vendor: serde_json::from_str(&stack.vendor).unwrap_or(Value::Null),
-        environment: serde_json::from_str(&stack.environment).unwrap_or_default(),
-        secret_environment: serde_json::from_str(&stack.secret_environment_names)
-            .unwrap_or_default(),
-        run_timeout_seconds: stack.run_timeout_seconds,
-        no_output_timeout_seconds: stack.no_output_timeout_seconds,
-        warnings,
-        created_at: timestamp(stack.created_at),
-        updated_at: timestamp(stack.updated_at),
-    }
-}
-
-/// The defaults of DESIGN.md section 5: 70 minutes, 10 minutes.
-const DEFAULT_RUN_TIMEOUT: u64 = 70 * 60;
-const DEFAULT_NO_OUTPUT_TIMEOUT: u64 = 10 * 60;
-
-/// A limit in seconds: at least one, at most a day.
-fn seconds(name: &str, value: u64) -> Result<i64, ApiError> {
-    match i64::try_from(value) {
-        Ok(seconds @ 1..=86_400) => Ok(seconds),
-        _ => Err(ApiError::invalid(format!(
-            "`{name}` is {value}; give between 1 and 86400 seconds"
-        ))),
-    }
-}
-
-fn field(err: StackFieldError) -> ApiError {
-    ApiError::invalid(err.to_string())
-}
-
-fn secret_context(id: &str) -> String {
-    format!("stack:{id}:secret_environment")
-}
-
-/// Labels as integrations take them (trimmed, unique, at most 50 of 100
-/// characters), stored as JSON.
-fn labels(raw: Vec<String>) -> Result<String, ApiError> {
-    Ok(json!(integrations_routes::labels(raw)?).to_string())
-}
-
-fn environment(raw: &BTreeMap<String, String>) -> Result<String, ApiError> {
-    for name in raw.keys() {
-        stack::env_name(name).map_err(|e| ApiError::invalid(format!("`environment`: {e}")))?;
-    }
-    Ok(json!(raw).to_string())
-}
-
-/// Seals the secret environment as one JSON object; returns the names and
-/// the sealed value (`None` when empty).
-fn seal_secrets(
-    state: &AppState,
-    id: &str,
-    raw: &BTreeMap<String, SecretString>,
-) -> Result<(String, Option<String>), ApiError> {
-    let mut plain = serde_json::Map::new();
-    for (name, value) in raw {
-        stack::env_name(name)
-            .map_err(|e| ApiError::invalid(format!("`secret_environment`: {e}")))?;
-        plain.insert(
-            name.clone(),
-            Value::String(value.expose_secret().to_owned()),
-        );
-    }
-    let names: Vec<&String> = raw.keys().collect();
-    if plain.is_empty() {
-        return Ok((json!(names).to_string(), None));
-    }
-    let secret = SecretString::from(Value::Object(plain).to_string());
-    Ok((
-        json!(names).to_string(),
-        Some(state.keyring.encrypt(&secret_context(id), &secret)),
-    ))
-}
-
-fn vendor(vendor: &Vendor) -> Result<String, ApiError> {
-    if let Vendor::Shell { plan, apply, .. } = vendor
-        && (plan.trim().is_empty() || apply.trim().is_empty())
-    {
-        return Err(ApiError::invalid(
-            "`vendor`: a shell workflow needs `plan` and `apply` commands",
-        ));
-    }
-    serde_json::to_string(vendor).map_err(|e| ApiError::invalid(format!("`vendor`: {e}")))
-}
+pub use input::{CreateStack, UpdateStack};
+use input::{
+    DEFAULT_NO_OUTPUT_TIMEOUT, DEFAULT_RUN_TIMEOUT, environment, repository, seal_secrets, seconds,
+};
+pub use view::StackView;
+use view::view;
 
 /// The integration a stack in `space` may use: the one named, or the
 /// default. A space-level integration serves its space and the spaces below.
@@ -271,20 +66,7 @@ async fn resolve(
     integration: &Integration,
     repository: &str,
 ) -> Result<(i64, Vec<String>), ApiError> {
-    let token = state
-        .keyring
-        .decrypt(&token_context(&integration.id), &integration.token_sealed)
-        .map_err(|error| {
-            tracing::error!(integration.id = %integration.id, %error, "cannot open the API token");
-            ApiError::invalid(format!(
-                "the API token of integration {:?} cannot be decrypted with this server's master key; update the integration's token",
-                integration.id
-            ))
-        })?;
-    let client = state
-        .gitlab
-        .client(&integration.api_host_url, token)
-        .map_err(|e| ApiError::invalid(format!("integration {:?}: {e}", integration.id)))?;
+    let client = state.gitlab.client(integration)?;
     let unavailable = |error: GitLabError| ApiError::bad_gateway(format!("{error}; try again"));
     let project = match projects::find(&client, repository).await {
         Ok(project) => project,
@@ -307,8 +89,17 @@ async fn resolve(
             )));
         }
     };
-    let user_id = u64::try_from(integration.token.user_id).unwrap_or_default();
+    let project_id = i64::try_from(project.id).map_err(|_| {
+        ApiError::bad_gateway(format!(
+            "GitLab gave project id {}, too large to store",
+            project.id
+        ))
+    })?;
     let mut warnings = Vec::new();
+    let Ok(user_id) = u64::try_from(integration.token.user_id) else {
+        warnings.push("the token's user is unknown; check the integration's token".to_owned());
+        return Ok((project_id, warnings));
+    };
     match projects::access_level(&client, project.id, user_id).await {
         Ok(Some(level)) if level >= MAINTAINER => {}
         Ok(Some(level)) => warnings.push(format!(
@@ -322,7 +113,7 @@ async fn resolve(
         Err(error) if error.is_transient() => return Err(unavailable(error)),
         Err(error) => warnings.push(format!("the token user's access could not be checked: {error}")),
     }
-    Ok((i64::try_from(project.id).unwrap_or(i64::MAX), warnings))
+    Ok((project_id, warnings))
 }
 
 async fn record(
@@ -357,25 +148,20 @@ pub async fn create(
     principal: Principal,
     ApiJson(body): ApiJson<CreateStack>,
 ) -> Result<(StatusCode, Json<StackView>), ApiError> {
-    let name = Name::parse(&body.name).map_err(|e| ApiError::invalid(e.to_string()))?;
-    let id = name.slug().map_err(|e| ApiError::invalid(e.to_string()))?;
+    let name = Name::parse(&body.name)?;
+    let id = name.slug()?;
     let space = body
         .space
         .as_deref()
         .map(str::trim)
         .unwrap_or(ROOT)
         .to_owned();
-    let repository = body.repository.trim().trim_matches('/').to_owned();
-    if repository.is_empty() {
-        return Err(ApiError::invalid(
-            "`repository` is empty; give the GitLab project path, such as `infra/network`",
-        ));
-    }
-    let branch = stack::branch(&body.branch).map_err(field)?;
-    let project_root = stack::project_root(&body.project_root).map_err(field)?;
-    let globs = stack::globs(&body.additional_project_globs).map_err(field)?;
+    let repository = repository(&body.repository)?;
+    let branch = stack::branch(&body.branch)?;
+    let project_root = stack::project_root(&body.project_root)?;
+    let globs = stack::globs(&body.additional_project_globs)?;
     let labels = labels(body.labels)?;
-    let vendor = vendor(&body.vendor)?;
+    body.vendor.check()?;
     let environment = environment(&body.environment)?;
     let run_timeout = seconds(
         "run_timeout_seconds",
@@ -391,19 +177,11 @@ pub async fn create(
 
     let integration = {
         let mut conn = state.store.conn().await?;
-        let ancestry = spaces::ancestry(&mut conn, &space).await?;
-        if ancestry.is_empty() {
-            return Err(ApiError::invalid(format!(
-                "`space` {space:?} does not exist"
-            )));
-        }
-        if !principal.allows(Role::Admin, &ancestry) {
-            return Err(forbidden(Role::Admin, &space));
-        }
+        principal
+            .may_create_in(&mut conn, &space, Role::Admin)
+            .await?;
         if stacks::get(&mut conn, id.as_str()).await?.is_some() {
-            return Err(ApiError::conflict(
-                SaveStackError::IdTaken(id.as_str().to_owned()).to_string(),
-            ));
+            return Err(SaveStackError::IdTaken(id.as_str().to_owned()).into());
         }
         usable_integration(&mut conn, &space, body.integration.as_deref()).await?
     };
@@ -418,11 +196,11 @@ pub async fn create(
         repository,
         branch,
         project_root,
-        additional_project_globs: json!(globs).to_string(),
+        additional_project_globs: globs,
         labels,
-        autodeploy: i64::from(body.autodeploy),
-        allow_forks: i64::from(body.allow_forks),
-        vendor,
+        autodeploy: body.autodeploy,
+        allow_forks: body.allow_forks,
+        vendor: body.vendor,
         environment,
         secret_environment_names: secret_names,
         secret_environment_sealed: secret_sealed,
@@ -432,12 +210,7 @@ pub async fn create(
         updated_at: now.0,
     };
     let mut tx = state.store.begin().await?;
-    stacks::insert(&mut tx, &stack)
-        .await
-        .map_err(|err| match err {
-            SaveStackError::IdTaken(_) => ApiError::conflict(err.to_string()),
-            SaveStackError::Store(err) => err.into(),
-        })?;
+    stacks::insert(&mut tx, &stack).await?;
     let detail = json!({ "integration": integration.id, "repository": stack.repository, "project_id": project_id });
     record(&mut tx, &principal, "stack.create", &stack, detail).await?;
     tx.commit().await?;
@@ -459,7 +232,7 @@ pub async fn list(
     Ok(Json(List::new(rows, next, |row| view(row, Vec::new()))))
 }
 
-/// A stack the caller holds `needed` on; 404 when it cannot even read it.
+/// A stack the caller holds `needed` on, by the one authorization rule.
 pub(crate) async fn authorized(
     conn: &mut Conn,
     principal: &Principal,
@@ -467,14 +240,26 @@ pub(crate) async fn authorized(
     needed: Role,
 ) -> Result<Stack, ApiError> {
     let not_found = || ApiError::not_found(format!("no stack {id:?} that you can see"));
-    let stack = stacks::get(conn, id).await?.ok_or_else(not_found)?;
-    let ancestry = spaces::ancestry(conn, &stack.space_id).await?;
-    if !principal.allows(Role::Read, &ancestry) {
-        return Err(not_found());
-    }
-    if !principal.allows(needed, &ancestry) {
-        return Err(forbidden(needed, &stack.space_id));
-    }
+    guarded(conn, principal, id, needed, not_found).await
+}
+
+/// [`authorized`], answering `not_found` when the caller may not see the
+/// stack (a run's routes name the run, not its stack).
+pub(crate) async fn guarded(
+    conn: &mut Conn,
+    principal: &Principal,
+    id: &str,
+    needed: Role,
+    not_found: impl Fn() -> ApiError,
+) -> Result<Stack, ApiError> {
+    let stack = stacks::get(conn, id).await?.ok_or_else(&not_found)?;
+    let guard = Guard {
+        space: &stack.space_id,
+        listed_to_all: false,
+    };
+    principal
+        .authorize(conn, guard, Some(needed), not_found)
+        .await?;
     Ok(stack)
 }
 
@@ -512,25 +297,26 @@ pub async fn update(
     }
     let mut next = current.clone();
     if let Some(branch) = &body.branch {
-        next.branch = stack::branch(branch).map_err(field)?;
+        next.branch = stack::branch(branch)?;
     }
     if let Some(root) = &body.project_root {
-        next.project_root = stack::project_root(root).map_err(field)?;
+        next.project_root = stack::project_root(root)?;
     }
     if let Some(globs) = &body.additional_project_globs {
-        next.additional_project_globs = json!(stack::globs(globs).map_err(field)?).to_string();
+        next.additional_project_globs = stack::globs(globs)?;
     }
     if let Some(raw) = body.labels {
         next.labels = labels(raw)?;
     }
     if let Some(autodeploy) = body.autodeploy {
-        next.autodeploy = i64::from(autodeploy);
+        next.autodeploy = autodeploy;
     }
     if let Some(allow_forks) = body.allow_forks {
-        next.allow_forks = i64::from(allow_forks);
+        next.allow_forks = allow_forks;
     }
-    if let Some(raw) = &body.vendor {
-        next.vendor = vendor(raw)?;
+    if let Some(vendor) = body.vendor {
+        vendor.check()?;
+        next.vendor = vendor;
     }
     if let Some(raw) = &body.environment {
         next.environment = environment(raw)?;
@@ -546,10 +332,7 @@ pub async fn update(
         next.secret_environment_names = names;
         next.secret_environment_sealed = sealed;
     }
-    let repository = body
-        .repository
-        .as_deref()
-        .map(|r| r.trim().trim_matches('/').to_owned());
+    let repository = body.repository.as_deref().map(repository).transpose()?;
     let mut warnings = Vec::new();
     let integration_changed =
         body.integration.is_some() && body.integration != current.integration_id;
@@ -566,9 +349,6 @@ pub async fn update(
         let integration = usable_integration(&mut conn, &next.space_id, named).await?;
         drop(conn);
         let repository = repository.unwrap_or_else(|| current.repository.clone());
-        if repository.is_empty() {
-            return Err(ApiError::invalid("`repository` is empty"));
-        }
         let (project_id, found) = resolve(&state, &integration, &repository).await?;
         next.integration_id = Some(integration.id);
         next.repository = repository;

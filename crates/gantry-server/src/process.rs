@@ -1,10 +1,10 @@
 //! Processing stored deliveries: the `process_delivery` job, run by every
 //! server, and the same processing on replay.
 //!
-//! Each delivery is processed in two steps. Planning reads the delivery,
+//! Each delivery is processed in two steps. Deciding reads the delivery,
 //! finds the stacks of its project and asks GitLab for the changed files
 //! when the payload does not list them all, with no transaction open.
-//! Applying then creates and cancels runs, records the outcome and
+//! Enacting then creates and cancels runs, records the outcome and
 //! completes the job in one transaction, so a delivery takes effect once.
 
 use std::sync::Arc;
@@ -14,22 +14,19 @@ use gantry_domain::event::Event;
 use gantry_domain::rules::{self, ChangedFiles, Decision, StackFacts};
 use gantry_domain::stack::Affects;
 use gantry_gitlab::{GitLabError, projects, webhook};
-use gantry_store::crypto::Keyring;
 use gantry_store::deliveries::{self, Delivery, Processed, Status};
 use gantry_store::jobs::{self, ClaimedJob, Lease, LeaseError};
 use gantry_store::runs::{self, Created, NewRun};
 use gantry_store::stacks::Stack;
 use gantry_store::{Millis, Store, StoreError, Tx, integrations, stacks};
 
-use crate::routes::integrations::token_context;
+use crate::gitlab::{AccessError, GitLabAccess};
 
-/// What processing needs: the database, the keyring to open integration
-/// tokens, and the GitLab client.
+/// What processing needs: the database and the way to GitLab.
 #[derive(Clone)]
 pub struct Processor {
     pub store: Store,
-    pub keyring: Arc<Keyring>,
-    pub gitlab: gantry_gitlab::Http,
+    pub gitlab: GitLabAccess,
     /// Woken after runs are created.
     pub runs_signal: Arc<tokio::sync::Notify>,
 }
@@ -43,14 +40,17 @@ pub enum ProcessError {
     /// GitLab could not be asked now; the job is retried later.
     #[error("{0}")]
     GitLab(GitLabError),
+    /// The job's payload names no delivery.
+    #[error("job {0} does not name a delivery")]
+    BadJob(i64),
     #[error(transparent)]
     Lease(#[from] LeaseError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
-/// What applying a delivery will do.
-struct Plan {
+/// What enacting a delivery will do.
+struct Decided {
     delivery: String,
     status: Status,
     /// The outcome when there is nothing to decide, or its first words.
@@ -63,9 +63,9 @@ struct Plan {
 impl Processor {
     /// Processes a delivery now and returns it (a replay).
     pub async fn process(&self, id: &str) -> Result<Delivery, ProcessError> {
-        let plan = self.plan(id).await?;
+        let decided = self.decide(id).await?;
         let mut tx = self.store.begin().await?;
-        apply(&mut tx, plan, None).await?;
+        enact(&mut tx, decided, None).await?;
         tx.commit().await?;
         self.runs_signal.notify_waiters();
         let mut conn = self.store.conn().await?;
@@ -74,13 +74,13 @@ impl Processor {
             .ok_or_else(|| ProcessError::Missing(id.to_owned()))
     }
 
-    async fn plan(&self, id: &str) -> Result<Option<Plan>, ProcessError> {
+    async fn decide(&self, id: &str) -> Result<Option<Decided>, ProcessError> {
         let mut conn = self.store.conn().await?;
         let Some((delivery, body)) = deliveries::with_body(&mut conn, id).await? else {
             return Ok(None);
         };
         let trigger = format!("delivery:{id}");
-        let simple = |status, outcome: String, error: Option<String>| Plan {
+        let simple = |status, outcome: String, error: Option<String>| Decided {
             delivery: id.to_owned(),
             status,
             outcome,
@@ -88,9 +88,17 @@ impl Processor {
             decisions: Vec::new(),
             trigger: trigger.clone(),
         };
-        if delivery.status == Status::Duplicate.as_str() {
+        if delivery.status == Status::Duplicate {
             // A duplicate causes nothing, however often it is processed.
-            let outcome = delivery.outcome.clone().unwrap_or_default();
+            let outcome = delivery
+                .outcome
+                .clone()
+                .ok_or_else(|| StoreError::Corrupt {
+                    table: "deliveries",
+                    id: id.to_owned(),
+                    column: "outcome",
+                    problem: "a duplicate is stored with its outcome, and this one has none".into(),
+                })?;
             return Ok(Some(simple(Status::Duplicate, outcome, None)));
         }
         let body = body.ok_or_else(|| ProcessError::Pruned(id.to_owned()))?;
@@ -114,8 +122,13 @@ impl Processor {
             }
         };
         let project = event.project().clone();
-        let project_id = i64::try_from(project.id).unwrap_or(i64::MAX);
-        let found = stacks::for_project(&mut conn, &delivery.integration_id, project_id).await?;
+        // GitLab's ids fit a database integer; one that does not matches no stack.
+        let found = match i64::try_from(project.id) {
+            Ok(project_id) => {
+                stacks::for_project(&mut conn, &delivery.integration_id, project_id).await?
+            }
+            Err(_) => Vec::new(),
+        };
         let path = if project.path.is_empty() {
             String::new()
         } else {
@@ -137,7 +150,9 @@ impl Processor {
         };
         let files = match files {
             Ok(files) => files,
-            Err(error) if error.is_transient() => return Err(ProcessError::GitLab(error)),
+            Err(Unread::GitLab(error)) if error.is_transient() => {
+                return Err(ProcessError::GitLab(error));
+            }
             Err(error) => {
                 let outcome = format!(
                     "{}: the changed files could not be read from GitLab",
@@ -152,11 +167,14 @@ impl Processor {
         };
         let mut affects = Vec::with_capacity(found.len());
         for stack in &found {
-            let globs: Vec<String> =
-                serde_json::from_str(&stack.additional_project_globs).unwrap_or_default();
-            // Globs were checked when stored; a bad one matches nothing.
-            let matcher = Affects::new(&stack.project_root, &globs)
-                .unwrap_or_else(|_| Affects::root_only(&stack.project_root));
+            // The store checked the globs when it read the row.
+            let matcher = Affects::new(&stack.project_root, &stack.additional_project_globs)
+                .map_err(|error| StoreError::Corrupt {
+                    table: "stacks",
+                    id: stack.id.clone(),
+                    column: "additional_project_globs",
+                    problem: error.to_string(),
+                })?;
             affects.push(matcher);
         }
         let facts: Vec<StackFacts<'_>> = found
@@ -166,11 +184,11 @@ impl Processor {
                 id: &stack.id,
                 branch: &stack.branch,
                 affects,
-                allow_forks: stack.allow_forks == 1,
+                allow_forks: stack.allow_forks,
             })
             .collect();
         let decisions = rules::decide(&event, &facts, &files);
-        Ok(Some(Plan {
+        Ok(Some(Decided {
             delivery: id.to_owned(),
             status: Status::Accepted,
             outcome: event.describe(),
@@ -185,7 +203,7 @@ impl Processor {
         integration: &integrations::Integration,
         event: &Event,
         stacks: &[Stack],
-    ) -> Result<Vec<String>, GitLabError> {
+    ) -> Result<Vec<String>, Unread> {
         let needs_default =
             matches!(event, Event::Push(push) if push.creates_branch() && !push.deletes_branch());
         let quick = rules::changed_files(event, "");
@@ -195,52 +213,61 @@ impl Processor {
                 _ => Vec::new(),
             });
         }
-        let token = self
-            .keyring
-            .decrypt(&token_context(&integration.id), &integration.token_sealed)
-            .map_err(|e| {
-                GitLabError::Request(format!(
-                    "cannot open the token of integration {:?}: {e}",
-                    integration.id
-                ))
-            })?;
-        let client = self.gitlab.client(&integration.api_host_url, token)?;
+        let client = self.gitlab.client(integration)?;
         let project_id = event.project().id;
-        let default_branch = if needs_default {
-            projects::find(&client, &project_id.to_string())
-                .await?
-                .default_branch
-                .unwrap_or_else(|| stacks.first().map(|s| s.branch.clone()).unwrap_or_default())
-        } else {
-            String::new()
-        };
-        match rules::changed_files(event, &default_branch) {
-            ChangedFiles::Compare { from, to } => {
-                projects::changed_files(&client, project_id, &from, &to).await
+        let default_branch = match needs_default {
+            true => {
+                let project = projects::find(&client, &project_id.to_string()).await?;
+                // A project without a default branch: compare from the
+                // tracked branch of its first stack.
+                match (project.default_branch, stacks.first()) {
+                    (Some(branch), _) => branch,
+                    (None, Some(stack)) => stack.branch.clone(),
+                    (None, None) => String::new(),
+                }
             }
-            ChangedFiles::Listed(files) => Ok(files),
-            ChangedFiles::NotNeeded => Ok(Vec::new()),
-        }
+            false => String::new(),
+        };
+        Ok(match rules::changed_files(event, &default_branch) {
+            ChangedFiles::Compare { from, to } => {
+                projects::changed_files(&client, project_id, &from, &to).await?
+            }
+            ChangedFiles::Listed(files) => files,
+            ChangedFiles::NotNeeded => Vec::new(),
+        })
     }
 }
 
-/// Creates and cancels the runs a plan decided, records the outcome and,
-/// with a lease, completes the job: all in `tx`.
-async fn apply(tx: &mut Tx, plan: Option<Plan>, lease: Option<&Lease>) -> Result<(), ProcessError> {
+/// Why the changed files could not be read.
+#[derive(Debug, thiserror::Error)]
+enum Unread {
+    #[error(transparent)]
+    GitLab(#[from] GitLabError),
+    #[error(transparent)]
+    Access(#[from] AccessError),
+}
+
+/// Creates and cancels the runs decided, records the outcome and, with a
+/// lease, completes the job: all in `tx`.
+async fn enact(
+    tx: &mut Tx,
+    decided: Option<Decided>,
+    lease: Option<&Lease>,
+) -> Result<(), ProcessError> {
     let now = Millis::now();
     // The lease first: a job another worker took over changes nothing here.
     if let Some(lease) = lease {
         jobs::complete_in(tx, lease, now).await?;
     }
     // Deleted with its integration: nothing left to do.
-    let Some(plan) = plan else {
+    let Some(decided) = decided else {
         return Ok(());
     };
     let mut created = Vec::new();
     let mut runs_of_delivery = Vec::new();
     let mut canceled = Vec::new();
     let mut skipped = Vec::new();
-    for decision in &plan.decisions {
+    for decision in &decided.decisions {
         match decision {
             Decision::Run {
                 stack,
@@ -255,7 +282,7 @@ async fn apply(tx: &mut Tx, plan: Option<Plan>, lease: Option<&Lease>) -> Result
                     commit_sha: commit,
                     branch,
                     merge_request_iid: *merge_request_iid,
-                    trigger: &plan.trigger,
+                    trigger: &decided.trigger,
                 };
                 let (run, how, superseded) = runs::create(tx, &new, now).await?;
                 if how == Created::New {
@@ -280,8 +307,8 @@ async fn apply(tx: &mut Tx, plan: Option<Plan>, lease: Option<&Lease>) -> Result
             Decision::Nothing { stack, why } => skipped.push(format!("{stack}: {why}")),
         }
     }
-    let mut outcome = plan.outcome.clone();
-    if !plan.decisions.is_empty() {
+    let mut outcome = decided.outcome.clone();
+    if !decided.decisions.is_empty() {
         let mut parts = Vec::new();
         if !created.is_empty() {
             parts.push(format!("created {}", created.join(", ")));
@@ -304,13 +331,13 @@ async fn apply(tx: &mut Tx, plan: Option<Plan>, lease: Option<&Lease>) -> Result
         outcome = format!("{outcome}: {}", parts.join("; "));
     }
     let processed = Processed {
-        status: plan.status,
+        status: decided.status,
         outcome: &outcome,
-        error: plan.error.as_deref(),
+        error: decided.error.as_deref(),
         runs: &runs_of_delivery,
     };
-    deliveries::finish(tx, &plan.delivery, &processed, None, now).await?;
-    tracing::debug!(delivery.id = %plan.delivery, outcome, "delivery processed");
+    deliveries::finish(tx, &decided.delivery, &processed, now).await?;
+    tracing::debug!(delivery.id = %decided.delivery, outcome, "delivery processed");
     Ok(())
 }
 
@@ -318,7 +345,7 @@ async fn apply(tx: &mut Tx, plan: Option<Plan>, lease: Option<&Lease>) -> Result
 const BATCH: u32 = 16;
 
 /// Claims and processes delivery jobs until the task is dropped: a batch
-/// at a time, planned one by one, applied in one transaction.
+/// at a time, decided one by one, enacted in one transaction.
 pub async fn work(processor: Processor, owner: String, lease_for: Duration) {
     let store = processor.store.clone();
     loop {
@@ -342,15 +369,18 @@ pub async fn work(processor: Processor, owner: String, lease_for: Duration) {
         if batch.is_empty() {
             continue;
         }
-        let mut plans = Vec::with_capacity(batch.len());
+        let mut decided = Vec::with_capacity(batch.len());
         for job in &batch {
-            let id = job.payload["delivery"].as_str().unwrap_or_default();
-            match processor.plan(id).await {
-                Ok(plan) => plans.push((job, plan)),
+            let outcome = match delivery_of(job) {
+                Ok(id) => processor.decide(id).await,
+                Err(error) => Err(error),
+            };
+            match outcome {
+                Ok(one) => decided.push((job, one)),
                 Err(error) => fail(&store, job, &error).await,
             }
         }
-        let applied = apply_batch(&store, plans).await;
+        let applied = enact_batch(&store, decided).await;
         processor.runs_signal.notify_waiters();
         if let Err(error) = applied {
             // Nothing was committed; the leases lapse and the reaper
@@ -360,24 +390,31 @@ pub async fn work(processor: Processor, owner: String, lease_for: Duration) {
     }
 }
 
+/// The delivery a `process_delivery` job is for.
+fn delivery_of(job: &ClaimedJob) -> Result<&str, ProcessError> {
+    job.payload["delivery"]
+        .as_str()
+        .ok_or(ProcessError::BadJob(job.lease.job_id))
+}
+
 async fn fail(store: &Store, job: &ClaimedJob, error: &ProcessError) {
-    let id = job.payload["delivery"].as_str().unwrap_or_default();
-    tracing::warn!(delivery.id = %id, %error, "processing a delivery failed; it will be retried");
+    let id = delivery_of(job).unwrap_or("?");
+    tracing::warn!(delivery.id = %id, job.id = job.lease.job_id, %error, "processing a delivery failed; it will be retried");
     if let Err(error) = jobs::fail(store, &job.lease, &error.to_string(), Millis::now()).await {
         tracing::warn!(delivery.id = %id, %error, "cannot record the failure");
     }
 }
 
-async fn apply_batch(
+async fn enact_batch(
     store: &Store,
-    plans: Vec<(&ClaimedJob, Option<Plan>)>,
+    decided: Vec<(&ClaimedJob, Option<Decided>)>,
 ) -> Result<(), StoreError> {
-    if plans.is_empty() {
+    if decided.is_empty() {
         return Ok(());
     }
     let mut tx = store.begin().await?;
-    for (job, plan) in plans {
-        match apply(&mut tx, plan, Some(&job.lease)).await {
+    for (job, one) in decided {
+        match enact(&mut tx, one, Some(&job.lease)).await {
             Ok(()) => {}
             Err(ProcessError::Store(error) | ProcessError::Lease(LeaseError::Store(error))) => {
                 return Err(error);

@@ -1,0 +1,64 @@
+//! The one way the server reaches GitLab for an integration: open the
+//! integration's sealed API token with the keyring and build its client.
+//! Handlers, delivery processing, the outbox and the workers' side all go
+//! through [`GitLabAccess`], so the sealing context and the error a broken
+//! token gives are written once.
+
+use std::sync::Arc;
+
+use gantry_gitlab::{GitLab, GitLabError, Http};
+use gantry_store::crypto::Keyring;
+use gantry_store::integrations::{Integration, api_token_context};
+use secrecy::SecretString;
+
+/// The keyring and the process's one GitLab HTTP client.
+#[derive(Clone)]
+pub struct GitLabAccess {
+    keyring: Arc<Keyring>,
+    http: Http,
+}
+
+/// Why an integration's GitLab cannot be reached. Not a GitLab error:
+/// GitLab was not asked.
+#[derive(Debug, thiserror::Error)]
+pub enum AccessError {
+    #[error(
+        "the API token of integration {0:?} cannot be decrypted with this server's master key; \
+         set a new `api_token` on the integration"
+    )]
+    Sealed(String),
+    #[error("integration {id:?}: {error}")]
+    Client { id: String, error: GitLabError },
+}
+
+impl GitLabAccess {
+    pub fn new(keyring: Arc<Keyring>, http: Http) -> Self {
+        Self { keyring, http }
+    }
+
+    /// The integration's API token, opened.
+    pub fn token(&self, integration: &Integration) -> Result<SecretString, AccessError> {
+        self.keyring
+            .decrypt(&api_token_context(&integration.id), &integration.token_sealed)
+            .map_err(|error| {
+                tracing::error!(integration.id = %integration.id, %error, "cannot open the API token");
+                AccessError::Sealed(integration.id.clone())
+            })
+    }
+
+    /// A client for the integration's GitLab, with its token.
+    pub fn client(&self, integration: &Integration) -> Result<GitLab, AccessError> {
+        let token = self.token(integration)?;
+        self.http
+            .client(&integration.api_host_url, token)
+            .map_err(|error| AccessError::Client {
+                id: integration.id.clone(),
+                error,
+            })
+    }
+
+    /// A client for a token that is not stored yet (the token check).
+    pub fn unsaved(&self, api_host_url: &str, token: SecretString) -> Result<GitLab, GitLabError> {
+        self.http.client(api_host_url, token)
+    }
+}
