@@ -64,10 +64,9 @@ pub async fn work(
     owner: String,
     mut stopping: tokio::sync::watch::Receiver<bool>,
 ) {
-    let throttle = NoteThrottle::default();
     let mut gauges_at = Instant::now();
     while !*stopping.borrow() {
-        let delivered = pass(&state, &owner, &throttle).await;
+        let delivered = pass(&state, &owner).await;
         if gauges_at.elapsed() >= Duration::from_secs(1) {
             gauges_at = Instant::now();
             if let Err(error) = update_gauges(&state).await {
@@ -107,7 +106,14 @@ pub async fn release(state: &AppState, owner: &str) {
     }
 }
 
-async fn update_gauges(state: &AppState) -> Result<(), StoreError> {
+/// Writes due or being sent, by any server.
+pub async fn outstanding(state: &AppState) -> Result<i64, StoreError> {
+    let mut conn = state.store.conn().await?;
+    outbox::outstanding(&mut conn, Millis::now()).await
+}
+
+/// Sets the integrations' health and backlog gauges.
+pub async fn update_gauges(state: &AppState) -> Result<(), StoreError> {
     let mut conn = state.store.conn().await?;
     for (integration, health) in outbox::all_health(&mut conn).await? {
         state.metrics.set_integration(
@@ -119,7 +125,9 @@ async fn update_gauges(state: &AppState) -> Result<(), StoreError> {
     Ok(())
 }
 
-async fn pass(state: &AppState, owner: &str, throttle: &NoteThrottle) -> Result<usize, StoreError> {
+/// Claims the writes due now and sends them; how many it took.
+pub async fn pass(state: &AppState, owner: &str) -> Result<usize, StoreError> {
+    let throttle = &*state.note_throttle;
     let now = Millis::now();
     // A write leased by a server that died is sent again once the lease
     // (`--lease-seconds`) lapses.

@@ -347,10 +347,9 @@ const BATCH: u32 = 16;
 /// Claims and processes delivery jobs until the task is dropped: a batch
 /// at a time, decided one by one, enacted in one transaction.
 pub async fn work(processor: Processor, owner: String, lease_for: Duration) {
-    let store = processor.store.clone();
     loop {
         let claimed = jobs::claim_many_or_wait(
-            &store,
+            &processor.store,
             &[deliveries::PROCESS_JOB],
             &owner,
             lease_for,
@@ -358,35 +357,61 @@ pub async fn work(processor: Processor, owner: String, lease_for: Duration) {
             BATCH,
         )
         .await;
-        let batch = match claimed {
-            Ok(batch) => batch,
+        match claimed {
+            Ok(batch) => process_batch(&processor, &batch).await,
             Err(error) => {
                 tracing::warn!(%error, "cannot claim delivery jobs; trying again");
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
             }
+        }
+    }
+}
+
+/// Claims the delivery jobs due now and processes them; how many it took.
+pub async fn run_due(
+    processor: &Processor,
+    owner: &str,
+    lease_for: Duration,
+) -> Result<usize, StoreError> {
+    let batch = jobs::claim_many(
+        &processor.store,
+        &[deliveries::PROCESS_JOB],
+        owner,
+        lease_for,
+        Millis::now(),
+        BATCH,
+    )
+    .await?;
+    process_batch(processor, &batch).await;
+    Ok(batch.len())
+}
+
+/// Delivery jobs due or under way, on any server.
+pub async fn outstanding(processor: &Processor) -> Result<i64, StoreError> {
+    jobs::outstanding(&processor.store, &[deliveries::PROCESS_JOB], Millis::now()).await
+}
+
+async fn process_batch(processor: &Processor, batch: &[ClaimedJob]) {
+    if batch.is_empty() {
+        return;
+    }
+    let mut decided = Vec::with_capacity(batch.len());
+    for job in batch {
+        let outcome = match delivery_of(job) {
+            Ok(id) => processor.decide(id).await,
+            Err(error) => Err(error),
         };
-        if batch.is_empty() {
-            continue;
+        match outcome {
+            Ok(one) => decided.push((job, one)),
+            Err(error) => fail(&processor.store, job, &error).await,
         }
-        let mut decided = Vec::with_capacity(batch.len());
-        for job in &batch {
-            let outcome = match delivery_of(job) {
-                Ok(id) => processor.decide(id).await,
-                Err(error) => Err(error),
-            };
-            match outcome {
-                Ok(one) => decided.push((job, one)),
-                Err(error) => fail(&store, job, &error).await,
-            }
-        }
-        let applied = enact_batch(&store, decided).await;
-        processor.runs_signal.notify_waiters();
-        if let Err(error) = applied {
-            // Nothing was committed; the leases lapse and the reaper
-            // queues the jobs again.
-            tracing::warn!(%error, jobs = batch.len(), "a batch of deliveries failed to commit");
-        }
+    }
+    let enacted = enact_batch(&processor.store, decided).await;
+    processor.runs_signal.notify_waiters();
+    if let Err(error) = enacted {
+        // Nothing was committed; the leases lapse and the reaper queues
+        // the jobs again.
+        tracing::warn!(%error, jobs = batch.len(), "a batch of deliveries failed to commit");
     }
 }
 

@@ -25,6 +25,8 @@ use crate::state::AppState;
 pub struct RunningServer {
     pub addr: SocketAddr,
     pub store: Store,
+    state: AppState,
+    owner: String,
     task: JoinHandle<anyhow::Result<()>>,
 }
 
@@ -32,6 +34,31 @@ impl RunningServer {
     /// Waits for the server to finish its graceful shutdown.
     pub async fn wait(self) -> anyhow::Result<()> {
         self.task.await.context("server task panicked")?
+    }
+
+    /// Processes, in this task, every delivery job and GitLab write that
+    /// is due, and waits for those that another task or server holds,
+    /// until none is left (a write waiting for its retry time is not due).
+    /// What tests call instead of sleeping until the background loops got
+    /// to the work; the loops keep running meanwhile, and leases keep the
+    /// two from doing anything twice.
+    pub async fn run_pending_jobs(&self) -> Result<(), gantry_store::StoreError> {
+        let processor = self.state.processor();
+        let lease = self.state.config.lease;
+        loop {
+            let taken = crate::process::run_due(&processor, &self.owner, lease).await?
+                + crate::outbox::pass(&self.state, &self.owner).await?;
+            if taken > 0 {
+                continue;
+            }
+            let left = crate::process::outstanding(&processor).await?
+                + crate::outbox::outstanding(&self.state).await?;
+            if left == 0 {
+                return crate::outbox::update_gauges(&self.state).await;
+            }
+            // Held by the background loops: they finish soon.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 }
 
@@ -85,9 +112,11 @@ pub async fn start(
                 .context("cannot open the blob directory")?,
         ),
         gitlab: GitLabAccess::new(keyring, gitlab),
+        note_throttle: Arc::default(),
     };
     let reaper = tokio::spawn(reap_lapsed_leases(store.clone(), state.config.lease));
     let owner = format!("server-{}", uuid::Uuid::new_v4());
+    let server_owner = format!("{owner}-jobs");
     let processor = state.processor();
     // The embedded workers stop claiming as soon as the shutdown begins.
     let workers = crate::worker::spawn_pool(
@@ -110,6 +139,7 @@ pub async fn start(
         store.clone(),
         state.config.delivery_retention,
     ));
+    let server_state = state.clone();
     let app = router(state);
     tracing::info!(listen = %addr, "serving");
     let mut workers = workers;
@@ -151,7 +181,13 @@ pub async fn start(
         crate::outbox::release(&reporter_state, &reporter_owner).await;
         served.context("the HTTP server failed")
     });
-    Ok(RunningServer { addr, store, task })
+    Ok(RunningServer {
+        addr,
+        store,
+        state: server_state,
+        owner: server_owner,
+        task,
+    })
 }
 
 /// Deletes the stored workspaces of ended runs, every minute.

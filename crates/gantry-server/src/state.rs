@@ -25,6 +25,8 @@ pub struct AppState {
     pub blobs: Arc<dyn crate::blobs::Blobs>,
     /// Group commit of webhook deliveries.
     pub inbox: gantry_store::deliveries::Inbox,
+    /// Note creations per integration in the last minute.
+    pub note_throttle: Arc<crate::outbox::NoteThrottle>,
     /// How to reach an integration's GitLab.
     pub gitlab: crate::gitlab::GitLabAccess,
 }

@@ -391,6 +391,22 @@ pub async fn claim_many_or_wait(
     }
 }
 
+/// How many jobs of `kinds` are due or being worked on at `now`: zero
+/// when the queue of those kinds is idle.
+pub async fn outstanding(store: &Store, kinds: &[&str], now: Millis) -> Result<i64, StoreError> {
+    let sql = format!(
+        "SELECT COUNT(*) FROM jobs WHERE ((state = 'queued' AND run_at <= $1) OR state = 'running') \
+         AND kind IN ({})",
+        placeholders(2, kinds.len())
+    );
+    let mut query = sqlx::query_as::<_, (i64,)>(&sql).bind(now.0);
+    for kind in kinds {
+        query = query.bind(*kind);
+    }
+    let (count,) = query.fetch_one(store.pool()).await?;
+    Ok(count)
+}
+
 /// When the earliest queued job of `kinds` falls due.
 async fn next_due(store: &Store, kinds: &[&str]) -> Result<Option<Millis>, StoreError> {
     let sql = format!(

@@ -179,6 +179,20 @@ pub async fn claim(
     Ok(claimed)
 }
 
+/// How many writes are due or being sent at `now` (those of paused
+/// integrations wait and are not counted): zero when the outbox is idle.
+pub async fn outstanding(conn: &mut Conn, now: Millis) -> Result<i64, StoreError> {
+    let (count,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM outbox o WHERE o.status = 'pending' \
+           AND (o.next_attempt_at <= $1 OR o.lease_expires_at > $1) \
+           AND NOT EXISTS (SELECT 1 FROM integrations i WHERE i.id = o.integration_id AND i.unhealthy_since IS NOT NULL)",
+    )
+    .bind(now.0)
+    .fetch_one(conn)
+    .await?;
+    Ok(count)
+}
+
 /// How a delivery attempt ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {

@@ -453,18 +453,15 @@ pub(crate) async fn wait_for(app: &TestApp, run: &str, state: &str) -> Value {
     panic!("run {run} never reached {state}: {last} {log}");
 }
 
+/// The runs of a stack once every delivery received so far was processed.
 async fn runs_of(app: &TestApp, stack: &str) -> Vec<Value> {
-    for _ in 0..500 {
-        let (_, list) = app
-            .get(&format!("/api/v1/stacks/{stack}/runs"), &app.admin)
-            .await;
-        let items = list["items"].as_array().cloned().unwrap_or_default();
-        if !items.is_empty() {
-            return items;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("no runs for {stack}");
+    app.settle().await;
+    let (_, list) = app
+        .get(&format!("/api/v1/stacks/{stack}/runs"), &app.admin)
+        .await;
+    let items = list["items"].as_array().cloned().unwrap_or_default();
+    assert!(!items.is_empty(), "no runs for {stack}: {list}");
+    items
 }
 
 async fn a_shell_stack_plans_waits_for_confirmation_and_applies(db: Db) {

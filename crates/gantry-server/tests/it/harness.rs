@@ -143,6 +143,17 @@ impl TestApp {
         }
     }
 
+    /// Runs every delivery job and GitLab write that is due until none is
+    /// left, so a test asserts on their outcome instead of polling for it.
+    pub async fn settle(&self) {
+        self.server
+            .as_ref()
+            .expect("running")
+            .run_pending_jobs()
+            .await
+            .expect("pending jobs run");
+    }
+
     pub fn store(&self) -> &gantry_store::Store {
         &self.server.as_ref().expect("running").store
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use gantry_gitlab_sim::{Fault, FaultKind, TokenSpec};
 use reqwest::StatusCode;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::execution::{shell_run, wait_for};
 use crate::harness::{Db, TestApp, repo};
@@ -150,17 +150,12 @@ async fn statuses_and_deployments_of_tracked_runs(db: Db) {
         )
         .await;
     let c = c["id"].as_str().expect("id").to_owned();
-    let mut paused = Value::Null;
-    for _ in 0..500 {
-        paused = app
-            .get("/api/v1/integrations/gitlab/main", &app.admin)
-            .await
-            .1;
-        if paused["health"]["status"] == "token_rejected" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // The run's `pending` goes out, meets the revoked token, and pauses.
+    app.settle().await;
+    let paused = app
+        .get("/api/v1/integrations/gitlab/main", &app.admin)
+        .await
+        .1;
     assert_eq!(paused["health"]["status"], "token_rejected", "{paused}");
     assert!(
         paused["health"]["pending_writes"].as_i64().unwrap_or(0) >= 1,
@@ -168,19 +163,13 @@ async fn statuses_and_deployments_of_tracked_runs(db: Db) {
     );
     // The worker cannot ask GitLab for the clone URL either: the run fails.
     wait_for(&app, &c, "failed").await;
-    let mut metrics = String::new();
-    for _ in 0..250 {
-        metrics = reqwest::get(format!("{}/metrics", app.base))
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
-        if metrics.contains("gantry_integration_healthy{integration=\"main\"} 0") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    app.settle().await;
+    let metrics = reqwest::get(format!("{}/metrics", app.base))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
     assert!(
         metrics.contains("gantry_integration_healthy{integration=\"main\"} 0")
             && metrics.contains("gantry_outbox_pending{integration=\"main\"}"),

@@ -3,8 +3,6 @@
 //! commit list is incomplete, one run per (stack, commit, kind),
 //! cancellation, replay, and the runs API.
 
-use std::time::Duration;
-
 use gantry_gitlab_sim::Sim;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -49,26 +47,24 @@ async fn deliver(app: &TestApp, world: &World, event: &str, payload: &Value) -> 
     processed(app, answer["delivery"].as_str().expect("delivery")).await
 }
 
+/// The delivery once the server processed every delivery job due.
 async fn processed(app: &TestApp, delivery: &str) -> Value {
-    for _ in 0..1000 {
-        let (_, list) = app
-            .get(
-                "/api/v1/integrations/gitlab/main/deliveries?limit=500",
-                &app.admin,
-            )
-            .await;
-        if let Some(found) = list["items"]
-            .as_array()
-            .expect("items")
-            .iter()
-            .find(|d| d["id"] == delivery)
-            && !found["processed_at"].is_null()
-        {
-            return found.clone();
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("delivery {delivery} was not processed");
+    app.settle().await;
+    let (_, list) = app
+        .get(
+            "/api/v1/integrations/gitlab/main/deliveries?limit=500",
+            &app.admin,
+        )
+        .await;
+    let found = list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|d| d["id"] == delivery)
+        .cloned()
+        .expect("listed");
+    assert!(!found["processed_at"].is_null(), "not processed: {found}");
+    found
 }
 
 async fn runs(app: &TestApp, stack: &str) -> Vec<Value> {

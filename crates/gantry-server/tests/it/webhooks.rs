@@ -60,23 +60,19 @@ async fn deliveries(app: &TestApp, hooked: &Hooked, query: &str) -> Value {
     list
 }
 
-/// Waits until the server's inbox worker has processed the delivery.
+/// The delivery once the server processed every delivery job due.
 async fn processed(app: &TestApp, hooked: &Hooked, delivery: &str) -> Value {
-    for _ in 0..1000 {
-        let list = deliveries(app, hooked, "?limit=500").await;
-        let found = list["items"]
-            .as_array()
-            .expect("items")
-            .iter()
-            .find(|d| d["id"] == delivery)
-            .cloned()
-            .expect("listed");
-        if !found["processed_at"].is_null() {
-            return found;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("delivery {delivery} was not processed");
+    app.settle().await;
+    let list = deliveries(app, hooked, "?limit=500").await;
+    let found = list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|d| d["id"] == delivery)
+        .cloned()
+        .expect("listed");
+    assert!(!found["processed_at"].is_null(), "not processed: {found}");
+    found
 }
 
 async fn every_corpus_delivery_is_answered_as_the_contract_says(db: Db) {

@@ -2,6 +2,7 @@
 //! and a run waiting for confirmation holds the lock; proposed runs start
 //! at once. Also what may and may not move a run.
 
+use gantry_domain::report::Write;
 use gantry_domain::run::{Command, Kind, State};
 use gantry_store::integrations::{self, Integration, TokenFacts};
 use gantry_store::outbox::{self, Outcome};
@@ -17,6 +18,8 @@ on_both_databases!(
     tracked_runs_take_turns_and_proposed_runs_do_not,
     a_lost_worker_fails_its_run_and_frees_the_stack,
     outbox_leases_hold_a_key_until_finished_or_released,
+    outbox_claims_the_newest_write_of_each_key_when_it_may_go,
+    a_bad_stored_value_is_an_error_that_names_its_row,
 );
 
 async fn setup(db: &TestStore) {
@@ -287,4 +290,121 @@ async fn outbox_leases_hold_a_key_until_finished_or_released(db: TestStore) {
         .await
         .expect("claim");
     assert!(again.is_empty(), "delivered once: {again:?}");
+}
+
+async fn claim_all(db: &TestStore, owner: &str) -> Vec<outbox::Entry> {
+    let until = Millis::now().plus(std::time::Duration::from_secs(60));
+    outbox::claim(&db.store, owner, until, 10, Millis::now())
+        .await
+        .expect("claim")
+}
+
+async fn finish(db: &TestStore, entry: &outbox::Entry, owner: &str, outcome: Outcome) {
+    let mut conn = db.store.conn().await.expect("conn");
+    outbox::finish(&mut conn, entry.id, owner, &outcome, Millis::now())
+        .await
+        .expect("finish");
+}
+
+async fn outbox_claims_the_newest_write_of_each_key_when_it_may_go(db: TestStore) {
+    let db = &db;
+    setup(db).await;
+    let net = create(db, "net", Kind::Tracked, "c1").await;
+    let dns = create(db, "dns", Kind::Tracked, "c1").await;
+    next(db).await.expect("net starts");
+    next(db).await.expect("dns starts");
+
+    // Four pending status writes on two keys: the newest of each goes, the
+    // older ones are superseded.
+    let mut claimed = claim_all(db, "a").await;
+    claimed.sort_by(|x, y| x.run_id.cmp(&y.run_id));
+    let mut expected = vec![net.clone(), dns.clone()];
+    expected.sort();
+    let got: Vec<&str> = claimed.iter().map(|entry| entry.run_id.as_str()).collect();
+    assert_eq!(got, expected);
+    assert!(claimed.iter().all(|entry| entry.state == State::Preparing));
+    assert!(claimed.iter().all(|entry| entry.kind == Write::Status));
+    for entry in &claimed {
+        finish(db, entry, "a", Outcome::Delivered).await;
+    }
+    assert!(claim_all(db, "a").await.is_empty(), "nothing is sent twice");
+
+    // A write waiting for its retry holds the newer writes of its key.
+    command(db, &net, Command::Plan).await;
+    let planning = claim_all(db, "a").await;
+    assert_eq!(planning.len(), 1, "{planning:?}");
+    assert_eq!(planning[0].state, State::Planning);
+    let later = Millis::now().plus(std::time::Duration::from_secs(600));
+    let retry = Outcome::Retry {
+        at: later,
+        error: "GitLab is slow".into(),
+    };
+    finish(db, &planning[0], "a", retry).await;
+    command(db, &net, Command::Planned { changes: false }).await;
+    assert!(
+        claim_all(db, "a").await.is_empty(),
+        "the key waits for its retry"
+    );
+
+    // A paused integration sends nothing until it is healthy again.
+    let mut conn = db.store.conn().await.expect("conn");
+    outbox::mark_unhealthy(&mut conn, "main", "401", Millis::now())
+        .await
+        .expect("pause");
+    command(db, &dns, Command::Plan).await;
+    assert!(claim_all(db, "a").await.is_empty(), "paused");
+    outbox::mark_healthy(&mut conn, "main")
+        .await
+        .expect("resume");
+    let resumed = claim_all(db, "a").await;
+    assert_eq!(resumed.len(), 1, "{resumed:?}");
+    assert_eq!(
+        (resumed[0].run_id.as_str(), resumed[0].state),
+        (dns.as_str(), State::Planning)
+    );
+}
+
+async fn a_bad_stored_value_is_an_error_that_names_its_row(db: TestStore) {
+    let db = &db;
+    setup(db).await;
+    let run = create(db, "net", Kind::Tracked, "c1").await;
+    let mut conn = db.store.conn().await.expect("conn");
+    for (sql, id, expected) in [
+        (
+            "UPDATE stacks SET labels = 'not json' WHERE id = 'net'",
+            "net",
+            "stacks row \"net\" holds a bad `labels`",
+        ),
+        (
+            "UPDATE stacks SET labels = '[]', additional_project_globs = '[\"a/[b\"]' WHERE id = 'net'",
+            "net",
+            "stacks row \"net\" holds a bad `additional_project_globs`",
+        ),
+        (
+            "UPDATE stacks SET additional_project_globs = '[]', vendor = '{\"kind\":\"ansible\"}' WHERE id = 'net'",
+            "net",
+            "stacks row \"net\" holds a bad `vendor`",
+        ),
+    ] {
+        sqlx::query(sql).execute(&mut *conn).await.expect("plant");
+        let error = stacks::get(&mut conn, id).await.expect_err("refused");
+        assert!(error.to_string().contains(expected), "{error}");
+    }
+    sqlx::query("UPDATE runs SET state = 'exploded' WHERE id = $1")
+        .bind(&run)
+        .execute(&mut *conn)
+        .await
+        .expect("plant");
+    let error = runs::get(&mut conn, &run).await.expect_err("refused");
+    assert_eq!(
+        error.to_string(),
+        format!("runs row {run:?} holds a bad `state`: \"exploded\" is not a known value")
+    );
+    // Nothing was changed by reading: the row is as planted.
+    let (state,): (String,) = sqlx::query_as("SELECT state FROM runs WHERE id = $1")
+        .bind(&run)
+        .fetch_one(&mut *conn)
+        .await
+        .expect("read");
+    assert_eq!(state, "exploded");
 }
