@@ -242,50 +242,23 @@ async fn tour(
     );
 
     // A push to main touching both stacks.
-    let (before, pushed) = sim.commit(
-        project,
-        "main",
-        &[
-            (
-                "network/resources.txt",
-                Some("vpc.main\nsubnet.a\nsubnet.b\n"),
-            ),
-            ("dns/resources.txt", Some("zone.example\nrecord.www\n")),
-        ],
-        "Add subnet b and the www record",
-    )?;
-    let payload = sim.push_payload(project, "main", &before, &pushed)?;
-    deliver(
-        timeline,
-        sim,
-        project,
-        "Push Hook",
-        &payload,
-        &format!("main {}", short(&pushed)),
-    )
-    .await?;
+    let files = [
+        (
+            "network/resources.txt",
+            Some("vpc.main\nsubnet.a\nsubnet.b\n"),
+        ),
+        ("dns/resources.txt", Some("zone.example\nrecord.www\n")),
+    ];
+    let message = "Add subnet b and the www record";
+    let pushed = push(timeline, sim, project, "main", &files, message).await?;
 
     // A merge request changing the network: GitLab sends the push of its
     // branch, then the merge request.
-    let (before, proposed) = sim.commit(
-        project,
-        FEATURE,
-        &[(
-            "network/resources.txt",
-            Some("vpc.main\nsubnet.a\nsubnet.b\nsubnet.c\n"),
-        )],
-        "Add subnet c",
-    )?;
-    let payload = sim.push_payload(project, FEATURE, &before, &proposed)?;
-    deliver(
-        timeline,
-        sim,
-        project,
-        "Push Hook",
-        &payload,
-        &format!("{FEATURE} {}", short(&proposed)),
-    )
-    .await?;
+    let files = [(
+        "network/resources.txt",
+        Some("vpc.main\nsubnet.a\nsubnet.b\nsubnet.c\n"),
+    )];
+    let proposed = push(timeline, sim, project, FEATURE, &files, "Add subnet c").await?;
     let iid = sim.open_merge_request(project, FEATURE, "main", "Add subnet c")?;
     let payload = sim.merge_request_payload(project, iid, "open", None)?;
     deliver(
@@ -336,6 +309,23 @@ fn short(sha: &str) -> &str {
 }
 
 /// Makes the simulated GitLab send a webhook; the hook must take it.
+/// Commits `files` to `branch`, has GitLab deliver the push, and returns
+/// the new commit.
+async fn push(
+    timeline: &Timeline,
+    sim: &Sim,
+    project: u64,
+    branch: &str,
+    files: &[(&str, Option<&str>)],
+    message: &str,
+) -> anyhow::Result<String> {
+    let (before, pushed) = sim.commit(project, branch, files, message)?;
+    let payload = sim.push_payload(project, branch, &before, &pushed)?;
+    let what = format!("{branch} {}", short(&pushed));
+    deliver(timeline, sim, project, "Push Hook", &payload, &what).await?;
+    Ok(pushed)
+}
+
 async fn deliver(
     timeline: &Timeline,
     sim: &Sim,

@@ -6,7 +6,7 @@ use clap::Subcommand;
 use reqwest::Method;
 use serde_json::{Map, Value, json};
 
-use super::output::{Column, print_list, print_one};
+use super::output::{CREATED, Column, ID, NAME, SPACE, pick, print_list, print_one};
 use super::{Client, Failure, Outcome, Page, exit, insert_some, query, read_secret};
 
 const SPACES: &str = "/api/v1/spaces";
@@ -18,11 +18,7 @@ pub async fn me(client: &Client) -> Outcome {
     print_one(
         client.json,
         &answer,
-        &[
-            Column::Field("id", "/id"),
-            Column::Field("name", "/name"),
-            Column::Field("roles", "/roles"),
-        ],
+        &[ID, NAME, Column::Field("roles", "/roles")],
     );
     Ok(())
 }
@@ -46,12 +42,7 @@ pub enum SpaceCommand {
     },
 }
 
-const SPACE_COLUMNS: [Column; 4] = [
-    Column::Field("id", "/id"),
-    Column::Field("name", "/name"),
-    Column::Field("parent", "/parent"),
-    Column::Field("created", "/created_at"),
-];
+const SPACE_COLUMNS: [Column; 4] = [ID, NAME, Column::Field("parent", "/parent"), CREATED];
 
 pub async fn space(client: &Client, command: SpaceCommand) -> Outcome {
     match command {
@@ -90,11 +81,11 @@ pub enum ApiKeyCommand {
 }
 
 const API_KEY_COLUMNS: [Column; 6] = [
-    Column::Field("id", "/id"),
-    Column::Field("name", "/name"),
+    ID,
+    NAME,
     Column::Field("roles", "/roles"),
     Column::Field("created by", "/created_by"),
-    Column::Field("created", "/created_at"),
+    CREATED,
     Column::Field("revoked", "/revoked_at"),
 ];
 
@@ -118,8 +109,8 @@ pub async fn api_key(client: &Client, command: ApiKeyCommand) -> Outcome {
                 client.json,
                 &answer,
                 &[
-                    Column::Field("id", "/id"),
-                    Column::Field("name", "/name"),
+                    ID,
+                    NAME,
                     Column::Field("roles", "/roles"),
                     Column::Field("secret", "/secret"),
                 ],
@@ -168,7 +159,7 @@ pub async fn audit(client: &Client, command: AuditCommand) -> Outcome {
                     e["target_id"].as_str().unwrap_or("")
                 )
             }),
-            Column::Field("space", "/space"),
+            SPACE,
         ],
     );
     Ok(())
@@ -259,19 +250,12 @@ pub enum IntegrationCommand {
     Replay { id: String, delivery: String },
 }
 
-const INTEGRATION_COLUMNS: [Column; 6] = [
-    Column::Field("id", "/id"),
-    Column::Field("name", "/name"),
-    Column::Field("space", "/space"),
-    Column::Field("default", "/default"),
-    Column::Field("api host", "/api_host_url"),
-    Column::Field("health", "/health/status"),
-];
+const INTEGRATION_COLUMNS: [&str; 6] = ["id", "name", "space", "default", "api host", "health"];
 
 const INTEGRATION_FIELDS: [Column; 16] = [
-    Column::Field("id", "/id"),
-    Column::Field("name", "/name"),
-    Column::Field("space", "/space"),
+    ID,
+    NAME,
+    SPACE,
     Column::Field("default", "/default"),
     Column::Field("api host", "/api_host_url"),
     Column::Field("user-facing host", "/user_facing_host_url"),
@@ -288,7 +272,7 @@ const INTEGRATION_FIELDS: [Column; 16] = [
 ];
 
 const DELIVERY_COLUMNS: [Column; 5] = [
-    Column::Field("id", "/id"),
+    ID,
     Column::Field("event", "/event"),
     Column::Field("status", "/status"),
     Column::Field("received", "/received_at"),
@@ -330,7 +314,11 @@ pub async fn integration(client: &Client, command: IntegrationCommand) -> Outcom
         }
         IntegrationCommand::List { page } => {
             let answer = client.get(&query(INTEGRATIONS, &page.pairs())).await?;
-            print_list(client.json, &answer, &INTEGRATION_COLUMNS);
+            print_list(
+                client.json,
+                &answer,
+                &pick(&INTEGRATION_FIELDS, &INTEGRATION_COLUMNS),
+            );
             return Ok(());
         }
         IntegrationCommand::Show { id } => client.get(&format!("{INTEGRATIONS}/{id}")).await?,

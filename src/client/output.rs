@@ -14,6 +14,12 @@ pub enum Column {
     With(&'static str, fn(&Value) -> String),
 }
 
+/// The columns most resources share.
+pub const ID: Column = Column::Field("id", "/id");
+pub const NAME: Column = Column::Field("name", "/name");
+pub const SPACE: Column = Column::Field("space", "/space");
+pub const CREATED: Column = Column::Field("created", "/created_at");
+
 impl Column {
     fn header(&self) -> &'static str {
         match self {
@@ -27,6 +33,16 @@ impl Column {
             Self::With(_, cell) => cell(item),
         }
     }
+}
+
+/// The table columns of a list: the fields of one resource named by
+/// `headers`, in that order, so a column and its field are defined once.
+pub fn pick(fields: &[Column], headers: &[&str]) -> Vec<Column> {
+    headers
+        .iter()
+        .filter_map(|header| fields.iter().find(|field| field.header() == *header))
+        .copied()
+        .collect()
 }
 
 /// A JSON value as a table cell: `-` for null or empty, `yes`/`no`,

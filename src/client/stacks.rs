@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 use reqwest::Method;
 use serde_json::{Map, Value, json};
 
-use super::output::{Column, print_list, print_one, text};
+use super::output::{CREATED, Column, ID, NAME, SPACE, pick, print_list, print_one, text};
 use super::{Client, Failure, Outcome, Page, exit, insert_some, pairs, query, read_secret};
 
 const STACKS: &str = "/api/v1/stacks";
@@ -123,20 +123,20 @@ impl Workflow {
     }
 }
 
-const STACK_COLUMNS: [Column; 7] = [
-    Column::Field("id", "/id"),
-    Column::Field("name", "/name"),
-    Column::Field("space", "/space"),
-    Column::Field("repository", "/repository"),
-    Column::Field("branch", "/branch"),
-    Column::Field("root", "/project_root"),
-    Column::Field("autodeploy", "/autodeploy"),
+const STACK_COLUMNS: [&str; 7] = [
+    "id",
+    "name",
+    "space",
+    "repository",
+    "branch",
+    "project root",
+    "autodeploy",
 ];
 
 const STACK_FIELDS: [Column; 16] = [
-    Column::Field("id", "/id"),
-    Column::Field("name", "/name"),
-    Column::Field("space", "/space"),
+    ID,
+    NAME,
+    SPACE,
     Column::Field("integration", "/integration"),
     Column::Field("repository", "/repository"),
     Column::Field("project id", "/project_id"),
@@ -221,7 +221,7 @@ pub async fn stack(client: &Client, command: StackCommand) -> Outcome {
         }
         StackCommand::List { page } => {
             let answer = client.get(&query(STACKS, &page.pairs())).await?;
-            print_list(client.json, &answer, &STACK_COLUMNS);
+            print_list(client.json, &answer, &pick(&STACK_FIELDS, &STACK_COLUMNS));
             return Ok(());
         }
         StackCommand::Show { id } => client.get(&format!("{STACKS}/{id}")).await?,
@@ -299,14 +299,14 @@ pub enum RunCommand {
 }
 
 const RUN_COLUMNS: [Column; 8] = [
-    Column::Field("id", "/id"),
+    ID,
     Column::Field("stack", "/stack"),
     Column::Field("kind", "/kind"),
     Column::Field("state", "/state"),
     Column::With("commit", |r| short_sha(&r["commit_sha"])),
     Column::Field("branch", "/branch"),
     Column::Field("mr", "/merge_request_iid"),
-    Column::Field("created", "/created_at"),
+    CREATED,
 ];
 
 fn short_sha(sha: &Value) -> String {
@@ -327,7 +327,7 @@ pub fn changes(run: &Value) -> String {
 }
 
 const RUN_FIELDS: [Column; 11] = [
-    Column::Field("id", "/id"),
+    ID,
     Column::Field("stack", "/stack"),
     Column::Field("kind", "/kind"),
     Column::Field("state", "/state"),

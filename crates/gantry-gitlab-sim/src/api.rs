@@ -4,14 +4,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::{Path, Request, State};
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use serde_json::{Value, json};
 
+use crate::state::AccessLevel::{Guest, Maintainer, Reporter};
 use crate::state::{AccessLevel, LoggedRequest, now};
 use crate::{FaultKind, Shared, git, reporting, statuses};
 
@@ -239,32 +239,88 @@ fn visible_project(
 }
 
 /// Authenticates, checks the scope for the method and finds the project.
+/// What a request needs: the token's read or write scope, and an access
+/// level on the project.
+#[derive(Clone, Copy)]
+pub(crate) struct Need {
+    write: bool,
+    level: AccessLevel,
+}
+
+/// A read (GET) that needs `level` on the project.
+pub(crate) const fn read(level: AccessLevel) -> Need {
+    Need {
+        write: false,
+        level,
+    }
+}
+
+/// A write (POST, PUT) that needs `level` on the project.
+pub(crate) const fn write(level: AccessLevel) -> Need {
+    Need { write: true, level }
+}
+
 pub(crate) fn project_access(
     shared: &Shared,
     headers: &HeaderMap,
-    method: &Method,
     id: &str,
-    needed: AccessLevel,
+    need: Need,
 ) -> Result<(Caller, u64), Response> {
     let caller = authenticate(shared, headers)?;
-    let scoped = if method == Method::GET {
-        caller.may_read()
-    } else {
+    let scoped = if need.write {
         caller.may_write()
+    } else {
+        caller.may_read()
     };
     if !scoped {
         return Err(insufficient_scope());
     }
     let (project_id, level) = visible_project(shared, &caller, id)?;
-    if level < needed {
+    if level < need.level {
         return Err(error(StatusCode::FORBIDDEN, "403 Forbidden"));
     }
     Ok((caller, project_id))
 }
 
+/// A request as GitLab's REST handlers read it: its headers (for the
+/// token) and its parameters, from the query string and a form or JSON
+/// body.
+pub(crate) struct Call {
+    pub headers: HeaderMap,
+    pub params: HashMap<String, String>,
+}
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for Call {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, _: &S) -> Result<Self, Response> {
+        let (parts, body) = request.into_parts();
+        let body = axum::body::to_bytes(body, 25 * 1024 * 1024)
+            .await
+            .map_err(|_| {
+                error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "413 Request Entity Too Large",
+                )
+            })?;
+        let params = params(&parts.uri, &parts.headers, &body);
+        Ok(Self {
+            headers: parts.headers,
+            params,
+        })
+    }
+}
+
+impl Call {
+    /// [`project_access`] with this request's token.
+    pub fn access(&self, shared: &Shared, id: &str, need: Need) -> Result<(Caller, u64), Response> {
+        project_access(shared, &self.headers, id, need)
+    }
+}
+
 /// Parameters as GitLab takes them: from the query string and from a form
 /// or JSON body.
-pub(crate) fn params(uri: &Uri, headers: &HeaderMap, body: &[u8]) -> HashMap<String, String> {
+fn params(uri: &Uri, headers: &HeaderMap, body: &[u8]) -> HashMap<String, String> {
     let mut out: HashMap<String, String> = uri
         .query()
         .map(|query| url_pairs(query.as_bytes()))
@@ -326,10 +382,7 @@ async fn token_self(State(shared): SimState, headers: HeaderMap) -> Response {
 }
 
 async fn current_user(State(shared): SimState, headers: HeaderMap) -> Response {
-    let caller = match authenticate(&shared, &headers) {
-        Ok(caller) => caller,
-        Err(response) => return response,
-    };
+    let caller = answer_on_err!(authenticate(&shared, &headers));
     let state = shared.lock();
     let mut user = state.user_json(caller.user_id, &shared.url);
     user["bot"] = json!(false);
@@ -338,11 +391,7 @@ async fn current_user(State(shared): SimState, headers: HeaderMap) -> Response {
 }
 
 async fn project(State(shared): SimState, Path(id): Path<String>, headers: HeaderMap) -> Response {
-    let project_id = match project_access(&shared, &headers, &Method::GET, &id, AccessLevel::Guest)
-    {
-        Ok((_, project_id)) => project_id,
-        Err(response) => return response,
-    };
+    let (_, project_id) = answer_on_err!(project_access(&shared, &headers, &id, read(Guest)));
     let state = shared.lock();
     let Some(project) = state.project(project_id) else {
         return not_found("Project");
@@ -373,11 +422,7 @@ async fn member(
     Path((id, user_id)): Path<(String, u64)>,
     headers: HeaderMap,
 ) -> Response {
-    let project_id = match project_access(&shared, &headers, &Method::GET, &id, AccessLevel::Guest)
-    {
-        Ok((_, project_id)) => project_id,
-        Err(response) => return response,
-    };
+    let (_, project_id) = answer_on_err!(project_access(&shared, &headers, &id, read(Guest)));
     let state = shared.lock();
     let level = state
         .project(project_id)
@@ -414,16 +459,7 @@ async fn list_hooks(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let project_id = match project_access(
-        &shared,
-        &headers,
-        &Method::GET,
-        &id,
-        AccessLevel::Maintainer,
-    ) {
-        Ok((_, project_id)) => project_id,
-        Err(response) => return response,
-    };
+    let (_, project_id) = answer_on_err!(project_access(&shared, &headers, &id, read(Maintainer)));
     let state = shared.lock();
     let hooks: Vec<Value> = state
         .project(project_id)
@@ -438,24 +474,9 @@ async fn list_hooks(
     axum::Json(hooks).into_response()
 }
 
-async fn create_hook(
-    State(shared): SimState,
-    Path(id): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let project_id = match project_access(
-        &shared,
-        &headers,
-        &Method::POST,
-        &id,
-        AccessLevel::Maintainer,
-    ) {
-        Ok((_, project_id)) => project_id,
-        Err(response) => return response,
-    };
-    let params = params(&uri, &headers, &body);
+async fn create_hook(State(shared): SimState, Path(id): Path<String>, call: Call) -> Response {
+    let (_, project_id) = answer_on_err!(call.access(&shared, &id, write(Maintainer)));
+    let params = call.params;
     let Some(url) = params.get("url") else {
         return bad_request("url is missing");
     };
@@ -513,18 +534,9 @@ pub(crate) fn paginate(items: Vec<Value>, params: &HashMap<String, String>) -> R
     response
 }
 
-async fn compare(
-    State(shared): SimState,
-    Path(id): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    let project_id =
-        match project_access(&shared, &headers, &Method::GET, &id, AccessLevel::Reporter) {
-            Ok((_, project_id)) => project_id,
-            Err(response) => return response,
-        };
-    let params = params(&uri, &headers, &[]);
+async fn compare(State(shared): SimState, Path(id): Path<String>, call: Call) -> Response {
+    let (_, project_id) = answer_on_err!(call.access(&shared, &id, read(Reporter)));
+    let params = call.params;
     let (Some(from), Some(to)) = (params.get("from"), params.get("to")) else {
         return bad_request("from is missing, to is missing");
     };
@@ -541,11 +553,7 @@ async fn branch(
     Path((id, branch)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    let project_id =
-        match project_access(&shared, &headers, &Method::GET, &id, AccessLevel::Reporter) {
-            Ok((_, project_id)) => project_id,
-            Err(response) => return response,
-        };
+    let (_, project_id) = answer_on_err!(project_access(&shared, &headers, &id, read(Reporter)));
     match git::branch(&shared, project_id, &branch) {
         Ok(Some(body)) => axum::Json(body).into_response(),
         Ok(None) => not_found("Branch"),

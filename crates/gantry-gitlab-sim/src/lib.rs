@@ -15,6 +15,17 @@
     reason = "helpers return the axum Response a handler answers with; in a test double its size does not matter"
 )]
 
+/// `?` for handlers that answer `Response`: the value, or the refusal
+/// answered at once.
+macro_rules! answer_on_err {
+    ($result:expr) => {
+        match $result {
+            Ok(found) => found,
+            Err(response) => return response,
+        }
+    };
+}
+
 mod api;
 mod git;
 mod hooks;

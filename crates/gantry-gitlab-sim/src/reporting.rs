@@ -2,15 +2,17 @@
 //! merge request notes (with GitLab's length limit and author rule) and
 //! deployments.
 
-use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 
-use crate::api::{SimState, bad_request, error, not_found, paginate, params, project_access};
-use crate::state::{AccessLevel, Note, now};
+use crate::api::{
+    Call, SimState, bad_request, error, not_found, paginate, project_access, read, write,
+};
+use crate::state::AccessLevel::{Developer, Guest, Reporter};
+use crate::state::{Note, now};
 
 fn merge_request_json(project_id: u64, mr: &crate::state::MergeRequest) -> Value {
     json!({
@@ -33,11 +35,7 @@ pub(crate) async fn merge_request(
     Path((id, iid)): Path<(String, u64)>,
     headers: HeaderMap,
 ) -> Response {
-    let project_id = match project_access(&shared, &headers, &Method::GET, &id, AccessLevel::Guest)
-    {
-        Ok((_, project_id)) => project_id,
-        Err(response) => return response,
-    };
+    let (_, project_id) = answer_on_err!(project_access(&shared, &headers, &id, read(Guest)));
     let state = shared.lock();
     state
         .project(project_id)
@@ -76,14 +74,9 @@ fn note_json(
 pub(crate) async fn list_notes(
     State(shared): SimState,
     Path((id, iid)): Path<(String, u64)>,
-    uri: Uri,
-    headers: HeaderMap,
+    call: Call,
 ) -> Response {
-    let project_id = match project_access(&shared, &headers, &Method::GET, &id, AccessLevel::Guest)
-    {
-        Ok((_, project_id)) => project_id,
-        Err(response) => return response,
-    };
+    let (_, project_id) = answer_on_err!(call.access(&shared, &id, read(Guest)));
     let state = shared.lock();
     let Some(mr) = state
         .project(project_id)
@@ -98,7 +91,7 @@ pub(crate) async fn list_notes(
         .rev()
         .map(|note| note_json(&state, &shared.url, mr, note))
         .collect();
-    paginate(notes, &params(&uri, &headers, &[]))
+    paginate(notes, &call.params)
 }
 
 fn note_body(params: &HashMap<String, String>) -> Result<String, Response> {
@@ -120,19 +113,10 @@ fn note_body(params: &HashMap<String, String>) -> Result<String, Response> {
 pub(crate) async fn create_note(
     State(shared): SimState,
     Path((id, iid)): Path<(String, u64)>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    call: Call,
 ) -> Response {
-    let (caller, project_id) =
-        match project_access(&shared, &headers, &Method::POST, &id, AccessLevel::Guest) {
-            Ok(found) => found,
-            Err(response) => return response,
-        };
-    let text = match note_body(&params(&uri, &headers, &body)) {
-        Ok(text) => text,
-        Err(response) => return response,
-    };
+    let (caller, project_id) = answer_on_err!(call.access(&shared, &id, write(Guest)));
+    let text = answer_on_err!(note_body(&call.params));
     let mut state = shared.lock();
     let note_id = state.next_id();
     let timestamp = now();
@@ -167,19 +151,10 @@ pub(crate) async fn create_note(
 pub(crate) async fn edit_note(
     State(shared): SimState,
     Path((id, iid, note_id)): Path<(String, u64, u64)>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    call: Call,
 ) -> Response {
-    let (caller, project_id) =
-        match project_access(&shared, &headers, &Method::PUT, &id, AccessLevel::Guest) {
-            Ok(found) => found,
-            Err(response) => return response,
-        };
-    let text = match note_body(&params(&uri, &headers, &body)) {
-        Ok(text) => text,
-        Err(response) => return response,
-    };
+    let (caller, project_id) = answer_on_err!(call.access(&shared, &id, write(Guest)));
+    let text = answer_on_err!(note_body(&call.params));
     let mut state = shared.lock();
     let Some(note) = state
         .project_mut(project_id)
@@ -207,16 +182,11 @@ pub(crate) async fn edit_note(
 pub(crate) async fn list_deployments(
     State(shared): SimState,
     Path(id): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
+    call: Call,
 ) -> Response {
-    let project_id =
-        match project_access(&shared, &headers, &Method::GET, &id, AccessLevel::Reporter) {
-            Ok((_, project_id)) => project_id,
-            Err(response) => return response,
-        };
+    let (_, project_id) = answer_on_err!(call.access(&shared, &id, read(Reporter)));
     let deployments = shared.lock().deployments_of(project_id);
-    paginate(deployments, &params(&uri, &headers, &[]))
+    paginate(deployments, &call.params)
 }
 
 const DEPLOYMENT_STATES: [&str; 5] = ["running", "success", "failed", "canceled", "blocked"];
@@ -224,21 +194,10 @@ const DEPLOYMENT_STATES: [&str; 5] = ["running", "success", "failed", "canceled"
 pub(crate) async fn create_deployment(
     State(shared): SimState,
     Path(id): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    call: Call,
 ) -> Response {
-    let (caller, project_id) = match project_access(
-        &shared,
-        &headers,
-        &Method::POST,
-        &id,
-        AccessLevel::Developer,
-    ) {
-        Ok(found) => found,
-        Err(response) => return response,
-    };
-    let params = params(&uri, &headers, &body);
+    let (caller, project_id) = answer_on_err!(call.access(&shared, &id, write(Developer)));
+    let params = call.params;
     let mut missing = Vec::new();
     for field in ["environment", "sha", "ref", "tag", "status"] {
         if !params.contains_key(field) {
@@ -280,16 +239,10 @@ pub(crate) async fn create_deployment(
 pub(crate) async fn edit_deployment(
     State(shared): SimState,
     Path((id, deployment_id)): Path<(String, u64)>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    call: Call,
 ) -> Response {
-    let project_id =
-        match project_access(&shared, &headers, &Method::PUT, &id, AccessLevel::Developer) {
-            Ok((_, project_id)) => project_id,
-            Err(response) => return response,
-        };
-    let params = params(&uri, &headers, &body);
+    let (_, project_id) = answer_on_err!(call.access(&shared, &id, write(Developer)));
+    let params = call.params;
     let Some(status) = params.get("status") else {
         return bad_request("status is missing");
     };

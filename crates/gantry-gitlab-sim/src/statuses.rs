@@ -1,15 +1,15 @@
 //! Commit statuses, with GitLab's state machine: a repeated or backward
 //! transition is refused with "Cannot transition status".
 
-use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use crate::api::{SimState, bad_request, not_found, paginate, params, project_access};
+use crate::api::{Call, SimState, bad_request, not_found, paginate, read, write};
 use crate::git;
-use crate::state::{AccessLevel, now};
+use crate::state::AccessLevel::{Developer, Reporter};
+use crate::state::now;
 
 /// GitLab's commit status state machine, as `POST …/statuses/:sha` applies
 /// it: the latest pending or running status with the same name and ref
@@ -18,21 +18,10 @@ use crate::state::{AccessLevel, now};
 pub(crate) async fn create_status(
     State(shared): SimState,
     Path((id, sha)): Path<(String, String)>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    call: Call,
 ) -> Response {
-    let (caller, project_id) = match project_access(
-        &shared,
-        &headers,
-        &Method::POST,
-        &id,
-        AccessLevel::Developer,
-    ) {
-        Ok(found) => found,
-        Err(response) => return response,
-    };
-    let params = params(&uri, &headers, &body);
+    let (caller, project_id) = answer_on_err!(call.access(&shared, &id, write(Developer)));
+    let params = call.params;
     let Some(new_state) = params.get("state").cloned() else {
         return bad_request("state is missing");
     };
@@ -135,15 +124,10 @@ pub(crate) async fn create_status(
 pub(crate) async fn list_statuses(
     State(shared): SimState,
     Path((id, sha)): Path<(String, String)>,
-    uri: Uri,
-    headers: HeaderMap,
+    call: Call,
 ) -> Response {
-    let project_id =
-        match project_access(&shared, &headers, &Method::GET, &id, AccessLevel::Reporter) {
-            Ok((_, project_id)) => project_id,
-            Err(response) => return response,
-        };
+    let (_, project_id) = answer_on_err!(call.access(&shared, &id, read(Reporter)));
     let mut statuses = shared.lock().statuses_of(project_id, &sha);
     statuses.reverse();
-    paginate(statuses, &params(&uri, &headers, &[]))
+    paginate(statuses, &call.params)
 }

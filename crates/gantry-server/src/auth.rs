@@ -4,7 +4,7 @@ use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use gantry_domain::{Grant, Role, allows};
-use gantry_store::{Conn, api_keys, spaces};
+use gantry_store::{Conn, Millis, api_keys, audit, spaces};
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -43,6 +43,36 @@ impl Principal {
     /// Whether the caller holds `needed` on a space with this ancestry.
     pub fn allows(&self, needed: Role, ancestry: &[String]) -> bool {
         allows(&self.roles, needed, ancestry.iter().map(String::as_str))
+    }
+}
+
+/// What an audit entry is about.
+pub struct Target<'a> {
+    pub kind: &'static str,
+    pub id: &'a str,
+    pub space: Option<&'a str>,
+}
+
+impl Principal {
+    /// Records a change, or a view of secret-bearing details, that this
+    /// caller made, in `conn`'s transaction.
+    pub async fn audit(
+        &self,
+        conn: &mut Conn,
+        action: &str,
+        target: Target<'_>,
+        detail: serde_json::Value,
+    ) -> Result<(), ApiError> {
+        let entry = audit::NewAuditEntry {
+            actor: &self.actor(),
+            action,
+            target_kind: target.kind,
+            target_id: target.id,
+            space_id: target.space,
+            detail,
+        };
+        audit::record(conn, &entry, Millis::now()).await?;
+        Ok(())
     }
 }
 

@@ -1,7 +1,8 @@
 //! The audit log: who changed what, and who looked at which secret-bearing
 //! details. Entries are written in the transaction of the change they record.
 
-use sqlx::FromRow;
+use sqlx::any::AnyRow;
+use sqlx::{FromRow, Row as _};
 
 use crate::row::Fields;
 use crate::{Conn, Cursor, Millis, Page, StoreError};
@@ -19,36 +20,23 @@ pub struct AuditEntry {
     pub detail: serde_json::Value,
 }
 
-#[derive(FromRow)]
-struct Row {
-    id: i64,
-    at: i64,
-    actor: String,
-    action: String,
-    target_kind: String,
-    target_id: String,
-    space_id: Option<String>,
-    detail: String,
-}
-
-impl TryFrom<Row> for AuditEntry {
-    type Error = StoreError;
-
-    fn try_from(row: Row) -> Result<Self, StoreError> {
-        let id = row.id.to_string();
+impl FromRow<'_, AnyRow> for AuditEntry {
+    fn from_row(row: &AnyRow) -> Result<Self, sqlx::Error> {
+        let id: i64 = row.try_get("id")?;
+        let id_text = id.to_string();
         let fields = Fields {
             table: "audit_log",
-            id: &id,
+            id: &id_text,
         };
         Ok(Self {
-            detail: fields.json("detail", &row.detail)?,
-            id: row.id,
-            at: row.at,
-            actor: row.actor,
-            action: row.action,
-            target_kind: row.target_kind,
-            target_id: row.target_id,
-            space_id: row.space_id,
+            detail: fields.json_in(row, "detail")?,
+            id,
+            at: row.try_get("at")?,
+            actor: row.try_get("actor")?,
+            action: row.try_get("action")?,
+            target_kind: row.try_get("target_kind")?,
+            target_id: row.try_get("target_id")?,
+            space_id: row.try_get("space_id")?,
         })
     }
 }
@@ -91,7 +79,7 @@ pub async fn list(
     page: &Page,
 ) -> Result<(Vec<AuditEntry>, Option<Cursor>), StoreError> {
     let before = page.after.as_ref().map_or(i64::MAX, |c| c.at);
-    let rows: Vec<Row> = sqlx::query_as(
+    let rows: Vec<AuditEntry> = sqlx::query_as(
         "SELECT id, at, actor, action, target_kind, target_id, space_id, detail FROM audit_log \
          WHERE id < $1 ORDER BY id DESC LIMIT $2",
     )
@@ -99,10 +87,6 @@ pub async fn list(
     .bind(page.fetch_limit())
     .fetch_all(conn)
     .await?;
-    let rows = rows
-        .into_iter()
-        .map(AuditEntry::try_from)
-        .collect::<Result<_, _>>()?;
     Ok(page.finish(rows, |e| Cursor {
         at: e.id,
         id: String::new(),

@@ -6,7 +6,8 @@
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use sqlx::FromRow;
+use sqlx::any::AnyRow;
+use sqlx::{FromRow, Row as _};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::jobs::{self, EnqueueError, NewJob};
@@ -93,48 +94,28 @@ pub struct Delivery {
     pub times_processed: i64,
 }
 
-/// A delivery as stored: its status as text, its runs as a JSON array.
-#[derive(FromRow)]
-struct Row {
-    id: String,
-    integration_id: String,
-    event: String,
-    status: String,
-    idempotency_key: Option<String>,
-    event_uuid: Option<String>,
-    webhook_uuid: Option<String>,
-    duplicate_of: Option<String>,
-    outcome: Option<String>,
-    runs: String,
-    error: Option<String>,
-    received_at: i64,
-    processed_at: Option<i64>,
-    times_processed: i64,
-}
-
-impl TryFrom<Row> for Delivery {
-    type Error = StoreError;
-
-    fn try_from(row: Row) -> Result<Self, StoreError> {
+impl FromRow<'_, AnyRow> for Delivery {
+    fn from_row(row: &AnyRow) -> Result<Self, sqlx::Error> {
+        let id: String = row.try_get("id")?;
         let fields = Fields {
             table: "deliveries",
-            id: &row.id,
+            id: &id,
         };
         Ok(Self {
-            status: fields.parse("status", &row.status, Status::parse)?,
-            runs: fields.json("runs", &row.runs)?,
-            id: row.id,
-            integration_id: row.integration_id,
-            event: row.event,
-            idempotency_key: row.idempotency_key,
-            event_uuid: row.event_uuid,
-            webhook_uuid: row.webhook_uuid,
-            duplicate_of: row.duplicate_of,
-            outcome: row.outcome,
-            error: row.error,
-            received_at: row.received_at,
-            processed_at: row.processed_at,
-            times_processed: row.times_processed,
+            status: fields.parse_in(row, "status", Status::parse)?,
+            runs: fields.json_in(row, "runs")?,
+            id,
+            integration_id: row.try_get("integration_id")?,
+            event: row.try_get("event")?,
+            idempotency_key: row.try_get("idempotency_key")?,
+            event_uuid: row.try_get("event_uuid")?,
+            webhook_uuid: row.try_get("webhook_uuid")?,
+            duplicate_of: row.try_get("duplicate_of")?,
+            outcome: row.try_get("outcome")?,
+            error: row.try_get("error")?,
+            received_at: row.try_get("received_at")?,
+            processed_at: row.try_get("processed_at")?,
+            times_processed: row.try_get("times_processed")?,
         })
     }
 }
@@ -388,24 +369,24 @@ pub async fn get(
     integration_id: &str,
     id: &str,
 ) -> Result<Option<Delivery>, StoreError> {
-    let row: Option<Row> = sqlx::query_as(&format!(
+    let row: Option<Delivery> = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM deliveries WHERE id = $1 AND integration_id = $2"
     ))
     .bind(id)
     .bind(integration_id)
     .fetch_optional(conn)
     .await?;
-    row.map(Delivery::try_from).transpose()
+    Ok(row)
 }
 
 /// A delivery by id alone, for the job that processes it.
 pub async fn by_id(conn: &mut Conn, id: &str) -> Result<Option<Delivery>, StoreError> {
-    let row: Option<Row> =
+    let row: Option<Delivery> =
         sqlx::query_as(&format!("SELECT {COLUMNS} FROM deliveries WHERE id = $1"))
             .bind(id)
             .fetch_optional(conn)
             .await?;
-    row.map(Delivery::try_from).transpose()
+    Ok(row)
 }
 
 /// Which deliveries to list.
@@ -423,29 +404,18 @@ pub async fn list(
     filter: &Filter,
     page: &Page,
 ) -> Result<(Vec<Delivery>, Option<Cursor>), StoreError> {
-    let (at, id) = page.bounds();
-    let rows: Vec<Row> = sqlx::query_as(&format!(
+    let sql = format!(
         "SELECT {COLUMNS} FROM deliveries WHERE integration_id = $1 \
            AND ($2 = '' OR status = $2) AND ($3 = '' OR event = $3) \
            AND (received_at < $4 OR (received_at = $4 AND id < $5)) \
          ORDER BY received_at DESC, id DESC LIMIT $6"
-    ))
-    .bind(integration_id)
-    .bind(filter.status.map_or("", Status::as_str))
-    .bind(filter.event.as_deref().unwrap_or(""))
-    .bind(at)
-    .bind(id)
-    .bind(page.fetch_limit())
-    .fetch_all(conn)
-    .await?;
-    let rows = rows
-        .into_iter()
-        .map(Delivery::try_from)
-        .collect::<Result<_, _>>()?;
-    Ok(page.finish(rows, |row| Cursor {
-        at: row.received_at,
-        id: row.id.clone(),
-    }))
+    );
+    let query = sqlx::query_as::<_, Delivery>(&sql)
+        .bind(integration_id)
+        .bind(filter.status.map_or("", Status::as_str))
+        .bind(filter.event.as_deref().unwrap_or(""));
+    page.fetch(conn, query, |d: &Delivery| (d.received_at, &d.id))
+        .await
 }
 
 /// A delivery and its stored body (unless pruned), in one query.
@@ -456,7 +426,7 @@ pub async fn with_body(
     #[derive(FromRow)]
     struct WithBody {
         #[sqlx(flatten)]
-        delivery: Row,
+        delivery: Delivery,
         body: Option<Vec<u8>>,
     }
     let row: Option<WithBody> = sqlx::query_as(&format!(
@@ -465,8 +435,7 @@ pub async fn with_body(
     .bind(id)
     .fetch_optional(conn)
     .await?;
-    row.map(|row| Ok((Delivery::try_from(row.delivery)?, row.body)))
-        .transpose()
+    Ok(row.map(|row| (row.delivery, row.body)))
 }
 
 /// What processing found.

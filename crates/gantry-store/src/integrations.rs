@@ -2,9 +2,12 @@
 //! already sealed by the [`Keyring`](crate::crypto::Keyring); this module
 //! never sees them in plaintext.
 
-use sqlx::FromRow;
+use sqlx::any::AnyArguments;
+use sqlx::any::AnyRow;
+use sqlx::query::Query;
+use sqlx::{Any, FromRow, Row as _};
 
-use crate::row::{Fields, to_json};
+use crate::row::{Fields, insert_sql, to_json, update_sql};
 use crate::spaces::READABLE_SPACES;
 use crate::{Conn, Cursor, Millis, Page, StoreError, is_unique_violation};
 
@@ -41,29 +44,6 @@ pub struct Integration {
     pub updated_at: i64,
 }
 
-#[derive(FromRow)]
-struct Row {
-    id: String,
-    name: String,
-    space_id: String,
-    is_default: i64,
-    api_host_url: String,
-    user_facing_host_url: String,
-    labels: String,
-    description: String,
-    token_sealed: String,
-    token_scopes: String,
-    token_expires_at: Option<String>,
-    token_user_id: i64,
-    token_username: String,
-    warnings: String,
-    webhook_secret_sealed: String,
-    previous_secret_sealed: Option<String>,
-    previous_secret_expires_at: Option<i64>,
-    created_at: i64,
-    updated_at: i64,
-}
-
 const COLUMNS: &str = "id, name, space_id, is_default, api_host_url, user_facing_host_url, labels, \
     description, token_sealed, token_scopes, token_expires_at, token_user_id, token_username, warnings, \
     webhook_secret_sealed, previous_secret_sealed, previous_secret_expires_at, created_at, updated_at";
@@ -83,36 +63,35 @@ pub fn webhook_secret_context(integration_id: &str) -> String {
     format!("integration:{integration_id}:webhook_secret")
 }
 
-impl TryFrom<Row> for Integration {
-    type Error = StoreError;
-
-    fn try_from(row: Row) -> Result<Self, StoreError> {
+impl FromRow<'_, AnyRow> for Integration {
+    fn from_row(row: &AnyRow) -> Result<Self, sqlx::Error> {
+        let id: String = row.try_get("id")?;
         let fields = Fields {
             table: "integrations",
-            id: &row.id,
+            id: &id,
         };
         Ok(Self {
-            is_default: fields.flag("is_default", row.is_default)?,
-            labels: fields.json("labels", &row.labels)?,
+            is_default: fields.flag_in(row, "is_default")?,
+            labels: fields.json_in(row, "labels")?,
             token: TokenFacts {
-                scopes: fields.json("token_scopes", &row.token_scopes)?,
-                expires_at: row.token_expires_at,
-                user_id: row.token_user_id,
-                username: row.token_username,
+                scopes: fields.json_in(row, "token_scopes")?,
+                expires_at: row.try_get("token_expires_at")?,
+                user_id: row.try_get("token_user_id")?,
+                username: row.try_get("token_username")?,
             },
-            warnings: fields.json("warnings", &row.warnings)?,
-            id: row.id,
-            name: row.name,
-            space_id: row.space_id,
-            api_host_url: row.api_host_url,
-            user_facing_host_url: row.user_facing_host_url,
-            description: row.description,
-            token_sealed: row.token_sealed,
-            webhook_secret_sealed: row.webhook_secret_sealed,
-            previous_secret_sealed: row.previous_secret_sealed,
-            previous_secret_expires_at: row.previous_secret_expires_at,
-            created_at: row.created_at,
-            updated_at: row.updated_at,
+            warnings: fields.json_in(row, "warnings")?,
+            id,
+            name: row.try_get("name")?,
+            space_id: row.try_get("space_id")?,
+            api_host_url: row.try_get("api_host_url")?,
+            user_facing_host_url: row.try_get("user_facing_host_url")?,
+            description: row.try_get("description")?,
+            token_sealed: row.try_get("token_sealed")?,
+            webhook_secret_sealed: row.try_get("webhook_secret_sealed")?,
+            previous_secret_sealed: row.try_get("previous_secret_sealed")?,
+            previous_secret_expires_at: row.try_get("previous_secret_expires_at")?,
+            created_at: row.try_get("created_at")?,
+            updated_at: row.try_get("updated_at")?,
         })
     }
 }
@@ -129,21 +108,21 @@ pub enum SaveIntegrationError {
 
 /// The default integration, if there is one.
 pub async fn default(conn: &mut Conn) -> Result<Option<Integration>, StoreError> {
-    let row: Option<Row> = sqlx::query_as(&format!(
+    let row: Option<Integration> = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM integrations WHERE is_default = 1"
     ))
     .fetch_optional(conn)
     .await?;
-    row.map(Integration::try_from).transpose()
+    Ok(row)
 }
 
 pub async fn get(conn: &mut Conn, id: &str) -> Result<Option<Integration>, StoreError> {
-    let row: Option<Row> =
+    let row: Option<Integration> =
         sqlx::query_as(&format!("SELECT {COLUMNS} FROM integrations WHERE id = $1"))
             .bind(id)
             .fetch_optional(conn)
             .await?;
-    row.map(Integration::try_from).transpose()
+    Ok(row)
 }
 
 /// Refuses a second default before the unique index would, to name it.
@@ -168,34 +147,41 @@ pub async fn insert(
     integration: &Integration,
 ) -> Result<(), SaveIntegrationError> {
     check_default(conn, integration).await?;
-    let i = integration;
-    sqlx::query(&format!(
-        "INSERT INTO integrations ({COLUMNS}) VALUES \
-         ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
-    ))
-    .bind(&i.id)
-    .bind(&i.name)
-    .bind(&i.space_id)
-    .bind(i64::from(i.is_default))
-    .bind(&i.api_host_url)
-    .bind(&i.user_facing_host_url)
-    .bind(json(&i.labels))
-    .bind(&i.description)
-    .bind(&i.token_sealed)
-    .bind(json(&i.token.scopes))
-    .bind(&i.token.expires_at)
-    .bind(i.token.user_id)
-    .bind(&i.token.username)
-    .bind(json(&i.warnings))
-    .bind(&i.webhook_secret_sealed)
-    .bind(&i.previous_secret_sealed)
-    .bind(i.previous_secret_expires_at)
-    .bind(i.created_at)
-    .bind(i.updated_at)
+    bind(
+        sqlx::query(&insert_sql("integrations", COLUMNS)),
+        integration,
+    )
     .execute(&mut *conn)
     .await
     .map_err(|err| unique_to_conflict(err, integration))?;
     Ok(())
+}
+
+/// Binds every column, in the order of [`COLUMNS`].
+fn bind<'q>(
+    query: Query<'q, Any, AnyArguments<'q>>,
+    i: &'q Integration,
+) -> Query<'q, Any, AnyArguments<'q>> {
+    query
+        .bind(&i.id)
+        .bind(&i.name)
+        .bind(&i.space_id)
+        .bind(i64::from(i.is_default))
+        .bind(&i.api_host_url)
+        .bind(&i.user_facing_host_url)
+        .bind(json(&i.labels))
+        .bind(&i.description)
+        .bind(&i.token_sealed)
+        .bind(json(&i.token.scopes))
+        .bind(&i.token.expires_at)
+        .bind(i.token.user_id)
+        .bind(&i.token.username)
+        .bind(json(&i.warnings))
+        .bind(&i.webhook_secret_sealed)
+        .bind(&i.previous_secret_sealed)
+        .bind(i.previous_secret_expires_at)
+        .bind(i.created_at)
+        .bind(i.updated_at)
 }
 
 fn unique_to_conflict(err: sqlx::Error, integration: &Integration) -> SaveIntegrationError {
@@ -210,37 +196,17 @@ fn unique_to_conflict(err: sqlx::Error, integration: &Integration) -> SaveIntegr
     }
 }
 
-/// Writes every column but `id`, `name` and `created_at`, which never change.
+/// Writes every column of the row; `id`, `name` and `created_at` never
+/// change, so they are written as they were.
 pub async fn update(
     conn: &mut Conn,
     integration: &Integration,
 ) -> Result<(), SaveIntegrationError> {
     check_default(conn, integration).await?;
-    let i = integration;
-    sqlx::query(
-        "UPDATE integrations SET space_id = $2, is_default = $3, api_host_url = $4, \
-         user_facing_host_url = $5, labels = $6, description = $7, token_sealed = $8, token_scopes = $9, \
-         token_expires_at = $10, token_user_id = $11, token_username = $12, warnings = $13, \
-         webhook_secret_sealed = $14, previous_secret_sealed = $15, previous_secret_expires_at = $16, \
-         updated_at = $17 WHERE id = $1",
+    bind(
+        sqlx::query(&update_sql("integrations", COLUMNS)),
+        integration,
     )
-    .bind(&i.id)
-    .bind(&i.space_id)
-    .bind(i64::from(i.is_default))
-    .bind(&i.api_host_url)
-    .bind(&i.user_facing_host_url)
-    .bind(json(&i.labels))
-    .bind(&i.description)
-    .bind(&i.token_sealed)
-    .bind(json(&i.token.scopes))
-    .bind(&i.token.expires_at)
-    .bind(i.token.user_id)
-    .bind(&i.token.username)
-    .bind(json(&i.warnings))
-    .bind(&i.webhook_secret_sealed)
-    .bind(&i.previous_secret_sealed)
-    .bind(i.previous_secret_expires_at)
-    .bind(i.updated_at)
     .execute(&mut *conn)
     .await
     .map_err(|err| unique_to_conflict(err, integration))?;
@@ -263,29 +229,16 @@ pub async fn list_visible(
     api_key_id: &str,
     page: &Page,
 ) -> Result<(Vec<Integration>, Option<Cursor>), StoreError> {
-    let (at, id) = page.bounds();
-    let rows: Vec<Row> = sqlx::query_as(&format!(
+    let sql = format!(
         "{READABLE_SPACES} \
          SELECT {COLUMNS} FROM integrations \
          WHERE (is_default = 1 OR space_id IN (SELECT id FROM readable)) \
            AND (created_at < $2 OR (created_at = $2 AND id < $3)) \
          ORDER BY created_at DESC, id DESC LIMIT $4"
-    ))
-    .bind(api_key_id)
-    .bind(at)
-    .bind(id)
-    .bind(page.fetch_limit())
-    .fetch_all(conn)
-    .await?;
-    let (rows, next) = page.finish(rows, |row| Cursor {
-        at: row.created_at,
-        id: row.id.clone(),
-    });
-    let rows = rows
-        .into_iter()
-        .map(Integration::try_from)
-        .collect::<Result<_, _>>()?;
-    Ok((rows, next))
+    );
+    let query = sqlx::query_as::<_, Integration>(&sql).bind(api_key_id);
+    page.fetch(conn, query, |i: &Integration| (i.created_at, &i.id))
+        .await
 }
 
 impl Integration {

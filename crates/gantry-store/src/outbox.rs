@@ -6,7 +6,8 @@
 
 use gantry_domain::report::{Write, writes};
 use gantry_domain::run::State;
-use sqlx::FromRow;
+use sqlx::any::AnyRow;
+use sqlx::{FromRow, Row as _};
 
 use crate::row::Fields;
 use crate::runs::Run;
@@ -26,38 +27,24 @@ pub struct Entry {
     pub created_at: i64,
 }
 
-#[derive(FromRow)]
-struct Row {
-    id: i64,
-    integration_id: String,
-    project_id: i64,
-    key: String,
-    kind: String,
-    run_id: String,
-    state: String,
-    attempts: i64,
-    created_at: i64,
-}
-
-impl TryFrom<Row> for Entry {
-    type Error = StoreError;
-
-    fn try_from(row: Row) -> Result<Self, StoreError> {
-        let id = row.id.to_string();
+impl FromRow<'_, AnyRow> for Entry {
+    fn from_row(row: &AnyRow) -> Result<Self, sqlx::Error> {
+        let id: i64 = row.try_get("id")?;
+        let id_text = id.to_string();
         let fields = Fields {
             table: "outbox",
-            id: &id,
+            id: &id_text,
         };
         Ok(Self {
-            kind: fields.parse("kind", &row.kind, Write::parse)?,
-            state: fields.parse("state", &row.state, State::parse)?,
-            id: row.id,
-            integration_id: row.integration_id,
-            project_id: row.project_id,
-            key: row.key,
-            run_id: row.run_id,
-            attempts: row.attempts,
-            created_at: row.created_at,
+            kind: fields.parse_in(row, "kind", Write::parse)?,
+            state: fields.parse_in(row, "state", State::parse)?,
+            id,
+            integration_id: row.try_get("integration_id")?,
+            project_id: row.try_get("project_id")?,
+            key: row.try_get("key")?,
+            run_id: row.try_get("run_id")?,
+            attempts: row.try_get("attempts")?,
+            created_at: row.try_get("created_at")?,
         })
     }
 }
@@ -129,7 +116,7 @@ pub async fn claim(
     now: Millis,
 ) -> Result<Vec<Entry>, StoreError> {
     let mut tx = store.begin().await?;
-    let candidates: Vec<Row> = sqlx::query_as(&format!(
+    let candidates: Vec<Entry> = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM outbox o WHERE o.status = 'pending' AND o.next_attempt_at <= $1 \
            AND NOT EXISTS (SELECT 1 FROM outbox n WHERE n.key = o.key AND n.status = 'pending' AND n.id > o.id) \
            AND NOT EXISTS (SELECT 1 FROM outbox l WHERE l.key = o.key AND l.lease_expires_at > $1) \
@@ -143,7 +130,7 @@ pub async fn claim(
     .await?;
     let mut claimed = Vec::new();
     for row in candidates {
-        let entry = Entry::try_from(row)?;
+        let entry = row;
         if tx.backend() == Backend::Postgres {
             // Servers claiming the same key queue here, then see the lease.
             sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))")

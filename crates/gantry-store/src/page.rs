@@ -1,5 +1,10 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use sqlx::any::{AnyArguments, AnyRow};
+use sqlx::query::QueryAs;
+use sqlx::{Any, FromRow};
+
+use crate::{Conn, StoreError};
 
 /// The default and the largest page size of every list.
 pub const DEFAULT_LIMIT: u32 = 50;
@@ -62,6 +67,34 @@ impl Page {
     /// next page exists.
     pub(crate) fn fetch_limit(&self) -> i64 {
         i64::from(self.limit) + 1
+    }
+
+    /// Runs a list query whose last three parameters are left for the
+    /// page (`at` and `id` of the cursor, then the fetch limit), and cuts
+    /// the page; `key` gives a row's `(at, id)`.
+    pub(crate) async fn fetch<'q, T>(
+        &self,
+        conn: &mut Conn,
+        query: QueryAs<'q, Any, T, AnyArguments<'q>>,
+        key: impl Fn(&T) -> (i64, &str),
+    ) -> Result<(Vec<T>, Option<Cursor>), StoreError>
+    where
+        T: for<'r> FromRow<'r, AnyRow> + Send + Unpin,
+    {
+        let (at, id) = self.bounds();
+        let rows = query
+            .bind(at)
+            .bind(id)
+            .bind(self.fetch_limit())
+            .fetch_all(conn)
+            .await?;
+        Ok(self.finish(rows, |row| {
+            let (at, id) = key(row);
+            Cursor {
+                at,
+                id: id.to_owned(),
+            }
+        }))
     }
 
     /// Cuts a fetched batch to the limit and makes the next cursor.

@@ -7,7 +7,8 @@ use std::sync::LazyLock;
 use gantry_domain::Summary;
 use gantry_domain::report::Write;
 use gantry_domain::run::{Command, EXECUTING, IllegalTransition, Kind, LOCKING, State, transition};
-use sqlx::FromRow;
+use sqlx::any::AnyRow;
+use sqlx::{FromRow, Row as _};
 
 use crate::row::{Fields, to_json};
 use crate::{Conn, Cursor, Millis, Page, StoreError};
@@ -38,48 +39,29 @@ pub struct Transition {
     pub cause: String,
 }
 
-/// A run as stored: kind and state as text, the summary as JSON.
-#[derive(FromRow)]
-struct Row {
-    id: String,
-    stack_id: String,
-    kind: String,
-    state: String,
-    reason: Option<String>,
-    commit_sha: String,
-    branch: String,
-    merge_request_iid: Option<i64>,
-    trigger: String,
-    summary: Option<String>,
-    created_at: i64,
-    updated_at: i64,
-}
-
-impl TryFrom<Row> for Run {
-    type Error = StoreError;
-
-    fn try_from(row: Row) -> Result<Self, StoreError> {
+impl FromRow<'_, AnyRow> for Run {
+    fn from_row(row: &AnyRow) -> Result<Self, sqlx::Error> {
+        let id: String = row.try_get("id")?;
         let fields = Fields {
             table: "runs",
-            id: &row.id,
+            id: &id,
         };
         Ok(Self {
-            kind: fields.parse("kind", &row.kind, Kind::parse)?,
-            state: fields.parse("state", &row.state, State::parse)?,
+            kind: fields.parse_in(row, "kind", Kind::parse)?,
+            state: fields.parse_in(row, "state", State::parse)?,
             summary: row
-                .summary
-                .as_deref()
-                .map(|raw| fields.json("summary", raw))
+                .try_get::<Option<String>, _>("summary")?
+                .map(|raw| fields.json("summary", &raw))
                 .transpose()?,
-            id: row.id,
-            stack_id: row.stack_id,
-            reason: row.reason,
-            commit_sha: row.commit_sha,
-            branch: row.branch,
-            merge_request_iid: row.merge_request_iid,
-            trigger: row.trigger,
-            created_at: row.created_at,
-            updated_at: row.updated_at,
+            id,
+            stack_id: row.try_get("stack_id")?,
+            reason: row.try_get("reason")?,
+            commit_sha: row.try_get("commit_sha")?,
+            branch: row.try_get("branch")?,
+            merge_request_iid: row.try_get("merge_request_iid")?,
+            trigger: row.try_get("trigger")?,
+            created_at: row.try_get("created_at")?,
+            updated_at: row.try_get("updated_at")?,
         })
     }
 }
@@ -167,7 +149,7 @@ pub async fn create(
             .rows_affected()
                 > 0;
         }
-        let row: Row = sqlx::query_as(&format!(
+        let run: Run = sqlx::query_as(&format!(
             "SELECT {COLUMNS} FROM runs WHERE stack_id = $1 AND commit_sha = $2 AND kind = $3"
         ))
         .bind(new.stack_id)
@@ -175,7 +157,6 @@ pub async fn create(
         .bind(new.kind.as_str())
         .fetch_one(&mut *conn)
         .await?;
-        let run = Run::try_from(row)?;
         if linked {
             // Its merge request gets the comment from now on.
             crate::outbox::record(conn, &run, None, Some(Write::Note), now).await?;
@@ -309,11 +290,11 @@ pub async fn cancel_queued_proposed(
 }
 
 pub async fn get(conn: &mut Conn, id: &str) -> Result<Option<Run>, StoreError> {
-    let row: Option<Row> = sqlx::query_as(&format!("SELECT {COLUMNS} FROM runs WHERE id = $1"))
+    let row: Option<Run> = sqlx::query_as(&format!("SELECT {COLUMNS} FROM runs WHERE id = $1"))
         .bind(id)
         .fetch_optional(conn)
         .await?;
-    row.map(Run::try_from).transpose()
+    Ok(row)
 }
 
 pub async fn transitions(conn: &mut Conn, run_id: &str) -> Result<Vec<Transition>, StoreError> {
@@ -358,27 +339,16 @@ pub async fn list(
     kind: Option<Kind>,
     page: &Page,
 ) -> Result<(Vec<Run>, Option<Cursor>), StoreError> {
-    let (at, id) = page.bounds();
-    let rows: Vec<Row> = sqlx::query_as(&format!(
+    let sql = format!(
         "SELECT {COLUMNS} FROM runs WHERE stack_id = $1 AND ($2 = '' OR state = $2) AND ($3 = '' OR kind = $3) \
            AND (created_at < $4 OR (created_at = $4 AND id < $5)) ORDER BY created_at DESC, id DESC LIMIT $6"
-    ))
-    .bind(stack_id)
-    .bind(state.map_or("", State::as_str))
-    .bind(kind.map_or("", Kind::as_str))
-    .bind(at)
-    .bind(id)
-    .bind(page.fetch_limit())
-    .fetch_all(conn)
-    .await?;
-    let rows = rows
-        .into_iter()
-        .map(Run::try_from)
-        .collect::<Result<_, _>>()?;
-    Ok(page.finish(rows, |row| Cursor {
-        at: row.created_at,
-        id: row.id.clone(),
-    }))
+    );
+    let query = sqlx::query_as::<_, Run>(&sql)
+        .bind(stack_id)
+        .bind(state.map_or("", State::as_str))
+        .bind(kind.map_or("", Kind::as_str));
+    page.fetch(conn, query, |run: &Run| (run.created_at, &run.id))
+        .await
 }
 
 /// Starts the next run a worker may take (queued → preparing), honouring

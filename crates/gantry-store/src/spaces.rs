@@ -129,21 +129,13 @@ pub async fn list_readable(
     api_key_id: &str,
     page: &Page,
 ) -> Result<(Vec<Space>, Option<Cursor>), StoreError> {
-    let (at, id) = page.bounds();
-    let rows: Vec<Space> = sqlx::query_as(&format!(
+    let sql = format!(
         "{READABLE_SPACES} \
          SELECT id, name, parent_id, created_at FROM spaces \
          WHERE id IN (SELECT id FROM readable) AND (created_at < $2 OR (created_at = $2 AND id < $3)) \
          ORDER BY created_at DESC, id DESC LIMIT $4"
-    ))
-    .bind(api_key_id)
-    .bind(at)
-    .bind(id)
-    .bind(page.fetch_limit())
-    .fetch_all(conn)
-    .await?;
-    Ok(page.finish(rows, |s| Cursor {
-        at: s.created_at,
-        id: s.id.clone(),
-    }))
+    );
+    let query = sqlx::query_as::<_, Space>(&sql).bind(api_key_id);
+    page.fetch(conn, query, |s: &Space| (s.created_at, &s.id))
+        .await
 }

@@ -5,9 +5,12 @@
 use std::collections::BTreeMap;
 
 use gantry_domain::Workflow;
-use sqlx::FromRow;
+use sqlx::any::AnyArguments;
+use sqlx::any::AnyRow;
+use sqlx::query::Query;
+use sqlx::{Any, FromRow, Row as _};
 
-use crate::row::{Fields, to_json};
+use crate::row::{Fields, insert_sql, to_json, update_sql};
 use crate::spaces::READABLE_SPACES;
 use crate::{Conn, Cursor, Page, StoreError, is_unique_violation};
 
@@ -44,75 +47,44 @@ pub fn secret_environment_context(stack_id: &str) -> String {
     format!("stack:{stack_id}:secret_environment")
 }
 
-/// A stack as stored: lists and objects as JSON text, flags as 0 or 1.
-#[derive(FromRow)]
-struct Row {
-    id: String,
-    name: String,
-    space_id: String,
-    integration_id: Option<String>,
-    project_id: i64,
-    repository: String,
-    branch: String,
-    project_root: String,
-    additional_project_globs: String,
-    labels: String,
-    autodeploy: i64,
-    allow_forks: i64,
-    vendor: String,
-    environment: String,
-    secret_environment_names: String,
-    secret_environment_sealed: Option<String>,
-    run_timeout_seconds: i64,
-    no_output_timeout_seconds: i64,
-    created_at: i64,
-    updated_at: i64,
-}
-
-impl TryFrom<Row> for Stack {
-    type Error = StoreError;
-
-    fn try_from(row: Row) -> Result<Self, StoreError> {
+impl FromRow<'_, AnyRow> for Stack {
+    fn from_row(row: &AnyRow) -> Result<Self, sqlx::Error> {
+        let id: String = row.try_get("id")?;
         let fields = Fields {
             table: "stacks",
-            id: &row.id,
+            id: &id,
         };
         let additional_project_globs: Vec<String> =
-            fields.json("additional_project_globs", &row.additional_project_globs)?;
+            fields.json_in(row, "additional_project_globs")?;
         gantry_domain::stack::globs(&additional_project_globs)
             .map_err(|error| fields.corrupt("additional_project_globs", error.to_string()))?;
-        let vendor: Workflow = fields.json("vendor", &row.vendor)?;
+        let vendor: Workflow = fields.json_in(row, "vendor")?;
         vendor
             .check()
             .map_err(|error| fields.corrupt("vendor", error.to_string()))?;
         Ok(Self {
             additional_project_globs,
-            labels: fields.json("labels", &row.labels)?,
-            autodeploy: fields.flag("autodeploy", row.autodeploy)?,
-            allow_forks: fields.flag("allow_forks", row.allow_forks)?,
+            labels: fields.json_in(row, "labels")?,
+            autodeploy: fields.flag_in(row, "autodeploy")?,
+            allow_forks: fields.flag_in(row, "allow_forks")?,
             vendor,
-            environment: fields.json("environment", &row.environment)?,
-            secret_environment_names: fields
-                .json("secret_environment_names", &row.secret_environment_names)?,
-            id: row.id,
-            name: row.name,
-            space_id: row.space_id,
-            integration_id: row.integration_id,
-            project_id: row.project_id,
-            repository: row.repository,
-            branch: row.branch,
-            project_root: row.project_root,
-            secret_environment_sealed: row.secret_environment_sealed,
-            run_timeout_seconds: row.run_timeout_seconds,
-            no_output_timeout_seconds: row.no_output_timeout_seconds,
-            created_at: row.created_at,
-            updated_at: row.updated_at,
+            environment: fields.json_in(row, "environment")?,
+            secret_environment_names: fields.json_in(row, "secret_environment_names")?,
+            id,
+            name: row.try_get("name")?,
+            space_id: row.try_get("space_id")?,
+            integration_id: row.try_get("integration_id")?,
+            project_id: row.try_get("project_id")?,
+            repository: row.try_get("repository")?,
+            branch: row.try_get("branch")?,
+            project_root: row.try_get("project_root")?,
+            secret_environment_sealed: row.try_get("secret_environment_sealed")?,
+            run_timeout_seconds: row.try_get("run_timeout_seconds")?,
+            no_output_timeout_seconds: row.try_get("no_output_timeout_seconds")?,
+            created_at: row.try_get("created_at")?,
+            updated_at: row.try_get("updated_at")?,
         })
     }
-}
-
-fn parse_all(rows: Vec<Row>) -> Result<Vec<Stack>, StoreError> {
-    rows.into_iter().map(Stack::try_from).collect()
 }
 
 const COLUMNS: &str = "id, name, space_id, integration_id, project_id, repository, branch, project_root, \
@@ -128,81 +100,63 @@ pub enum SaveStackError {
 }
 
 pub async fn insert(conn: &mut Conn, stack: &Stack) -> Result<(), SaveStackError> {
-    let s = stack;
-    sqlx::query(&format!(
-        "INSERT INTO stacks ({COLUMNS}) VALUES \
-         ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)"
-    ))
-    .bind(&s.id)
-    .bind(&s.name)
-    .bind(&s.space_id)
-    .bind(&s.integration_id)
-    .bind(s.project_id)
-    .bind(&s.repository)
-    .bind(&s.branch)
-    .bind(&s.project_root)
-    .bind(to_json(&s.additional_project_globs))
-    .bind(to_json(&s.labels))
-    .bind(i64::from(s.autodeploy))
-    .bind(i64::from(s.allow_forks))
-    .bind(to_json(&s.vendor))
-    .bind(to_json(&s.environment))
-    .bind(to_json(&s.secret_environment_names))
-    .bind(&s.secret_environment_sealed)
-    .bind(s.run_timeout_seconds)
-    .bind(s.no_output_timeout_seconds)
-    .bind(s.created_at)
-    .bind(s.updated_at)
-    .execute(conn)
-    .await
-    .map_err(|err| {
-        if is_unique_violation(&err) {
-            SaveStackError::IdTaken(stack.id.clone())
-        } else {
-            StoreError::from(err).into()
-        }
-    })?;
+    bind(sqlx::query(&insert_sql("stacks", COLUMNS)), stack)
+        .execute(conn)
+        .await
+        .map_err(|err| {
+            if is_unique_violation(&err) {
+                SaveStackError::IdTaken(stack.id.clone())
+            } else {
+                StoreError::from(err).into()
+            }
+        })?;
     Ok(())
 }
 
-/// Writes every column but `id`, `name` and `created_at`.
+/// Writes every column of the row; `id`, `name` and `created_at` never
+/// change, so they are written as they were.
 pub async fn update(conn: &mut Conn, stack: &Stack) -> Result<(), StoreError> {
-    let s = stack;
-    sqlx::query(
-        "UPDATE stacks SET space_id = $2, integration_id = $3, project_id = $4, repository = $5, branch = $6, \
-         project_root = $7, additional_project_globs = $8, labels = $9, autodeploy = $10, allow_forks = $11, \
-         vendor = $12, environment = $13, secret_environment_names = $14, secret_environment_sealed = $15, \
-         updated_at = $16, run_timeout_seconds = $17, no_output_timeout_seconds = $18 WHERE id = $1",
-    )
-    .bind(&s.id)
-    .bind(&s.space_id)
-    .bind(&s.integration_id)
-    .bind(s.project_id)
-    .bind(&s.repository)
-    .bind(&s.branch)
-    .bind(&s.project_root)
-    .bind(to_json(&s.additional_project_globs))
-    .bind(to_json(&s.labels))
-    .bind(i64::from(s.autodeploy))
-    .bind(i64::from(s.allow_forks))
-    .bind(to_json(&s.vendor))
-    .bind(to_json(&s.environment))
-    .bind(to_json(&s.secret_environment_names))
-    .bind(&s.secret_environment_sealed)
-    .bind(s.updated_at)
-    .bind(s.run_timeout_seconds)
-    .bind(s.no_output_timeout_seconds)
-    .execute(conn)
-    .await?;
+    bind(sqlx::query(&update_sql("stacks", COLUMNS)), stack)
+        .execute(conn)
+        .await?;
     Ok(())
+}
+
+/// Binds every column, in the order of [`COLUMNS`].
+fn bind<'q>(
+    query: Query<'q, Any, AnyArguments<'q>>,
+    s: &'q Stack,
+) -> Query<'q, Any, AnyArguments<'q>> {
+    query
+        .bind(&s.id)
+        .bind(&s.name)
+        .bind(&s.space_id)
+        .bind(&s.integration_id)
+        .bind(s.project_id)
+        .bind(&s.repository)
+        .bind(&s.branch)
+        .bind(&s.project_root)
+        .bind(to_json(&s.additional_project_globs))
+        .bind(to_json(&s.labels))
+        .bind(i64::from(s.autodeploy))
+        .bind(i64::from(s.allow_forks))
+        .bind(to_json(&s.vendor))
+        .bind(to_json(&s.environment))
+        .bind(to_json(&s.secret_environment_names))
+        .bind(&s.secret_environment_sealed)
+        .bind(s.run_timeout_seconds)
+        .bind(s.no_output_timeout_seconds)
+        .bind(s.created_at)
+        .bind(s.updated_at)
 }
 
 pub async fn get(conn: &mut Conn, id: &str) -> Result<Option<Stack>, StoreError> {
-    let row: Option<Row> = sqlx::query_as(&format!("SELECT {COLUMNS} FROM stacks WHERE id = $1"))
-        .bind(id)
-        .fetch_optional(conn)
-        .await?;
-    row.map(Stack::try_from).transpose()
+    Ok(
+        sqlx::query_as(&format!("SELECT {COLUMNS} FROM stacks WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(conn)
+            .await?,
+    )
 }
 
 pub async fn delete(conn: &mut Conn, id: &str) -> Result<bool, StoreError> {
@@ -235,14 +189,13 @@ pub async fn for_project(
     integration_id: &str,
     project_id: i64,
 ) -> Result<Vec<Stack>, StoreError> {
-    let rows: Vec<Row> = sqlx::query_as(&format!(
+    Ok(sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM stacks WHERE integration_id = $1 AND project_id = $2 ORDER BY id"
     ))
     .bind(integration_id)
     .bind(project_id)
     .fetch_all(conn)
-    .await?;
-    parse_all(rows)
+    .await?)
 }
 
 /// The stacks an API key can read, newest first.
@@ -251,21 +204,13 @@ pub async fn list_readable(
     api_key_id: &str,
     page: &Page,
 ) -> Result<(Vec<Stack>, Option<Cursor>), StoreError> {
-    let (at, id) = page.bounds();
-    let rows: Vec<Row> = sqlx::query_as(&format!(
+    let sql = format!(
         "{READABLE_SPACES} \
          SELECT {COLUMNS} FROM stacks WHERE space_id IN (SELECT id FROM readable) \
            AND (created_at < $2 OR (created_at = $2 AND id < $3)) \
          ORDER BY created_at DESC, id DESC LIMIT $4"
-    ))
-    .bind(api_key_id)
-    .bind(at)
-    .bind(id)
-    .bind(page.fetch_limit())
-    .fetch_all(conn)
-    .await?;
-    Ok(page.finish(parse_all(rows)?, |row| Cursor {
-        at: row.created_at,
-        id: row.id.clone(),
-    }))
+    );
+    let query = sqlx::query_as::<_, Stack>(&sql).bind(api_key_id);
+    page.fetch(conn, query, |s: &Stack| (s.created_at, &s.id))
+        .await
 }

@@ -26,7 +26,7 @@ pub enum StoreError {
     #[error("database URL {0:?} is not supported: use sqlite://PATH or postgres://…")]
     UnsupportedUrl(String),
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     /// A row that a statement needs is not there (it was deleted meanwhile).
@@ -47,6 +47,20 @@ pub enum StoreError {
     /// The group commit that held a delivery failed.
     #[error("the group commit of deliveries failed: {0}")]
     GroupCommit(String),
+}
+
+/// A row that did not parse (see `row::Corrupt`) is named as such; any
+/// other error is the database's.
+impl From<sqlx::Error> for StoreError {
+    fn from(err: sqlx::Error) -> Self {
+        match err {
+            sqlx::Error::Decode(source) => match source.downcast::<crate::row::Corrupt>() {
+                Ok(corrupt) => (*corrupt).into(),
+                Err(source) => StoreError::Database(sqlx::Error::Decode(source)),
+            },
+            other => StoreError::Database(other),
+        }
+    }
 }
 
 /// The handle to Gantry's database: a pool, its dialect, and the signal that

@@ -1,16 +1,16 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use gantry_domain::{Grant, Name, Role};
+use gantry_domain::{Grant, Role};
 use gantry_store::api_keys::{self, CreateKeyError};
 use gantry_store::spaces::{self, ROOT};
-use gantry_store::{Conn, Millis, audit};
+use gantry_store::{Conn, Millis};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::json;
 use utoipa::ToSchema;
 
-use crate::auth::{Principal, forbidden};
+use crate::auth::{Principal, Target, forbidden};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiQuery};
 use crate::state::AppState;
@@ -35,8 +35,7 @@ pub async fn create(
     principal: Principal,
     ApiJson(body): ApiJson<CreateApiKey>,
 ) -> Result<(StatusCode, Json<CreatedApiKeyView>), ApiError> {
-    let name = Name::parse(&body.name).map_err(|e| ApiError::invalid(e.to_string()))?;
-    let id = name.slug().map_err(|e| ApiError::invalid(e.to_string()))?;
+    let (name, id) = crate::routes::fields::named(&body.name)?;
     if body.roles.is_empty() {
         return Err(ApiError::invalid(
             "`roles` is empty: give the key at least one role, such as {\"space\": \"root\", \"role\": \"read\"}",
@@ -84,19 +83,18 @@ pub async fn create(
         CreateKeyError::IdTaken(_) => ApiError::conflict(err.to_string()),
         CreateKeyError::Store(err) => err.into(),
     })?;
-    audit::record(
-        &mut tx,
-        &audit::NewAuditEntry {
-            actor: &principal.actor(),
-            action: "api_key.create",
-            target_kind: "api_key",
-            target_id: &key.id,
-            space_id: None,
-            detail: json!({ "name": key.name, "roles": key.roles }),
-        },
-        now,
-    )
-    .await?;
+    principal
+        .audit(
+            &mut tx,
+            "api_key.create",
+            Target {
+                kind: "api_key",
+                id: &key.id,
+                space: None,
+            },
+            json!({ "name": key.name, "roles": key.roles }),
+        )
+        .await?;
     tx.commit().await?;
     tracing::info!(api_key.id = %key.id, "API key created");
     Ok((
@@ -161,19 +159,18 @@ pub async fn revoke(
     let revoked = api_keys::revoke(&mut tx, &id, now)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no API key {id:?}")))?;
-    audit::record(
-        &mut tx,
-        &audit::NewAuditEntry {
-            actor: &principal.actor(),
-            action: "api_key.revoke",
-            target_kind: "api_key",
-            target_id: &id,
-            space_id: None,
-            detail: json!({ "name": revoked.name }),
-        },
-        now,
-    )
-    .await?;
+    principal
+        .audit(
+            &mut tx,
+            "api_key.revoke",
+            Target {
+                kind: "api_key",
+                id: &id,
+                space: None,
+            },
+            json!({ "name": revoked.name }),
+        )
+        .await?;
     tx.commit().await?;
     tracing::info!(api_key.id = %id, "API key revoked");
     Ok(Json(revoked.into()))

@@ -4,12 +4,11 @@ use axum::Json;
 use axum::extract::{Path, State};
 use gantry_domain::Role;
 use gantry_store::deliveries::{self, Delivery, Filter, Status};
-use gantry_store::{Millis, audit};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::auth::Principal;
+use crate::auth::{Principal, Target};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::ApiQuery;
 use crate::process::ProcessError;
@@ -164,19 +163,18 @@ pub async fn replay(
             }
         })?;
     let mut tx = state.store.begin().await?;
-    audit::record(
-        &mut tx,
-        &audit::NewAuditEntry {
-            actor: &principal.actor(),
-            action: "delivery.replay",
-            target_kind: "delivery",
-            target_id: &delivery,
-            space_id: None,
-            detail: json!({ "integration": id, "status": replayed.status.as_str() }),
-        },
-        Millis::now(),
-    )
-    .await?;
+    principal
+        .audit(
+            &mut tx,
+            "delivery.replay",
+            Target {
+                kind: "delivery",
+                id: &delivery,
+                space: None,
+            },
+            json!({ "integration": id, "status": replayed.status.as_str() }),
+        )
+        .await?;
     tx.commit().await?;
     Ok(Json(replayed.into()))
 }

@@ -1,6 +1,21 @@
 //! Request fields that several resources share, parsed once.
 
+use gantry_domain::{Name, Slug};
+use gantry_store::spaces::ROOT;
+
 use crate::error::ApiError;
+
+/// A resource's name, trimmed, and the id made from its slug.
+pub fn named(raw: &str) -> Result<(Name, Slug), ApiError> {
+    let name = Name::parse(raw)?;
+    let id = name.slug()?;
+    Ok((name, id))
+}
+
+/// The space a request names, `root` when it names none.
+pub fn space_or_root(raw: Option<&str>) -> String {
+    raw.map_or(ROOT, str::trim).to_owned()
+}
 
 const MAX_LABELS: usize = 50;
 const MAX_LABEL_CHARS: usize = 100;

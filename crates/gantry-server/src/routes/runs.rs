@@ -9,12 +9,12 @@ use gantry_domain::{Role, Summary};
 use gantry_gitlab::{GitLabError, projects};
 use gantry_store::runs::{self, Created, NewRun, Run};
 use gantry_store::stacks::Stack;
-use gantry_store::{Conn, Millis, audit, integrations};
+use gantry_store::{Conn, Millis, integrations};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::auth::Principal;
+use crate::auth::{Principal, Target};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiQuery};
 use crate::routes::stacks::{authorized, guarded};
@@ -229,20 +229,14 @@ async fn record(
     run: &Run,
     stack: &Stack,
 ) -> Result<(), ApiError> {
-    audit::record(
-        conn,
-        &audit::NewAuditEntry {
-            actor: &principal.actor(),
-            action,
-            target_kind: "run",
-            target_id: &run.id,
-            space_id: Some(&stack.space_id),
-            detail: json!({ "stack": stack.id, "kind": run.kind.as_str(), "state": run.state.as_str() }),
-        },
-        Millis::now(),
-    )
-    .await?;
-    Ok(())
+    let target = Target {
+        kind: "run",
+        id: &run.id,
+        space: Some(&stack.space_id),
+    };
+    let detail =
+        json!({ "stack": stack.id, "kind": run.kind.as_str(), "state": run.state.as_str() });
+    principal.audit(conn, action, target, detail).await
 }
 
 async fn run_for(

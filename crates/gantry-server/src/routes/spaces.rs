@@ -2,13 +2,13 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use gantry_domain::{Name, Role, Slug};
+use gantry_store::Millis;
 use gantry_store::spaces::{self, CreateSpaceError, ROOT};
-use gantry_store::{Millis, audit};
 use serde::Deserialize;
 use serde_json::json;
 use utoipa::ToSchema;
 
-use crate::auth::Principal;
+use crate::auth::{Principal, Target};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiQuery};
 use crate::state::AppState;
@@ -33,7 +33,7 @@ pub async fn create(
     principal: Principal,
     ApiJson(body): ApiJson<CreateSpace>,
 ) -> Result<(StatusCode, Json<SpaceView>), ApiError> {
-    let name = Name::parse(&body.name).map_err(|e| ApiError::invalid(e.to_string()))?;
+    let name = Name::parse(&body.name)?;
     let id = match &body.id {
         Some(id) => Slug::parse(id),
         None => name.slug(),
@@ -61,19 +61,18 @@ pub async fn create(
             }
             CreateSpaceError::Store(err) => err.into(),
         })?;
-    audit::record(
-        &mut tx,
-        &audit::NewAuditEntry {
-            actor: &principal.actor(),
-            action: "space.create",
-            target_kind: "space",
-            target_id: &space.id,
-            space_id: Some(&space.id),
-            detail: json!({ "name": space.name, "parent": parent }),
-        },
-        now,
-    )
-    .await?;
+    principal
+        .audit(
+            &mut tx,
+            "space.create",
+            Target {
+                kind: "space",
+                id: &space.id,
+                space: Some(&space.id),
+            },
+            json!({ "name": space.name, "parent": parent }),
+        )
+        .await?;
     tx.commit().await?;
     tracing::info!(space.id = %space.id, space.parent = parent, "space created");
     Ok((StatusCode::CREATED, Json(space.into())))

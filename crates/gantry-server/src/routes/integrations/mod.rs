@@ -10,18 +10,18 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use gantry_domain::{Name, Role};
+use gantry_domain::Role;
 use gantry_store::integrations::{self, Integration, SaveIntegrationError, webhook_secret_context};
 use gantry_store::outbox;
 use gantry_store::spaces::ROOT;
-use gantry_store::{Conn, Millis, audit, crypto};
+use gantry_store::{Conn, Millis, crypto};
 use secrecy::SecretString;
 use serde_json::json;
 
-use crate::auth::{Guard, Principal, Standing};
+use crate::auth::{Guard, Principal, Standing, Target};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiQuery};
-use crate::routes::fields::labels;
+use crate::routes::fields::{labels, named, space_or_root};
 use crate::state::AppState;
 use crate::views::{List, ListParams};
 
@@ -84,28 +84,12 @@ fn reveal(state: &AppState, integration: &Integration) -> Result<SecretString, A
         })
 }
 
-async fn record(
-    conn: &mut Conn,
-    principal: &Principal,
-    action: &str,
-    integration: &Integration,
-    detail: serde_json::Value,
-    now: Millis,
-) -> Result<(), ApiError> {
-    audit::record(
-        conn,
-        &audit::NewAuditEntry {
-            actor: &principal.actor(),
-            action,
-            target_kind: "integration",
-            target_id: &integration.id,
-            space_id: Some(&integration.space_id),
-            detail,
-        },
-        now,
-    )
-    .await?;
-    Ok(())
+fn target(integration: &Integration) -> Target<'_> {
+    Target {
+        kind: "integration",
+        id: &integration.id,
+        space: Some(&integration.space_id),
+    }
 }
 
 /// Creates an integration after checking its token with GitLab. Needs
@@ -119,14 +103,8 @@ pub async fn create(
     principal: Principal,
     ApiJson(body): ApiJson<CreateIntegration>,
 ) -> Result<(StatusCode, Json<IntegrationView>), ApiError> {
-    let name = Name::parse(&body.name)?;
-    let id = name.slug()?;
-    let space = body
-        .space
-        .as_deref()
-        .map(str::trim)
-        .unwrap_or(ROOT)
-        .to_owned();
+    let (name, id) = named(&body.name)?;
+    let space = space_or_root(body.space.as_deref());
     if body.default && space != ROOT {
         return Err(ApiError::invalid(format!(
             "the default integration must live in space \"root\", not {space:?}; leave out `space` or set `default` to false"
@@ -190,15 +168,9 @@ pub async fn create(
         "api_host_url": integration.api_host_url,
         "token_user": integration.token.username,
     });
-    record(
-        &mut tx,
-        &principal,
-        "integration.create",
-        &integration,
-        detail,
-        now,
-    )
-    .await?;
+    principal
+        .audit(&mut tx, "integration.create", target(&integration), detail)
+        .await?;
     tx.commit().await?;
     tracing::info!(integration.id = %integration.id, integration.space = %integration.space_id, "GitLab integration created");
     Ok((
@@ -247,15 +219,14 @@ pub async fn show(
         return Ok(Json(view(&state, integration, Details::Hidden, &health)));
     }
     let secret = reveal(&state, &integration)?;
-    record(
-        &mut tx,
-        &principal,
-        "integration.view_details",
-        &integration,
-        json!({}),
-        Millis::now(),
-    )
-    .await?;
+    principal
+        .audit(
+            &mut tx,
+            "integration.view_details",
+            target(&integration),
+            json!({}),
+        )
+        .await?;
     tx.commit().await?;
     let health = health(&state, &integration.id).await?;
     Ok(Json(view(
@@ -320,15 +291,14 @@ pub async fn update(
         // GitLab accepts the token again: its paused writes resume.
         outbox::mark_healthy(&mut tx, &id).await?;
     }
-    record(
-        &mut tx,
-        &principal,
-        "integration.update",
-        &next,
-        json!({ "changed": changed }),
-        now,
-    )
-    .await?;
+    principal
+        .audit(
+            &mut tx,
+            "integration.update",
+            target(&next),
+            json!({ "changed": changed }),
+        )
+        .await?;
     tx.commit().await?;
     tracing::info!(integration.id = %id, changed = ?changed, "GitLab integration updated");
     let secret = reveal(&state, &next)?;
@@ -426,16 +396,14 @@ pub async fn delete(
         )));
     }
     integrations::delete(&mut tx, &id).await?;
-    let now = Millis::now();
-    record(
-        &mut tx,
-        &principal,
-        "integration.delete",
-        &integration,
-        json!({ "force": params.force, "stacks_left_without_integration": users.len() }),
-        now,
-    )
-    .await?;
+    principal
+        .audit(
+            &mut tx,
+            "integration.delete",
+            target(&integration),
+            json!({ "force": params.force, "stacks_left_without_integration": users.len() }),
+        )
+        .await?;
     tx.commit().await?;
     tracing::info!(integration.id = %id, "GitLab integration deleted");
     Ok(Json(view(
@@ -481,15 +449,14 @@ pub async fn rotate_secret(
     integration.updated_at = now.0;
     integrations::update(&mut tx, &integration).await?;
     let detail = json!({ "grace_seconds": grace.as_secs() });
-    record(
-        &mut tx,
-        &principal,
-        "integration.rotate_webhook_secret",
-        &integration,
-        detail,
-        now,
-    )
-    .await?;
+    principal
+        .audit(
+            &mut tx,
+            "integration.rotate_webhook_secret",
+            target(&integration),
+            detail,
+        )
+        .await?;
     tx.commit().await?;
     tracing::info!(integration.id = %id, grace_seconds = grace.as_secs(), "webhook secret rotated");
     let health = health(&state, &integration.id).await?;

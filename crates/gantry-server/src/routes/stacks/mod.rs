@@ -8,18 +8,18 @@ mod view;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use gantry_domain::{Name, Role, stack};
+use gantry_domain::{Role, stack};
 use gantry_gitlab::{GitLabError, projects, types::MAINTAINER};
 use gantry_store::integrations::{self, Integration};
-use gantry_store::spaces::{self, ROOT};
+use gantry_store::spaces;
 use gantry_store::stacks::{self, SaveStackError, Stack};
-use gantry_store::{Conn, Millis, audit};
-use serde_json::{Value, json};
+use gantry_store::{Conn, Millis};
+use serde_json::json;
 
-use crate::auth::{Guard, Principal};
+use crate::auth::{Guard, Principal, Target};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiQuery};
-use crate::routes::fields::labels;
+use crate::routes::fields::{labels, named, space_or_root};
 use crate::state::AppState;
 use crate::views::{List, ListParams};
 
@@ -116,27 +116,12 @@ async fn resolve(
     Ok((project_id, warnings))
 }
 
-async fn record(
-    conn: &mut Conn,
-    principal: &Principal,
-    action: &str,
-    stack: &Stack,
-    detail: Value,
-) -> Result<(), ApiError> {
-    audit::record(
-        conn,
-        &audit::NewAuditEntry {
-            actor: &principal.actor(),
-            action,
-            target_kind: "stack",
-            target_id: &stack.id,
-            space_id: Some(&stack.space_id),
-            detail,
-        },
-        Millis::now(),
-    )
-    .await?;
-    Ok(())
+fn target(stack: &Stack) -> Target<'_> {
+    Target {
+        kind: "stack",
+        id: &stack.id,
+        space: Some(&stack.space_id),
+    }
 }
 
 /// Creates a stack. Needs `admin` on its space.
@@ -148,14 +133,8 @@ pub async fn create(
     principal: Principal,
     ApiJson(body): ApiJson<CreateStack>,
 ) -> Result<(StatusCode, Json<StackView>), ApiError> {
-    let name = Name::parse(&body.name)?;
-    let id = name.slug()?;
-    let space = body
-        .space
-        .as_deref()
-        .map(str::trim)
-        .unwrap_or(ROOT)
-        .to_owned();
+    let (name, id) = named(&body.name)?;
+    let space = space_or_root(body.space.as_deref());
     let repository = repository(&body.repository)?;
     let branch = stack::branch(&body.branch)?;
     let project_root = stack::project_root(&body.project_root)?;
@@ -212,7 +191,9 @@ pub async fn create(
     let mut tx = state.store.begin().await?;
     stacks::insert(&mut tx, &stack).await?;
     let detail = json!({ "integration": integration.id, "repository": stack.repository, "project_id": project_id });
-    record(&mut tx, &principal, "stack.create", &stack, detail).await?;
+    principal
+        .audit(&mut tx, "stack.create", target(&stack), detail)
+        .await?;
     tx.commit().await?;
     tracing::info!(stack.id = %stack.id, gitlab.project_id = project_id, "stack created");
     Ok((StatusCode::CREATED, Json(view(stack, warnings))))
@@ -365,7 +346,9 @@ pub async fn update(
         )));
     }
     stacks::update(&mut tx, &next).await?;
-    record(&mut tx, &principal, "stack.update", &next, json!({})).await?;
+    principal
+        .audit(&mut tx, "stack.update", target(&next), json!({}))
+        .await?;
     tx.commit().await?;
     Ok(Json(view(next, warnings)))
 }
@@ -381,7 +364,9 @@ pub async fn delete(
     let mut tx = state.store.begin().await?;
     let stack = authorized(&mut tx, &principal, &id, Role::Admin).await?;
     stacks::delete(&mut tx, &id).await?;
-    record(&mut tx, &principal, "stack.delete", &stack, json!({})).await?;
+    principal
+        .audit(&mut tx, "stack.delete", target(&stack), json!({}))
+        .await?;
     tx.commit().await?;
     Ok(Json(view(stack, Vec::new())))
 }
