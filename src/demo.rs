@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use gantry_gitlab_sim::{AccessLevel, Sim, TokenSpec};
+use gantry_gitlab_sim::Sim;
 use serde_json::{Value, json};
 
 use crate::client::{self, Client, Options};
@@ -76,12 +76,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let sim = Sim::start()
         .await
         .context("cannot start the simulated GitLab")?;
-    let user = sim.add_user("gantry-bot");
-    let gitlab_token = sim.add_token(TokenSpec::new(user, &["api"]));
+    let bot = sim.add_bot("gantry-bot");
+    let gitlab_token = bot.token.clone();
     let project = sim
-        .add_project(PROJECT, "main")
+        .add_maintained_project(&bot, PROJECT, "main")
         .context("cannot create the sample repository (the demo needs `git` on PATH)")?;
-    sim.add_member(project, user, AccessLevel::Maintainer);
     sim.commit(
         project,
         "main",

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use gantry_gitlab_sim::{Sim, TokenSpec};
-use serde_json::{Value, json};
+use gantry_gitlab_sim::Sim;
+use serde_json::Value;
 
 // Each bench is its own crate and uses part of this; `expect` would be
 // unfulfilled in the ones that use all of it.
@@ -66,12 +66,11 @@ pub async fn start(flags: &[&str], name: &str, default: bool) -> Bench {
         .trim()
         .to_owned();
     let sim = Sim::start().await.expect("sim");
-    let user = sim.add_user("bot");
-    let token = sim.add_token(TokenSpec::new(user, &["api"]));
+    let bot = sim.add_bot("bot");
     let created: Value = http
         .post(format!("{base}/api/v1/integrations/gitlab"))
         .bearer_auth(&admin)
-        .json(&json!({ "name": name, "default": default, "api_host_url": sim.url(), "api_token": token }))
+        .json(&sim.integration_body(&bot, name, default))
         .send()
         .await
         .expect("create")
@@ -88,8 +87,8 @@ pub async fn start(flags: &[&str], name: &str, default: bool) -> Bench {
         data,
         secret,
         admin,
-        user,
-        token,
+        user: bot.user,
+        token: bot.token,
         sim,
         _dir: dir,
     }

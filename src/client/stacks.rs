@@ -67,7 +67,7 @@ pub enum StackCommand {
     /// Change a stack: the fields to change as JSON, such as '{"branch": "main"}'.
     Update {
         id: String,
-        /// The fields to change, as a JSON object (DESIGN.md's stack fields).
+        /// The fields to change, as a JSON object (the stack fields of `docs/api.md`).
         #[arg(value_name = "JSON")]
         change: String,
     },

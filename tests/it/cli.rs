@@ -6,7 +6,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use gantry_gitlab_sim::{AccessLevel, Sim, TokenSpec};
+use gantry_gitlab_sim::Sim;
 use serde_json::Value;
 
 use crate::api::admin_token;
@@ -129,10 +129,11 @@ async fn every_client_command_against_a_running_server() {
         token: Some(admin.clone()),
     };
     let sim = Sim::start().await.expect("sim");
-    let user = sim.add_user("gantry-bot");
-    let gitlab_token = sim.add_token(TokenSpec::new(user, &["api"]));
-    let project = sim.add_project("infra/network", "main").expect("project");
-    sim.add_member(project, user, AccessLevel::Maintainer);
+    let bot = sim.add_bot("gantry-bot");
+    let gitlab_token = bot.token.clone();
+    let project = sim
+        .add_maintained_project(&bot, "infra/network", "main")
+        .expect("project");
     sim.commit(project, "main", &[("net/main.tf", Some("one"))], "one")
         .expect("commit");
     let token_file = dir.path().join("gitlab-token");

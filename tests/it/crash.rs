@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use gantry_gitlab_sim::{Sim, TokenSpec};
+use gantry_gitlab_sim::Sim;
 use serde_json::{Value, json};
 
 use crate::process::{free_port, serve};
@@ -31,13 +31,12 @@ async fn acknowledged_deliveries_survive_kill_9_and_are_processed_once() {
     let admin = std::fs::read_to_string(data.join("initial-admin-token")).expect("token");
     let admin = admin.trim().to_owned();
     let sim = Sim::start().await.expect("sim");
-    let user = sim.add_user("bot");
-    let token = sim.add_token(TokenSpec::new(user, &["api"]));
+    let bot = sim.add_bot("bot");
     let http = reqwest::Client::new();
     let created: Value = http
         .post(format!("{}/api/v1/integrations/gitlab", server.base))
         .bearer_auth(&admin)
-        .json(&json!({ "name": "Main", "api_host_url": sim.url(), "api_token": token }))
+        .json(&sim.integration_body(&bot, "Main", false))
         .send()
         .await
         .expect("create")

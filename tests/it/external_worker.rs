@@ -3,7 +3,7 @@
 //! `kill -9` of a worker mid-run ends the run `failed` (worker lost) and
 //! frees the stack; cancel stops the plan; SIGTERM hands a plan back.
 
-use gantry_gitlab_sim::{AccessLevel, Sim, TokenSpec};
+use gantry_gitlab_sim::Sim;
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -29,10 +29,10 @@ async fn external_workers_execute_runs_and_survive_each_others_deaths() {
     let server = serve(&data, free_port(), &flags).await;
     let api = Api::new(&server.base, &admin_token(&data));
     let sim = Sim::start().await.expect("sim");
-    let user = sim.add_user("bot");
-    let token = sim.add_token(TokenSpec::new(user, &["api"]));
-    let project = sim.add_project("infra/network", "main").expect("project");
-    sim.add_member(project, user, AccessLevel::Maintainer);
+    let bot = sim.add_bot("bot");
+    let project = sim
+        .add_maintained_project(&bot, "infra/network", "main")
+        .expect("project");
     let mut commits = Vec::new();
     for n in 0..5 {
         let (_, sha) = sim
@@ -47,7 +47,7 @@ async fn external_workers_execute_runs_and_survive_each_others_deaths() {
     }
     api.post(
         "/api/v1/integrations/gitlab",
-        json!({ "name": "Main", "default": true, "api_host_url": sim.url(), "api_token": token }),
+        sim.integration_body(&bot, "Main", true),
     )
     .await;
     api.post(

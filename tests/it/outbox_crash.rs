@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use gantry_gitlab_sim::{AccessLevel, Fault, FaultKind, Sim, TokenSpec};
+use gantry_gitlab_sim::{Fault, FaultKind, Sim};
 use serde_json::json;
 
 use crate::api::{Api, admin_token};
@@ -18,16 +18,16 @@ async fn pending_writes_survive_kill_9_and_are_delivered_once() {
     let mut server = serve(&data, port, &flags).await;
     let api = Api::new(&server.base, &admin_token(&data));
     let sim = Sim::start().await.expect("sim");
-    let user = sim.add_user("bot");
-    let token = sim.add_token(TokenSpec::new(user, &["api"]));
-    let project = sim.add_project("infra/network", "main").expect("project");
-    sim.add_member(project, user, AccessLevel::Maintainer);
+    let bot = sim.add_bot("bot");
+    let project = sim
+        .add_maintained_project(&bot, "infra/network", "main")
+        .expect("project");
     let (_, sha) = sim
         .commit(project, "main", &[("main.tf", Some("one"))], "one")
         .expect("commit");
     api.post(
         "/api/v1/integrations/gitlab",
-        json!({ "name": "Main", "default": true, "api_host_url": sim.url(), "api_token": token }),
+        sim.integration_body(&bot, "Main", true),
     )
     .await;
     api.post(

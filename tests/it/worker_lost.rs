@@ -2,7 +2,7 @@
 //! restart, the run ends `failed` ("worker lost") once its lease lapses,
 //! and the stack's next tracked run starts.
 
-use gantry_gitlab_sim::{AccessLevel, Sim, TokenSpec};
+use gantry_gitlab_sim::Sim;
 use serde_json::json;
 
 use crate::api::{Api, admin_token};
@@ -17,10 +17,10 @@ async fn a_run_whose_worker_died_fails_and_frees_the_stack() {
     let mut server = serve(&data, port, &flags).await;
     let api = Api::new(&server.base, &admin_token(&data));
     let sim = Sim::start().await.expect("sim");
-    let user = sim.add_user("bot");
-    let token = sim.add_token(TokenSpec::new(user, &["api"]));
-    let project = sim.add_project("infra/network", "main").expect("project");
-    sim.add_member(project, user, AccessLevel::Maintainer);
+    let bot = sim.add_bot("bot");
+    let project = sim
+        .add_maintained_project(&bot, "infra/network", "main")
+        .expect("project");
     let (_, first) = sim
         .commit(project, "main", &[("main.tf", Some("one"))], "one")
         .expect("c1");
@@ -29,7 +29,7 @@ async fn a_run_whose_worker_died_fails_and_frees_the_stack() {
         .expect("c2");
     api.post(
         "/api/v1/integrations/gitlab",
-        json!({ "name": "Main", "default": true, "api_host_url": sim.url(), "api_token": token }),
+        sim.integration_body(&bot, "Main", true),
     )
     .await;
     let stack = api.post(

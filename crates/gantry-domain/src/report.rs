@@ -1,4 +1,4 @@
-//! What Gantry writes back to GitLab for a run (DESIGN.md section 6), as
+//! What Gantry writes back to GitLab for a run (`docs/reporting.md`), as
 //! pure code: which writes a transition causes, the commit status of a
 //! state, the status description, the deployment status, and the merge
 //! request comment.

@@ -1,4 +1,4 @@
-//! From events to runs (DESIGN.md section 4), as pure code: which files
+//! From events to runs (`docs/events-and-runs.md`), as pure code: which files
 //! an event changed (or where to ask GitLab for them), and what each stack
 //! of the event's project should do about it.
 

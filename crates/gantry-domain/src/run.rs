@@ -1,4 +1,4 @@
-//! The run state machine of DESIGN.md section 4, as pure code: which
+//! The run state machine (`docs/events-and-runs.md`), as pure code: which
 //! command moves a run from which state to which, what is terminal, and
 //! which runs hold their stack's lock.
 

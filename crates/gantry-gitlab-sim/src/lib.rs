@@ -47,6 +47,14 @@ pub use state::{AccessLevel, LoggedRequest, Note, TokenSpec};
 
 use state::State;
 
+/// A user of the simulated GitLab and its `api` token: the GitLab side of
+/// a Gantry integration, as tests, the demo and the benchmarks set it up.
+#[derive(Clone, Debug)]
+pub struct Bot {
+    pub user: u64,
+    pub token: String,
+}
+
 /// A scripted failure: the next API request whose path contains
 /// `path_contains` (every request when empty) gets it instead of its answer.
 #[derive(Clone, Debug)]
@@ -210,6 +218,36 @@ impl Sim {
     /// Gives a user an access level on a project.
     pub fn add_member(&self, project_id: u64, user_id: u64, level: AccessLevel) {
         self.shared.lock().add_member(project_id, user_id, level);
+    }
+
+    /// What a Gantry integration connects as: a user with an `api` token.
+    pub fn add_bot(&self, username: &str) -> Bot {
+        let user = self.add_user(username);
+        let token = self.add_token(TokenSpec::new(user, &["api"]));
+        Bot { user, token }
+    }
+
+    /// A project that `bot` maintains (so Gantry may manage its hook).
+    pub fn add_maintained_project(
+        &self,
+        bot: &Bot,
+        path_with_namespace: &str,
+        default_branch: &str,
+    ) -> Result<u64, SimError> {
+        let project = self.add_project(path_with_namespace, default_branch)?;
+        self.add_member(project, bot.user, AccessLevel::Maintainer);
+        Ok(project)
+    }
+
+    /// The body of Gantry's `POST /api/v1/integrations/gitlab` that
+    /// connects to this GitLab as `bot`.
+    pub fn integration_body(&self, bot: &Bot, name: &str, default: bool) -> serde_json::Value {
+        serde_json::json!({
+            "name": name,
+            "default": default,
+            "api_host_url": self.url(),
+            "api_token": bot.token,
+        })
     }
 
     /// Commits `files` (path → content; `None` deletes) on `branch` of the
@@ -406,23 +444,12 @@ impl Sim {
         Ok(format!("{}/{path}.git", self.shared.url))
     }
 
-    /// Where the bare repository of a project lies.
-    pub fn repository_dir(&self, project_id: u64) -> Result<PathBuf, SimError> {
-        let (path, _) = self.project_path(project_id)?;
-        Ok(git::bare_dir(&self.shared.root, &path))
-    }
-
     fn project_path(&self, project_id: u64) -> Result<(String, String), SimError> {
         let state = self.shared.lock();
         let project = state
             .project(project_id)
             .ok_or_else(|| SimError::NoProject(project_id.to_string()))?;
         Ok((project.path.clone(), project.default_branch.clone()))
-    }
-
-    /// The directory holding the simulator's repositories.
-    pub fn root(&self) -> &Path {
-        &self.shared.root
     }
 }
 

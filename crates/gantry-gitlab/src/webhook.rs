@@ -52,6 +52,53 @@ pub fn kind_of(event_header: &str, body: &[u8]) -> Result<Option<Kind>, PayloadE
     }
 }
 
+/// The event a delivery carries: `Ok(None)` for an event Gantry ignores,
+/// an error naming the field for a supported event that does not parse.
+pub fn event_of(event_header: &str, body: &[u8]) -> Result<Option<Event>, PayloadError> {
+    match kind_of(event_header, body)? {
+        Some(kind) => parse(kind, body).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The headers of a delivery that Gantry reads, trimmed; absent when
+/// missing or empty (older GitLab versions send fewer of them).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DeliveryHeaders<'a> {
+    /// `X-Gitlab-Event`, such as `Push Hook`.
+    pub event: Option<&'a str>,
+    /// `X-Gitlab-Token`: the webhook secret, plain. Never log it.
+    pub token: Option<&'a str>,
+    /// `Idempotency-Key`, stable across retries and resends (GitLab 17.4+).
+    pub idempotency_key: Option<&'a str>,
+    pub event_uuid: Option<&'a str>,
+    pub webhook_uuid: Option<&'a str>,
+    pub instance: Option<&'a str>,
+    /// `User-Agent: GitLab/<version>`.
+    pub user_agent: Option<&'a str>,
+}
+
+impl<'a> DeliveryHeaders<'a> {
+    pub fn read(headers: &'a reqwest::header::HeaderMap) -> Self {
+        let get = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|value| value.to_str().ok())
+                .map(str::trim)
+                .filter(|value| !value.is_empty())
+        };
+        Self {
+            event: get("x-gitlab-event"),
+            token: get("x-gitlab-token"),
+            idempotency_key: get("idempotency-key"),
+            event_uuid: get("x-gitlab-event-uuid"),
+            webhook_uuid: get("x-gitlab-webhook-uuid"),
+            instance: get("x-gitlab-instance"),
+            user_agent: get("user-agent"),
+        }
+    }
+}
+
 /// Parses a payload of a supported event.
 pub fn parse(kind: Kind, body: &[u8]) -> Result<Event, PayloadError> {
     match kind {

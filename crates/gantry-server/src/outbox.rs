@@ -1,5 +1,5 @@
 //! Delivering the outbox to GitLab: commit statuses, merge request
-//! comments and deployments (DESIGN.md section 6). Every server runs one
+//! comments and deployments (`docs/reporting.md`). Every server runs one
 //! loop; writes are leased, so servers share the work, and per key only
 //! the newest pending write is sent (`gantry_store::outbox::claim`).
 

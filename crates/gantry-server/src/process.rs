@@ -102,11 +102,7 @@ impl Processor {
             return Ok(Some(simple(Status::Duplicate, outcome, None)));
         }
         let body = body.ok_or_else(|| ProcessError::Pruned(id.to_owned()))?;
-        let parsed = webhook::kind_of(&delivery.event, &body).and_then(|kind| match kind {
-            Some(kind) => webhook::parse(kind, &body).map(Some),
-            None => Ok(None),
-        });
-        let event = match parsed {
+        let event = match webhook::event_of(&delivery.event, &body) {
             Ok(Some(event)) => event,
             Ok(None) => {
                 let outcome = format!("Gantry does not act on {:?} events", delivery.event);

@@ -3,20 +3,22 @@
 //! - [`enqueue`] runs inside the caller's [`Tx`], so a job exists exactly when
 //!   the change that caused it is committed. An optional idempotency key is
 //!   unique across all jobs ever enqueued.
-//! - [`claim`] hands one due job to one claimer with a lease: a single
-//!   `UPDATE … WHERE id = (SELECT … LIMIT 1 [FOR UPDATE SKIP LOCKED])`, which
-//!   SQLite runs as one writer transaction and PostgreSQL without blocking
-//!   other claimers.
+//! - [`claim_many`] hands due jobs to one claimer with a lease: a single
+//!   `UPDATE … WHERE id IN (SELECT … LIMIT n [FOR UPDATE SKIP LOCKED])`,
+//!   which SQLite runs as one writer transaction and PostgreSQL without
+//!   blocking other claimers.
 //! - The claimer renews the lease with [`heartbeat`] and ends it with
-//!   [`complete`] or [`fail`]; every one of these checks the lease token, so
-//!   a claimer whose lease lapsed cannot touch a job claimed by another.
+//!   [`complete_in`] (in the transaction of the job's effect) or [`fail`];
+//!   every one of these checks the lease token, so a claimer whose lease
+//!   lapsed cannot touch a job claimed by another.
 //! - [`reap`] puts jobs whose lease lapsed back in the queue.
-//! - [`claim_or_wait`] sleeps until a commit enqueues work (a local signal,
-//!   and `LISTEN/NOTIFY` across PostgreSQL servers) or a retry falls due.
+//! - [`claim_many_or_wait`] sleeps until a commit enqueues work (a local
+//!   signal, and `LISTEN/NOTIFY` across PostgreSQL servers) or a retry
+//!   falls due.
 //!
 //! Jobs carry ids, not copies of data, and handlers must be safe to run
-//! twice: a claimer that dies after its work but before [`complete`] leaves a
-//! job that will be claimed again.
+//! twice: a claimer that dies after its work but before it completes the
+//! job leaves a job that will be claimed again.
 
 use std::time::Duration;
 
@@ -159,20 +161,6 @@ pub async fn enqueue(tx: &mut Tx, job: &NewJob<'_>, now: Millis) -> Result<i64, 
     Ok(id)
 }
 
-/// Claims the oldest due job of one of `kinds`, leased to `owner` for
-/// `lease_for`.
-pub async fn claim(
-    store: &Store,
-    kinds: &[&str],
-    owner: &str,
-    lease_for: Duration,
-    now: Millis,
-) -> Result<Option<ClaimedJob>, StoreError> {
-    Ok(claim_many(store, kinds, owner, lease_for, now, 1)
-        .await?
-        .pop())
-}
-
 /// Claims up to `limit` of the oldest due jobs of `kinds` in one statement,
 /// oldest first, each with its own lease (one token for the batch).
 pub async fn claim_many(
@@ -256,12 +244,6 @@ pub async fn heartbeat(
     lease_held(done.rows_affected(), lease)
 }
 
-/// Marks the job done.
-pub async fn complete(store: &Store, lease: &Lease, now: Millis) -> Result<(), LeaseError> {
-    let mut conn = store.conn().await?;
-    complete_in(&mut conn, lease, now).await
-}
-
 /// Marks the job done as part of the caller's transaction, so the job's
 /// effect and its completion commit together or not at all.
 pub async fn complete_in(conn: &mut Conn, lease: &Lease, now: Millis) -> Result<(), LeaseError> {
@@ -341,24 +323,9 @@ pub async fn reap(store: &Store, now: Millis) -> Result<u64, StoreError> {
     Ok(reaped)
 }
 
-/// Claims a job, waiting up to `max_wait` for one to be enqueued or to fall
-/// due. Waiting costs nothing: it sleeps until a commit that enqueued work
-/// signals, or until the earliest scheduled retry.
-pub async fn claim_or_wait(
-    store: &Store,
-    kinds: &[&str],
-    owner: &str,
-    lease_for: Duration,
-    max_wait: Duration,
-) -> Result<Option<ClaimedJob>, StoreError> {
-    Ok(
-        claim_many_or_wait(store, kinds, owner, lease_for, max_wait, 1)
-            .await?
-            .pop(),
-    )
-}
-
-/// [`claim_many`], waiting as [`claim_or_wait`] does; empty after `max_wait`.
+/// [`claim_many`], waiting until a commit that enqueued work signals (in
+/// this process, or by `LISTEN/NOTIFY` from another) or a queued job falls
+/// due; empty after `max_wait`.
 pub async fn claim_many_or_wait(
     store: &Store,
     kinds: &[&str],

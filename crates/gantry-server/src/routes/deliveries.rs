@@ -16,7 +16,7 @@ use crate::routes::integrations;
 use crate::state::AppState;
 use crate::views::{List, timestamp};
 
-/// One stored delivery (DESIGN.md section 3, point 6).
+/// One stored delivery, as the delivery log lists it.
 #[derive(Serialize, ToSchema)]
 pub struct DeliveryView {
     pub id: String,

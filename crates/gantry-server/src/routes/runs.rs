@@ -1,4 +1,4 @@
-//! Runs (DESIGN.md section 7): list and trigger per stack, show, confirm,
+//! Runs: list and trigger per stack, show, confirm,
 //! discard, cancel. `read` sees runs; `write` triggers and acts on them.
 
 use axum::Json;

@@ -1,4 +1,4 @@
-//! `POST /webhooks/gitlab/{integration-id}` (DESIGN.md section 3): check
+//! `POST /webhooks/gitlab/{integration-id}`: check
 //! the secret, read the body within the limit, store the delivery and its
 //! job, answer. The handler never calls GitLab and never processes.
 
@@ -7,7 +7,7 @@ use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use gantry_gitlab::webhook;
+use gantry_gitlab::webhook::{self, DeliveryHeaders};
 use gantry_store::deliveries::{NewDelivery, Status, Verdict};
 use gantry_store::{Millis, integrations};
 use serde::Serialize;
@@ -70,7 +70,8 @@ pub async fn receive(
         .into_response()
     })?;
 
-    let Some(token) = header(headers, "x-gitlab-token") else {
+    let gitlab = DeliveryHeaders::read(headers);
+    let Some(token) = gitlab.token else {
         return Err(ApiError::unauthorized(
             "no X-Gitlab-Token: set the hook's secret token to the integration's webhook secret",
         )
@@ -117,19 +118,14 @@ pub async fn receive(
         .await
         .map_err(|_| ApiError::too_large(limit).into_response())?;
 
-    let Some(event) = header(headers, "x-gitlab-event") else {
+    let Some(event) = gitlab.event else {
         return Err(ApiError::bad_request(
             "no X-Gitlab-Event header: this is not a GitLab webhook delivery",
         )
         .into_response());
     };
-    let verdict = match webhook::kind_of(event, &body) {
-        Ok(Some(kind)) => match webhook::parse(kind, &body) {
-            Ok(_) => Verdict::Supported,
-            Err(err) => Verdict::Rejected {
-                error: err.to_string(),
-            },
-        },
+    let verdict = match webhook::event_of(event, &body) {
+        Ok(Some(_)) => Verdict::Supported,
         Ok(None) => Verdict::Ignored {
             outcome: format!("Gantry does not act on {event:?} events"),
         },
@@ -147,11 +143,11 @@ pub async fn receive(
         event: event.to_owned(),
         verdict,
         body: body.into(),
-        idempotency_key: owned(header(headers, "idempotency-key")),
-        event_uuid: owned(header(headers, "x-gitlab-event-uuid")),
-        webhook_uuid: owned(header(headers, "x-gitlab-webhook-uuid")),
-        instance: owned(header(headers, "x-gitlab-instance")),
-        user_agent: owned(header(headers, header::USER_AGENT.as_str())),
+        idempotency_key: owned(gitlab.idempotency_key),
+        event_uuid: owned(gitlab.event_uuid),
+        webhook_uuid: owned(gitlab.webhook_uuid),
+        instance: owned(gitlab.instance),
+        user_agent: owned(gitlab.user_agent),
         received_at,
     };
     let (delivery, status) = state.inbox.receive(new).await.map_err(error)?;

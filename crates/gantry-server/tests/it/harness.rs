@@ -260,22 +260,22 @@ pub struct Repo {
 
 pub async fn repo(app: &TestApp) -> Repo {
     let sim = gantry_gitlab_sim::Sim::start().await.expect("sim");
-    let user = sim.add_user("gantry-bot");
-    let token = sim.add_token(gantry_gitlab_sim::TokenSpec::new(user, &["api"]));
-    let project = sim.add_project("infra/network", "main").expect("project");
-    sim.add_member(project, user, gantry_gitlab_sim::AccessLevel::Maintainer);
+    let bot = sim.add_bot("gantry-bot");
+    let project = sim
+        .add_maintained_project(&bot, "infra/network", "main")
+        .expect("project");
     let (status, created) = app
         .post(
             "/api/v1/integrations/gitlab",
             &app.admin,
-            serde_json::json!({ "name": "Main", "default": true, "api_host_url": sim.url(), "api_token": token }),
+            sim.integration_body(&bot, "Main", true),
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
     Repo {
         sim,
         project,
-        token,
+        token: bot.token,
     }
 }
 

@@ -1,5 +1,5 @@
 //! GitLab integrations against the simulated GitLab: every rule of
-//! DESIGN.md section 2, the token check, visibility by role, rotation,
+//! `docs/concepts.md`, the token check, visibility by role, rotation,
 //! audit, and that the token is never shown, logged or stored in plaintext.
 
 use gantry_gitlab_sim::{Fault, FaultKind, Sim, TokenSpec};

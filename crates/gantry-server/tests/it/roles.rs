@@ -1,4 +1,4 @@
-//! Every route against every role: the role matrix of DESIGN.md section 7.
+//! Every route against every role: the roles of `docs/api.md`.
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};

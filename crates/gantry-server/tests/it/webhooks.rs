@@ -1,4 +1,4 @@
-//! The webhook endpoint and the delivery log (DESIGN.md section 3): every
+//! The webhook endpoint and the delivery log (`docs/events-and-runs.md`): every
 //! corpus delivery, bad input, deduplication, rotation, replay, retention.
 
 use std::time::Duration;

@@ -22,6 +22,39 @@ on_both_databases!(
 
 const LEASE: Duration = Duration::from_secs(30);
 
+/// The oldest due job, as a worker of batches of one takes it.
+async fn claim(
+    store: &Store,
+    kinds: &[&str],
+    owner: &str,
+    lease_for: Duration,
+    now: Millis,
+) -> Result<Option<jobs::ClaimedJob>, gantry_store::StoreError> {
+    Ok(jobs::claim_many(store, kinds, owner, lease_for, now, 1)
+        .await?
+        .pop())
+}
+
+async fn claim_or_wait(
+    store: &Store,
+    kinds: &[&str],
+    owner: &str,
+    lease_for: Duration,
+    max_wait: Duration,
+) -> Result<Option<jobs::ClaimedJob>, gantry_store::StoreError> {
+    Ok(
+        jobs::claim_many_or_wait(store, kinds, owner, lease_for, max_wait, 1)
+            .await?
+            .pop(),
+    )
+}
+
+/// Completes a job on its own, outside any other change.
+async fn complete(store: &Store, lease: &jobs::Lease, now: Millis) -> Result<(), jobs::LeaseError> {
+    let mut conn = store.conn().await?;
+    jobs::complete_in(&mut conn, lease, now).await
+}
+
 async fn enqueue(store: &Store, kind: &str, n: usize) {
     let mut tx = store.begin().await.expect("begin");
     for i in 0..n {
@@ -45,7 +78,7 @@ async fn eight_concurrent_claimers_never_share_a_job(db: TestStore) {
         let store = reconnect(db).await;
         claimers.push(tokio::spawn(async move {
             let mut mine = Vec::new();
-            while let Some(job) = jobs::claim(
+            while let Some(job) = claim(
                 &store,
                 &["work"],
                 &format!("w{worker}"),
@@ -56,7 +89,7 @@ async fn eight_concurrent_claimers_never_share_a_job(db: TestStore) {
             .expect("claim")
             {
                 mine.push(job.lease.job_id);
-                jobs::complete(&store, &job.lease, Millis::now())
+                complete(&store, &job.lease, Millis::now())
                     .await
                     .expect("complete");
             }
@@ -76,12 +109,12 @@ async fn a_lapsed_lease_is_requeued_and_the_old_lease_is_void(db: TestStore) {
     let db = &db;
     enqueue(&db.store, "work", 1).await;
     let t0 = Millis::now();
-    let first = jobs::claim(&db.store, &["work"], "w1", LEASE, t0)
+    let first = claim(&db.store, &["work"], "w1", LEASE, t0)
         .await
         .expect("claim")
         .expect("a job");
     assert!(
-        jobs::claim(&db.store, &["work"], "w2", LEASE, t0)
+        claim(&db.store, &["work"], "w2", LEASE, t0)
             .await
             .expect("claim")
             .is_none(),
@@ -106,7 +139,7 @@ async fn a_lapsed_lease_is_requeued_and_the_old_lease_is_void(db: TestStore) {
 
     let lapsed = t0.plus(Duration::from_secs(41));
     assert_eq!(jobs::reap(&db.store, lapsed).await.expect("reap"), 1);
-    let second = jobs::claim(&db.store, &["work"], "w2", LEASE, lapsed)
+    let second = claim(&db.store, &["work"], "w2", LEASE, lapsed)
         .await
         .expect("claim")
         .expect("requeued");
@@ -114,17 +147,13 @@ async fn a_lapsed_lease_is_requeued_and_the_old_lease_is_void(db: TestStore) {
     assert_eq!(second.lease.attempt, 2);
 
     // The first claimer can no longer touch it.
-    assert!(
-        jobs::complete(&db.store, &first.lease, lapsed)
-            .await
-            .is_err()
-    );
+    assert!(complete(&db.store, &first.lease, lapsed).await.is_err());
     assert!(
         jobs::heartbeat(&db.store, &first.lease, LEASE, lapsed)
             .await
             .is_err()
     );
-    jobs::complete(&db.store, &second.lease, lapsed)
+    complete(&db.store, &second.lease, lapsed)
         .await
         .expect("complete");
     let row = jobs::get(
@@ -151,7 +180,7 @@ async fn failed_jobs_retry_with_backoff_then_die(db: TestStore) {
 
     let mut now = Millis::now();
     for attempt in 1..=3u32 {
-        let claimed = jobs::claim(&db.store, &["flaky"], "w", LEASE, now)
+        let claimed = claim(&db.store, &["flaky"], "w", LEASE, now)
             .await
             .expect("claim")
             .expect("due");
@@ -164,7 +193,7 @@ async fn failed_jobs_retry_with_backoff_then_die(db: TestStore) {
             assert_eq!(outcome, Failed::Retry(due));
             // Not due before its backoff has passed.
             assert!(
-                jobs::claim(&db.store, &["flaky"], "w", LEASE, Millis(due.0 - 1))
+                claim(&db.store, &["flaky"], "w", LEASE, Millis(due.0 - 1))
                     .await
                     .expect("claim")
                     .is_none()
@@ -183,7 +212,7 @@ async fn failed_jobs_retry_with_backoff_then_die(db: TestStore) {
         ("dead", 3, Some("boom"))
     );
     assert!(
-        jobs::claim(&db.store, &["flaky"], "w", LEASE, now.plus(LEASE * 100))
+        claim(&db.store, &["flaky"], "w", LEASE, now.plus(LEASE * 100))
             .await
             .expect("claim")
             .is_none()
@@ -230,7 +259,7 @@ async fn jobs_enqueued_in_a_rolled_back_transaction_vanish(db: TestStore) {
         .expect("enqueue");
     drop(tx);
     assert!(
-        jobs::claim(&db.store, &["work"], "w", LEASE, Millis::now())
+        claim(&db.store, &["work"], "w", LEASE, Millis::now())
             .await
             .expect("claim")
             .is_none()
@@ -243,7 +272,7 @@ async fn a_waiting_claimer_wakes_on_commit_from_another_server(db: TestStore) {
     let claimer = {
         let waiter = waiter.clone();
         tokio::spawn(async move {
-            jobs::claim_or_wait(&waiter, &["work"], "w", LEASE, Duration::from_secs(3600))
+            claim_or_wait(&waiter, &["work"], "w", LEASE, Duration::from_secs(3600))
                 .await
                 .expect("wait")
         })
