@@ -160,3 +160,10 @@ impl From<crate::gitlab::AccessError> for ApiError {
         Self::invalid(err.to_string())
     }
 }
+
+/// A cursor this server did not give out: 422.
+impl From<gantry_store::CursorError> for ApiError {
+    fn from(err: gantry_store::CursorError) -> Self {
+        Self::invalid(err.to_string())
+    }
+}

@@ -134,7 +134,7 @@ pub async fn start(
     ));
     let reporter_state = state.clone();
     let reporter_owner = owner.clone();
-    let inbox = tokio::spawn(crate::process::work(processor, owner, state.config.lease));
+    let processing = tokio::spawn(crate::process::work(processor, owner, state.config.lease));
     let pruner = tokio::spawn(crate::process::prune(
         store.clone(),
         state.config.delivery_retention,
@@ -166,7 +166,7 @@ pub async fn start(
             worker.abort();
         }
         reaper.abort();
-        inbox.abort();
+        processing.abort();
         pruner.abort();
         sweeper.abort();
         // The reporter finishes the writes it is sending (GitLab calls have

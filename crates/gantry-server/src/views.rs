@@ -39,12 +39,7 @@ pub struct ListParams {
 
 impl ListParams {
     pub fn page(&self) -> Result<gantry_store::Page, ApiError> {
-        let after = self
-            .cursor
-            .as_deref()
-            .map(Cursor::decode)
-            .transpose()
-            .map_err(|e| ApiError::invalid(e.to_string()))?;
+        let after = self.cursor.as_deref().map(Cursor::decode).transpose()?;
         if let Some(limit) = self.limit
             && !(1..=gantry_store::page::MAX_LIMIT).contains(&limit)
         {

@@ -37,8 +37,7 @@ pub async fn create(
     let id = match &body.id {
         Some(id) => Slug::parse(id),
         None => name.slug(),
-    }
-    .map_err(|e| ApiError::invalid(e.to_string()))?;
+    }?;
     let parent = body.parent.as_deref().unwrap_or(ROOT);
 
     let mut tx = state.store.begin().await?;
