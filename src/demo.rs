@@ -26,6 +26,8 @@ pub struct DemoArgs {
     /// Give up when the tour has not completed in this many seconds.
     #[arg(long, default_value_t = 60)]
     timeout_seconds: u64,
+    #[command(flatten)]
+    sandbox: crate::SandboxArgs,
 }
 
 const PROJECT: &str = "demo/infra";
@@ -114,6 +116,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         delivery_retention: gantry_server::DEFAULT_DELIVERY_RETENTION,
         gitlab: gantry_gitlab::ClientConfig::default(),
         worker_shutdown_grace: Duration::from_secs(5),
+        sandbox: args.sandbox.mode(),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = gantry_server::start(config, None, async {

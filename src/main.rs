@@ -144,6 +144,33 @@ struct ServeArgs {
         default_value_t = 60
     )]
     worker_shutdown_grace_seconds: u64,
+    #[command(flatten)]
+    sandbox: SandboxArgs,
+}
+
+/// How phases are isolated.
+#[derive(clap::Args)]
+pub(crate) struct SandboxArgs {
+    /// `bwrap` runs every phase in a bubblewrap sandbox that sees only its
+    /// workspace and a read-only system; `none` runs repository code as
+    /// this process's user, seeing everything it can (warned at start).
+    #[arg(long = "sandbox", env = "GANTRY_SANDBOX", value_enum, default_value_t = SandboxChoice::Bwrap)]
+    pub choice: SandboxChoice,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub(crate) enum SandboxChoice {
+    Bwrap,
+    None,
+}
+
+impl SandboxArgs {
+    pub fn mode(&self) -> gantry_runner::sandbox::Mode {
+        match self.choice {
+            SandboxChoice::Bwrap => gantry_runner::sandbox::Mode::Bwrap,
+            SandboxChoice::None => gantry_runner::sandbox::Mode::None,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -230,6 +257,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         webhook_body_limit: args.webhook_body_limit,
         delivery_retention: Duration::from_secs(args.delivery_retention_days * 24 * 3600),
         worker_shutdown_grace: Duration::from_secs(args.worker_shutdown_grace_seconds),
+        sandbox: args.sandbox.mode(),
         ..server_config_for(&args.database)
     };
     let master_key = std::env::var(MASTER_KEY_ENV).ok().map(Into::into);
@@ -252,6 +280,7 @@ fn server_config_for(args: &DatabaseArgs) -> ServerConfig {
         delivery_retention: gantry_server::DEFAULT_DELIVERY_RETENTION,
         gitlab: gantry_gitlab::ClientConfig::default(),
         worker_shutdown_grace: gantry_server::DEFAULT_WORKER_SHUTDOWN_GRACE,
+        sandbox: gantry_runner::sandbox::Mode::Bwrap,
     }
 }
 

@@ -3,6 +3,7 @@
 //! code the server's embedded pool runs; this file is only the HTTP side
 //! of its `Control`.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +32,8 @@ pub struct WorkerArgs {
     /// handed back to the queue, an apply fails).
     #[arg(long, env = "GANTRY_SHUTDOWN_GRACE_SECONDS", default_value_t = 60)]
     shutdown_grace_seconds: u64,
+    #[command(flatten)]
+    sandbox: crate::SandboxArgs,
 }
 
 /// The longest text sent in one log request (the API takes 1 MiB bodies).
@@ -41,12 +44,26 @@ const CLAIM_WAIT_SECONDS: u64 = 5;
 
 pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let name = args.name.unwrap_or_else(default_name);
-    let work_dir = match args.work_dir {
-        Some(dir) => dir,
-        None => std::env::temp_dir().join(format!("gantry-worker-{name}")),
+    let sandbox = gantry_runner::sandbox::Sandbox::open(args.sandbox.mode()).await?;
+    // Private to this worker (0700): no other user of the machine sees the
+    // runs' workspaces. The default one is new and unpredictable, and
+    // removed when the worker stops.
+    let (work_dir, _temporary) = match args.work_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create the work directory {}", dir.display()))?;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("cannot make {} private", dir.display()))?;
+            (dir, None)
+        }
+        None => {
+            let dir = tempfile::Builder::new()
+                .prefix(&format!("gantry-worker-{name}-"))
+                .tempdir()
+                .context("cannot create a work directory")?;
+            (dir.path().to_owned(), Some(dir))
+        }
     };
-    std::fs::create_dir_all(&work_dir)
-        .with_context(|| format!("cannot create the work directory {}", work_dir.display()))?;
     let remote = Remote {
         http: reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
@@ -62,6 +79,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         work_dir,
         shutdown_grace: Duration::from_secs(args.shutdown_grace_seconds),
         kill_grace: Duration::from_secs(10),
+        sandbox,
     };
     let work = tokio::spawn(agent::work(Arc::new(remote), options, stopped));
     crate::shutdown_signal().await;

@@ -29,6 +29,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::Semaphore;
 use url::Url;
 
+use crate::body::{MAX_BODY, MAX_MESSAGE_CHARS, cut, read_capped};
 use crate::error_body;
 
 /// How the client waits, retries and shares hosts.
@@ -417,7 +418,9 @@ impl GitLab {
                 Ok(response) => {
                     let status = response.status();
                     let headers = response.headers().clone();
-                    response.bytes().await.map(|body| (status, headers, body))
+                    read_capped(response)
+                        .await
+                        .map(|body| (status, headers, body))
                 }
                 Err(error) => Err(error),
             }
@@ -442,7 +445,16 @@ impl GitLab {
             })
             .inc();
         let (status, headers, body) = match outcome {
-            Ok(answer) => answer,
+            Ok((status, headers, Some(body))) => (status, headers, body),
+            Ok((_, _, None)) => {
+                return Attempt::Fail(GitLabError::Decode {
+                    host: self.host.clone(),
+                    request: request.to_owned(),
+                    message: format!(
+                        "the answer is larger than {MAX_BODY} bytes, more than GitLab sends"
+                    ),
+                });
+            }
             Err(error) => {
                 return Attempt::Retry {
                     wait: self.backoff(attempt),
@@ -462,7 +474,9 @@ impl GitLab {
                 body,
             });
         }
+        // GitLab's own message, cut: an upstream body is never echoed whole.
         let message = error_body::message(&body)
+            .map(|message| cut(&message, MAX_MESSAGE_CHARS))
             .unwrap_or_else(|| status.canonical_reason().unwrap_or("no message").to_owned());
         let (host, request) = (self.host.clone(), request.to_owned());
         match status.as_u16() {

@@ -2,6 +2,7 @@
 //! bodies, and the rules of the token check. GitLab-specific code lives
 //! here and nowhere else.
 
+mod body;
 pub mod client;
 pub mod error_body;
 pub mod projects;

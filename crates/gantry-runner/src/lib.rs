@@ -9,5 +9,6 @@ pub mod agent;
 pub mod checkout;
 pub mod process;
 pub mod redact;
+pub mod sandbox;
 pub mod summary;
 pub mod workflow;

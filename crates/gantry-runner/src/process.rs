@@ -3,7 +3,7 @@
 //! log, and ended — the whole group — on cancel, on the run's timeout, or
 //! when it prints nothing for too long.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -13,6 +13,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 
 use crate::redact::Redactor;
+use crate::sandbox::Sandbox;
 
 /// How long a phase may take.
 #[derive(Clone, Copy, Debug)]
@@ -39,9 +40,15 @@ pub enum Ended {
 pub struct Script<'a> {
     /// Run with `sh -c`, as stacks write their commands.
     pub script: &'a str,
+    /// Where it runs: inside `workspace`.
     pub dir: &'a Path,
     /// The whole environment: nothing else is inherited.
     pub env: &'a [(String, String)],
+    pub sandbox: &'a Sandbox,
+    /// The run's workspace: all the script may write.
+    pub workspace: &'a Path,
+    /// Executables outside the system directories it needs to see.
+    pub tools: &'a [PathBuf],
 }
 
 /// Runs the phase, sending its redacted output to `log` as it comes.
@@ -54,10 +61,9 @@ pub async fn run(
     cancel: &mut watch::Receiver<bool>,
     log: &mut (dyn FnMut(&[u8]) + Send),
 ) -> std::io::Result<Ended> {
-    let mut child = tokio::process::Command::new("sh")
-        .arg("-c")
-        .arg(phase.script)
-        .current_dir(phase.dir)
+    let mut child = phase
+        .sandbox
+        .command(phase.workspace, phase.dir, phase.tools, phase.script)
         .env_clear()
         .envs(phase.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdin(Stdio::null())
@@ -110,22 +116,61 @@ pub async fn run(
         }
     };
     log(&redactor.finish());
-    end_group(&mut child, group, limits.grace).await;
+    end_group(&mut child, group, phase.sandbox, limits.grace).await;
     Ok(stop)
 }
 
 /// SIGTERM to the whole group, then SIGKILL after `grace` if the leader
-/// has not exited; descendants that linger get the SIGKILL too.
-async fn end_group(child: &mut tokio::process::Child, group: Option<Pid>, grace: Duration) {
+/// has not exited; descendants that linger get the SIGKILL too. In the
+/// sandbox the script's processes are a session of their own: they get the
+/// SIGTERM there, and the SIGKILL of the sandbox ends its PID namespace,
+/// which kills every process in it.
+async fn end_group(
+    child: &mut tokio::process::Child,
+    group: Option<Pid>,
+    sandbox: &Sandbox,
+    grace: Duration,
+) {
     let Some(group) = group else {
         let _ = child.start_kill();
         return;
     };
-    let _ = killpg(group, Signal::SIGTERM);
+    let inside = match sandbox {
+        Sandbox::Bwrap(_) => children_of(group),
+        Sandbox::None => Vec::new(),
+    };
+    if inside.is_empty() {
+        let _ = killpg(group, Signal::SIGTERM);
+    }
+    for session in inside {
+        let _ = killpg(session, Signal::SIGTERM);
+    }
     if tokio::time::timeout(grace, child.wait()).await.is_err() {
         let _ = killpg(group, Signal::SIGKILL);
         let _ = child.wait().await;
     }
     // Children that ignored SIGTERM after their parent left.
     let _ = killpg(group, Signal::SIGKILL);
+}
+
+/// The processes whose parent is `parent`, from `/proc` (the sandbox's
+/// first process, the leader of the script's session).
+fn children_of(parent: Pid) -> Vec<Pid> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    // `pid (comm) state ppid …`; comm may hold spaces.
+                    let rest = &stat[stat.rfind(')')? + 1..];
+                    rest.split_whitespace().nth(1)?.parse::<i32>().ok()
+                })
+                == Some(parent.as_raw())
+        })
+        .map(Pid::from_raw)
+        .collect()
 }

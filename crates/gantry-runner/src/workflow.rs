@@ -4,7 +4,7 @@
 //! `init`, `plan -detailed-exitcode -out`, `show -json` of the saved plan
 //! for the summary, and `apply` of that saved plan.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use tokio::sync::watch;
 
@@ -13,6 +13,7 @@ pub use gantry_domain::Workflow;
 
 use crate::process::{Ended, Limits, Script, run};
 use crate::redact::Redactor;
+use crate::sandbox::Sandbox;
 use crate::summary::{from_plan_json, from_plan_line};
 
 /// The saved plan, kept in the workspace for `apply`.
@@ -36,6 +37,9 @@ pub enum Stopped {
 pub struct Context<'a> {
     /// The project root inside the checkout.
     pub dir: &'a Path,
+    /// The checkout: all a phase may write.
+    pub workspace: &'a Path,
+    pub sandbox: &'a Sandbox,
     /// The run's whole environment.
     pub env: Vec<(String, String)>,
     pub limits: Limits,
@@ -43,6 +47,9 @@ pub struct Context<'a> {
     pub cancel: watch::Receiver<bool>,
     /// Receives the redacted log as it comes.
     pub log: &'a mut (dyn FnMut(&[u8]) + Send),
+    /// Executables outside the system directories the phases run (a
+    /// stack's own `tofu` by path), shown read-only in the sandbox.
+    pub tools: Vec<PathBuf>,
 }
 
 /// What planning found.
@@ -53,6 +60,15 @@ pub struct Planned {
 }
 
 impl Context<'_> {
+    /// A tool given by path is shown in the sandbox; one by name is looked
+    /// up on `PATH` there.
+    fn use_tool(&mut self, binary: &str) {
+        let path = Path::new(binary);
+        if path.is_absolute() && !self.tools.iter().any(|tool| tool == path) {
+            self.tools.push(path.to_owned());
+        }
+    }
+
     /// Runs one script; returns its exit code and its redacted output.
     async fn step(&mut self, phase: &'static str, script: &str) -> Result<(i32, String), Stopped> {
         let mut text = Vec::new();
@@ -66,6 +82,9 @@ impl Context<'_> {
                 script,
                 dir: self.dir,
                 env: &self.env,
+                sandbox: self.sandbox,
+                workspace: self.workspace,
+                tools: &self.tools,
             },
             self.limits,
             &mut self.redactor,
@@ -123,6 +142,7 @@ pub async fn plan(workflow: &Workflow, ctx: &mut Context<'_>) -> Result<Planned,
         }
         Workflow::Opentofu { .. } | Workflow::Terraform { .. } => {
             let binary = workflow.binary().unwrap_or("tofu").to_owned();
+            ctx.use_tool(&binary);
             ctx.env.push(("GANTRY_TOOL".to_owned(), binary));
             ctx.must_succeed("init", "\"$GANTRY_TOOL\" init -input=false -no-color")
                 .await?;
@@ -163,6 +183,7 @@ pub async fn apply(workflow: &Workflow, ctx: &mut Context<'_>) -> Result<(), Sto
         Workflow::Opentofu { .. } | Workflow::Terraform { .. } => {
             if !ctx.env.iter().any(|(name, _)| name == "GANTRY_TOOL") {
                 let binary = workflow.binary().unwrap_or("tofu").to_owned();
+                ctx.use_tool(&binary);
                 ctx.env.push(("GANTRY_TOOL".to_owned(), binary));
             }
             let script =

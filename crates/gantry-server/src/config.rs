@@ -27,6 +27,8 @@ pub struct ServerConfig {
     /// On shutdown, how long the embedded workers' runs may go on before
     /// they are stopped (a plan is handed back to the queue).
     pub worker_shutdown_grace: Duration,
+    /// How the embedded workers isolate the phases they run.
+    pub sandbox: gantry_runner::sandbox::Mode,
 }
 
 /// The default grace period of a rotated webhook secret: a day to update

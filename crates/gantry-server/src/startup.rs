@@ -13,6 +13,8 @@ use secrecy::SecretString;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use gantry_runner::sandbox::Sandbox;
+
 use crate::blobs::DirBlobs;
 use crate::bootstrap::{first_start, load_master_key};
 use crate::config::{MAX_WORKSPACE_BYTES, ServerConfig};
@@ -89,6 +91,13 @@ pub async fn start(
             path.display()
         );
     }
+    // Only a server that runs phases needs the sandbox; a missing one stops
+    // the start, before anything listens.
+    let sandbox = if config.embedded_workers > 0 {
+        Sandbox::open(config.sandbox).await?
+    } else {
+        Sandbox::None
+    };
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -123,6 +132,7 @@ pub async fn start(
         &state,
         &owner,
         state.config.embedded_workers,
+        sandbox,
         state.shutting_down.clone(),
     );
     let worker_grace = state.config.worker_shutdown_grace;

@@ -431,12 +431,14 @@ pub fn spawn_pool(
     state: &AppState,
     owner: &str,
     count: u32,
+    sandbox: gantry_runner::sandbox::Sandbox,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let options = gantry_runner::agent::Options {
         work_dir: state.config.data_dir.join("workspaces"),
         shutdown_grace: state.config.worker_shutdown_grace,
         kill_grace: Duration::from_secs(10),
+        sandbox,
     };
     (0..count)
         .map(|n| {

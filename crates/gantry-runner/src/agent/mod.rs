@@ -16,6 +16,7 @@ use self::watch::{LogSender, StopCause, log_writer, watch_run};
 use crate::checkout::{CheckoutError, Source, checkout};
 use crate::process::Limits;
 use crate::redact::Redactor;
+use crate::sandbox::Sandbox;
 use crate::workflow::{self, Context, Stopped};
 
 mod pack;
@@ -36,6 +37,8 @@ pub struct Options {
     pub shutdown_grace: Duration,
     /// Between SIGTERM and SIGKILL when a process group is stopped.
     pub kill_grace: Duration,
+    /// Where the phases run.
+    pub sandbox: Sandbox,
 }
 
 /// Why a run's phase ended before it succeeded; the run fails with this
@@ -52,6 +55,8 @@ pub enum Failure {
     Restore(std::io::Error),
     #[error("cannot create HOME: {0}")]
     Home(std::io::Error),
+    #[error("cannot hand the workspace to the sandbox's user: {0}")]
+    HandOver(std::io::Error),
     #[error("cannot archive the planned workspace: {0}")]
     Pack(std::io::Error),
     #[error("cannot store the planned workspace: {0}")]
@@ -201,9 +206,13 @@ async fn phases<C: Control>(
             restored.map_err(Failure::Restore)?;
         }
     }
+    let workspace = &workspace.canonicalize().map_err(Failure::Home)?;
     let home = workspace.join(".gantry-home");
     std::fs::create_dir_all(&home).map_err(Failure::Home)?;
-    let home = home.canonicalize().unwrap_or(home);
+    options
+        .sandbox
+        .hand_over(workspace)
+        .map_err(Failure::HandOver)?;
     let mut env = vec![
         (
             "PATH".to_owned(),
@@ -225,6 +234,9 @@ async fn phases<C: Control>(
     let mut sink = move |chunk: &[u8]| sink_log.send(chunk.to_vec());
     let mut ctx = Context {
         dir: &dir,
+        workspace,
+        sandbox: &options.sandbox,
+        tools: Vec::new(),
         env,
         limits: Limits {
             deadline: Instant::now() + Duration::from_secs(a.run_timeout_seconds),

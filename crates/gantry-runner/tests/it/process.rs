@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use gantry_runner::process::{Ended, Limits, Script, run};
 use gantry_runner::redact::Redactor;
+use gantry_runner::sandbox::{Mode, Sandbox};
 use tokio::sync::watch;
 
 fn limits(run_for: Duration, no_output: Duration) -> Limits {
@@ -23,6 +24,21 @@ async fn phase(
     cancel_after: Option<Duration>,
 ) -> (Ended, String) {
     let dir = tempfile::tempdir().expect("dir");
+    phase_in(dir.path(), script, env, limits, secrets, cancel_after).await
+}
+
+/// [`phase`] in the workspace `dir`.
+async fn phase_in(
+    dir: &std::path::Path,
+    script: &str,
+    env: &[(&str, &str)],
+    limits: Limits,
+    secrets: &[&str],
+    cancel_after: Option<Duration>,
+) -> (Ended, String) {
+    // Every phase runs in the real sandbox, as workers run it.
+    let sandbox = Sandbox::open(Mode::Bwrap).await.expect("bwrap");
+    sandbox.hand_over(dir).expect("hand over");
     let env: Vec<(String, String)> = env
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -44,8 +60,11 @@ async fn phase(
     let ended = run(
         &Script {
             script,
-            dir: dir.path(),
+            dir,
             env: &env,
+            sandbox: &sandbox,
+            workspace: dir,
+            tools: &[],
         },
         limits,
         &mut redactor,
@@ -109,36 +128,40 @@ async fn a_secret_split_across_writes_is_redacted() {
     assert_eq!(log, "value=[REDACTED]\n[REDACTED]\n");
 }
 
-fn alive(pid: &str) -> bool {
-    std::path::Path::new(&format!("/proc/{}", pid.trim())).exists()
+/// Whether a process of the sandbox still beats: it rewrites `beat` in the
+/// workspace every 50 ms. (Its pid means nothing outside the sandbox's
+/// PID namespace.)
+async fn still_beating(dir: &std::path::Path) -> bool {
+    let before = std::fs::read_to_string(dir.join("beat")).unwrap_or_default();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = std::fs::read_to_string(dir.join("beat")).unwrap_or_default();
+    before != after
 }
 
 #[tokio::test]
 async fn cancel_ends_the_whole_process_group() {
     let dir = tempfile::tempdir().expect("dir");
-    let pidfile = dir.path().join("pid");
-    let script = format!("sleep 60 & echo $! > {}; wait", pidfile.display());
-    let (ended, _) = phase(
-        &script,
+    // A grandchild that ignores SIGTERM, beating until it is killed.
+    let script = "(trap '' TERM; while true; do date +%s%N > beat; sleep 0.05; done) & \
+                  sleep 0.2; wait";
+    let (ended, _) = phase_in(
+        dir.path(),
+        script,
         &[PATH],
         limits(Duration::from_secs(60), Duration::from_secs(60)),
         &[],
-        Some(Duration::from_millis(300)),
+        Some(Duration::from_millis(400)),
     )
     .await;
     assert_eq!(ended, Ended::Canceled);
-    let pid = std::fs::read_to_string(&pidfile).expect("pid");
-    // The grandchild got the group's signal too (reaped by init shortly).
-    for _ in 0..100 {
-        if !alive(&pid)
-            || std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()))
-                .is_ok_and(|s| s.contains(") Z "))
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("sleep {pid} survived the cancel");
+    assert!(
+        std::fs::read_to_string(dir.path().join("beat")).is_ok(),
+        "the grandchild ran"
+    );
+    assert!(
+        !still_beating(dir.path()).await,
+        "the grandchild that ignores SIGTERM was killed with the sandbox"
+    );
 }
 
 #[tokio::test]

@@ -8,17 +8,34 @@ use std::time::{Duration, Instant};
 
 use gantry_runner::process::Limits;
 use gantry_runner::redact::Redactor;
+use gantry_runner::sandbox::{Mode, Sandbox};
 use gantry_runner::workflow::{Context, Planned, Stopped, Workflow, apply, plan};
 use tokio::sync::watch;
 
+/// The sandbox every phase runs in, as workers run it, with `workspace`
+/// handed to its user.
+async fn sandbox(workspace: &Path) -> &'static Sandbox {
+    static SANDBOX: tokio::sync::OnceCell<Sandbox> = tokio::sync::OnceCell::const_new();
+    let sandbox = SANDBOX
+        .get_or_init(|| async { Sandbox::open(Mode::Bwrap).await.expect("bwrap") })
+        .await;
+    sandbox.hand_over(workspace).expect("hand over");
+    sandbox
+}
+
 fn context<'a>(
+    workspace: &'a Path,
     dir: &'a Path,
+    sandbox: &'a Sandbox,
     env: &[(&str, &str)],
     log: &'a mut (dyn FnMut(&[u8]) + Send),
     cancel: watch::Receiver<bool>,
 ) -> Context<'a> {
     Context {
         dir,
+        workspace,
+        sandbox,
+        tools: Vec::new(),
         env: env
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -49,8 +66,11 @@ async fn a_shell_workflow_plans_with_changes_and_applies() {
     let (_tx, cancel) = watch::channel(false);
     let mut log = Vec::new();
     let mut sink = |chunk: &[u8]| log.extend_from_slice(chunk);
+    let sandbox = sandbox(dir.path()).await;
     let mut ctx = context(
         dir.path(),
+        dir.path(),
+        sandbox,
         &[PATH, ("DB_PASSWORD", "hunter2-SECRET")],
         &mut sink,
         cancel,
@@ -80,7 +100,8 @@ async fn shell_exit_codes() {
     let dir = tempfile::tempdir().expect("dir");
     let (_tx, cancel) = watch::channel(false);
     let mut sink = |_: &[u8]| {};
-    let mut ctx = context(dir.path(), &[PATH], &mut sink, cancel);
+    let sandbox = sandbox(dir.path()).await;
+    let mut ctx = context(dir.path(), dir.path(), sandbox, &[PATH], &mut sink, cancel);
     let nothing = Workflow::Shell {
         init: String::new(),
         plan: "echo 'No changes.'".into(),
@@ -133,13 +154,18 @@ case "$1" in
     echo "saved plan" > "$out"
     echo "Plan: 2 to add, 1 to change, 1 to destroy."
     exit 2 ;;
-  show) [ "$2" = "-json" ] && [ -f "$3" ] && cat "{fixture}" ;;
+  show) [ "$2" = "-json" ] && [ -f "$3" ] && cat <<'GANTRY_JSON'
+{fixture}
+GANTRY_JSON
+    ;;
   apply) for arg; do last="$arg"; done
     [ -f "$last" ] || {{ echo "no saved plan $last" >&2; exit 1; }}; echo "Apply complete! Resources: 2 added, 1 changed, 1 destroyed." > applied.txt ;;
   *) echo "unexpected $*" >&2; exit 1 ;;
 esac
 "#,
-        fixture = fixture.display()
+        fixture = std::fs::read_to_string(fixture)
+            .expect("fixture")
+            .trim_end()
     );
     std::fs::write(bin, script).expect("write");
     std::fs::set_permissions(bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
@@ -159,7 +185,8 @@ async fn an_opentofu_workflow_reads_the_json_plan() {
     let (_tx, cancel) = watch::channel(false);
     let mut log = Vec::new();
     let mut sink = |chunk: &[u8]| log.extend_from_slice(chunk);
-    let mut ctx = context(&work, &[PATH], &mut sink, cancel);
+    let sandbox = sandbox(&work).await;
+    let mut ctx = context(&work, &work, sandbox, &[PATH], &mut sink, cancel);
     let planned = plan(&workflow, &mut ctx).await.expect("plan");
     assert!(planned.changes);
     let summary = &planned.summary;

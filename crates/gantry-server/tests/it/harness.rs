@@ -62,6 +62,8 @@ impl Db {
                 ..gantry_gitlab::ClientConfig::default()
             },
             worker_shutdown_grace: Duration::from_secs(2),
+            // The real sandbox, as users run it.
+            sandbox: gantry_runner::sandbox::Mode::Bwrap,
         }
     }
 }

@@ -111,10 +111,11 @@ async fn statuses_and_deployments_of_tracked_runs(db: Db) {
         (history.last().map(String::as_str) == Some("canceled")).then_some(history)
     })
     .await;
-    assert_eq!(
-        a_history,
-        ["running", "canceled"],
-        "pending was superseded before it was sent"
+    // `pending` is sent, or superseded by `running` when the worker took
+    // the run before the outbox got to it; either way never backwards.
+    assert!(
+        a_history == ["running", "canceled"] || a_history == ["pending", "running", "canceled"],
+        "{a_history:?}"
     );
 
     let deployments = eventually("b's deployment succeeded", || {

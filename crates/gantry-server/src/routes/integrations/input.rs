@@ -100,7 +100,25 @@ pub fn host_url(field: &str, raw: &str) -> Result<String, ApiError> {
     if url.query().is_some() || url.fragment().is_some() {
         return Err(bad("must not have a query or fragment"));
     }
+    if field == "api_host_url" && is_link_local(&url) {
+        return Err(bad(
+            "is a link-local address (such as a cloud metadata service); give the GitLab instance's address",
+        ));
+    }
     Ok(trimmed.to_owned())
+}
+
+/// `169.254.0.0/16` and `fe80::/10`: where cloud metadata services answer,
+/// never a GitLab instance.
+fn is_link_local(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_link_local(),
+        Some(url::Host::Ipv6(ip)) => {
+            (ip.segments()[0] & 0xffc0) == 0xfe80
+                || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_link_local())
+        }
+        _ => false,
+    }
 }
 
 pub fn user_facing_url(raw: &str) -> Result<String, ApiError> {

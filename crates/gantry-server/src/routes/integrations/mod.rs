@@ -262,18 +262,14 @@ pub async fn update(
     let (mut next, mut changed) = changes(&mut conn, &principal, &current, &body).await?;
     let new_token = body.api_token.as_ref().map(api_token).transpose()?;
     drop(conn);
-    let token_checked = new_token.is_some() || next.api_host_url != current.api_host_url;
-    if token_checked {
-        let token = match new_token {
-            Some(token) => {
-                next.token_sealed = state
-                    .keyring
-                    .encrypt(&integrations::api_token_context(&id), &token);
-                changed.push("api_token");
-                token
-            }
-            None => state.gitlab.token(&current)?,
-        };
+    // A new host comes with a new token (`changes`), so only a new token
+    // is checked, on the host it is for.
+    let token_checked = new_token.is_some();
+    if let Some(token) = new_token {
+        next.token_sealed = state
+            .keyring
+            .encrypt(&integrations::api_token_context(&id), &token);
+        changed.push("api_token");
         let (token_facts, warnings) = facts(check_token(&state, &next.api_host_url, token).await?)?;
         next.token = token_facts;
         next.warnings = warnings;
@@ -338,6 +334,12 @@ async fn changes(
     }
     if let Some(raw) = &body.api_host_url {
         let url = host_url("api_host_url", raw)?;
+        if url != next.api_host_url && body.api_token.is_none() {
+            return Err(ApiError::invalid(format!(
+                "`api_host_url` changes only with a new `api_token` in the same request: the stored \
+                 token is never sent to a host it was not given for; send the token for {url}"
+            )));
+        }
         if url != next.api_host_url {
             // Links followed the API host unless they were set apart.
             if next.user_facing_host_url == next.api_host_url && body.user_facing_host_url.is_none()
