@@ -56,6 +56,10 @@ pub enum StackCommand {
         /// A file of NAME=VALUE lines, or `-` for stdin.
         #[arg(long, value_name = "PATH")]
         secret_env_file: Option<PathBuf>,
+        /// The secret environment of proposed runs instead (such as
+        /// read-only credentials): a file of NAME=VALUE lines, or `-`.
+        #[arg(long, value_name = "PATH")]
+        proposed_secret_env_file: Option<PathBuf>,
     },
     /// List the stacks you can see.
     List {
@@ -70,6 +74,13 @@ pub enum StackCommand {
         /// The fields to change, as a JSON object (the stack fields of `docs/api.md`).
         #[arg(value_name = "JSON")]
         change: String,
+        /// Replaces the secret environment from a file of NAME=VALUE lines
+        /// (or `-`), so that no secret is on the command line.
+        #[arg(long, value_name = "PATH")]
+        secret_env_file: Option<PathBuf>,
+        /// Replaces the proposed runs' secret environment likewise.
+        #[arg(long, value_name = "PATH")]
+        proposed_secret_env_file: Option<PathBuf>,
     },
     /// Delete a stack.
     Delete { id: String },
@@ -123,6 +134,18 @@ impl Workflow {
     }
 }
 
+/// A file of `NAME=VALUE` lines (blank lines and `#` comments skipped).
+fn secret_file(path: &std::path::Path) -> Result<Map<String, Value>, Failure> {
+    let text = read_secret(path, "secret environment")?;
+    let lines: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(str::to_owned)
+        .collect();
+    pairs(&lines, "secret environment line")
+}
+
 const STACK_COLUMNS: [&str; 7] = [
     "id",
     "name",
@@ -133,7 +156,7 @@ const STACK_COLUMNS: [&str; 7] = [
     "autodeploy",
 ];
 
-const STACK_FIELDS: [Column; 16] = [
+const STACK_FIELDS: [Column; 17] = [
     ID,
     NAME,
     SPACE,
@@ -167,6 +190,7 @@ const STACK_FIELDS: [Column; 16] = [
         )
     }),
     Column::Field("secret names", "/secret_environment"),
+    Column::Field("proposed secret names", "/proposed_secret_environment"),
     Column::Field("updated", "/updated_at"),
 ];
 
@@ -186,18 +210,10 @@ pub async fn stack(client: &Client, command: StackCommand) -> Outcome {
             workflow,
             environment,
             secret_env_file,
+            proposed_secret_env_file,
         } => {
             let secrets = match secret_env_file {
-                Some(path) => {
-                    let text = read_secret(&path, "secret environment")?;
-                    let lines: Vec<String> = text
-                        .lines()
-                        .map(str::trim)
-                        .filter(|line| !line.is_empty() && !line.starts_with('#'))
-                        .map(str::to_owned)
-                        .collect();
-                    pairs(&lines, "secret environment line")?
-                }
+                Some(path) => secret_file(&path)?,
                 None => Map::new(),
             };
             let mut body = Map::new();
@@ -215,6 +231,12 @@ pub async fn stack(client: &Client, command: StackCommand) -> Outcome {
                 Value::Object(pairs(&environment, "--env")?),
             );
             body.insert("secret_environment".into(), Value::Object(secrets));
+            if let Some(path) = proposed_secret_env_file {
+                body.insert(
+                    "proposed_secret_environment".into(),
+                    Value::Object(secret_file(&path)?),
+                );
+            }
             insert_some(&mut body, "space", space);
             insert_some(&mut body, "integration", integration);
             client.post(STACKS, Value::Object(body)).await?
@@ -225,8 +247,13 @@ pub async fn stack(client: &Client, command: StackCommand) -> Outcome {
             return Ok(());
         }
         StackCommand::Show { id } => client.get(&format!("{STACKS}/{id}")).await?,
-        StackCommand::Update { id, change } => {
-            let body: Value = serde_json::from_str(&change)
+        StackCommand::Update {
+            id,
+            change,
+            secret_env_file,
+            proposed_secret_env_file,
+        } => {
+            let mut body: Value = serde_json::from_str(&change)
                 .ok()
                 .filter(Value::is_object)
                 .ok_or_else(|| {
@@ -235,6 +262,14 @@ pub async fn stack(client: &Client, command: StackCommand) -> Outcome {
                         format!("the change {change:?} is not a JSON object, such as '{{\"branch\": \"main\"}}'"),
                     )
                 })?;
+            for (field, path) in [
+                ("secret_environment", secret_env_file),
+                ("proposed_secret_environment", proposed_secret_env_file),
+            ] {
+                if let Some(path) = path {
+                    body[field] = Value::Object(secret_file(&path)?);
+                }
+            }
             client
                 .call(Method::PATCH, &format!("{STACKS}/{id}"), Some(body))
                 .await?

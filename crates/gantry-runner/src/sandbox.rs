@@ -20,6 +20,10 @@ use std::process::Stdio;
 /// (`nobody` on most distributions).
 pub const SANDBOX_UID: u32 = 65534;
 
+/// Where the run's workspace is inside the sandbox: a fixed path, so the
+/// worker's directory layout (the data directory, other runs) does not show.
+pub const WORKSPACE: &str = "/workspace";
+
 /// The isolation asked for (`--sandbox bwrap|none`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Mode {
@@ -116,6 +120,15 @@ impl Sandbox {
         matches!(self, Self::Bwrap(_))
     }
 
+    /// Where `path`, inside `workspace`, is for the phase: under
+    /// [`WORKSPACE`] in the sandbox, itself without one.
+    pub fn inside(&self, workspace: &Path, path: &Path) -> PathBuf {
+        match (self, path.strip_prefix(workspace)) {
+            (Self::Bwrap(_), Ok(rest)) => Path::new(WORKSPACE).join(rest).components().collect(),
+            _ => path.components().collect(),
+        }
+    }
+
     /// `sh -c script` in `dir`, inside the sandbox when there is one, with
     /// `workspace` (which holds `dir`) writable and `tools` (executables
     /// outside the system directories, such as a stack's own `tofu`)
@@ -130,7 +143,7 @@ impl Sandbox {
     ) -> tokio::process::Command {
         // bwrap exports `PWD` as given: without a trailing `/`, as a shell
         // would have it.
-        let dir: PathBuf = dir.components().collect();
+        let dir = self.inside(workspace, dir);
         let dir = dir.as_path();
         let Self::Bwrap(bwrap) = self else {
             let mut command = tokio::process::Command::new("sh");
@@ -163,7 +176,7 @@ impl Sandbox {
         // bwrap makes the directories leading to a bind 0700: the
         // sandbox's user must be able to walk to its workspace and tools.
         let mut leading: Vec<&Path> = Vec::new();
-        for path in std::iter::once(workspace).chain(tools.iter().map(PathBuf::as_path)) {
+        for path in tools.iter().map(PathBuf::as_path) {
             for ancestor in path.ancestors().skip(1) {
                 if ancestor != Path::new("/") && !leading.contains(&ancestor) {
                     leading.push(ancestor);
@@ -182,7 +195,7 @@ impl Sandbox {
         arg(&[
             "--bind".as_ref(),
             workspace.as_os_str(),
-            workspace.as_os_str(),
+            WORKSPACE.as_ref(),
             "--chdir".as_ref(),
             dir.as_os_str(),
         ]);

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gantry_domain::run::Command;
-use gantry_domain::run::State as RunState;
+use gantry_domain::run::{Kind, State as RunState};
 use gantry_gitlab::GitLabError;
 use gantry_gitlab::projects;
 use gantry_runner::agent::{
@@ -146,11 +146,23 @@ async fn assemble(state: &AppState, run: &Run, stage: Stage) -> Result<Assignmen
         env.push(("GANTRY_MERGE_REQUEST_IID".into(), iid.to_string()));
     }
     env.extend(stack.environment.clone());
+    // A proposed run executes unreviewed code: it gets the stack's proposed
+    // secrets when the stack has them, and then never the tracked ones.
+    let (sealed, context) = match (run.kind, &stack.proposed_secret_environment_names) {
+        (Kind::Proposed, Some(_)) => (
+            &stack.proposed_secret_environment_sealed,
+            stacks::proposed_secret_environment_context(&stack.id),
+        ),
+        _ => (
+            &stack.secret_environment_sealed,
+            stacks::secret_environment_context(&stack.id),
+        ),
+    };
     let mut secret_env = Vec::new();
-    if let Some(sealed) = &stack.secret_environment_sealed {
+    if let Some(sealed) = sealed {
         let opened = state
             .keyring
-            .decrypt(&stacks::secret_environment_context(&stack.id), sealed)
+            .decrypt(&context, sealed)
             .map_err(|_| Unassignable::SealedSecrets)?;
         let values: BTreeMap<String, String> =
             serde_json::from_str(opened.expose_secret()).map_err(Unassignable::BadSecrets)?;

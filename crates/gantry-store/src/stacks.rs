@@ -34,6 +34,11 @@ pub struct Stack {
     /// The names of the secret environment; its values are sealed together.
     pub secret_environment_names: Vec<String>,
     pub secret_environment_sealed: Option<String>,
+    /// The secret environment of proposed runs instead of
+    /// `secret_environment`, when set (`Some`, even empty): its names, and
+    /// its values sealed together.
+    pub proposed_secret_environment_names: Option<Vec<String>>,
+    pub proposed_secret_environment_sealed: Option<String>,
     /// Limits of each phase's execution, in seconds.
     pub run_timeout_seconds: i64,
     pub no_output_timeout_seconds: i64,
@@ -45,6 +50,11 @@ pub struct Stack {
 /// it belongs to, so a sealed value cannot be moved to another stack.
 pub fn secret_environment_context(stack_id: &str) -> String {
     format!("stack:{stack_id}:secret_environment")
+}
+
+/// The keyring context that seals a stack's proposed secret environment.
+pub fn proposed_secret_environment_context(stack_id: &str) -> String {
+    format!("stack:{stack_id}:proposed_secret_environment")
 }
 
 impl FromRow<'_, AnyRow> for Stack {
@@ -62,6 +72,10 @@ impl FromRow<'_, AnyRow> for Stack {
         vendor
             .check()
             .map_err(|error| fields.corrupt("vendor", error.to_string()))?;
+        let proposed_secret_environment_names = row
+            .try_get::<Option<String>, _>("proposed_secret_environment_names")?
+            .map(|raw| fields.json("proposed_secret_environment_names", &raw))
+            .transpose()?;
         Ok(Self {
             additional_project_globs,
             labels: fields.json_in(row, "labels")?,
@@ -79,6 +93,9 @@ impl FromRow<'_, AnyRow> for Stack {
             branch: row.try_get("branch")?,
             project_root: row.try_get("project_root")?,
             secret_environment_sealed: row.try_get("secret_environment_sealed")?,
+            proposed_secret_environment_names,
+            proposed_secret_environment_sealed: row
+                .try_get("proposed_secret_environment_sealed")?,
             run_timeout_seconds: row.try_get("run_timeout_seconds")?,
             no_output_timeout_seconds: row.try_get("no_output_timeout_seconds")?,
             created_at: row.try_get("created_at")?,
@@ -89,7 +106,8 @@ impl FromRow<'_, AnyRow> for Stack {
 
 const COLUMNS: &str = "id, name, space_id, integration_id, project_id, repository, branch, project_root, \
     additional_project_globs, labels, autodeploy, allow_forks, vendor, environment, secret_environment_names, \
-    secret_environment_sealed, run_timeout_seconds, no_output_timeout_seconds, created_at, updated_at";
+    secret_environment_sealed, run_timeout_seconds, no_output_timeout_seconds, created_at, updated_at, \
+    proposed_secret_environment_names, proposed_secret_environment_sealed";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SaveStackError {
@@ -148,6 +166,8 @@ fn bind<'q>(
         .bind(s.no_output_timeout_seconds)
         .bind(s.created_at)
         .bind(s.updated_at)
+        .bind(s.proposed_secret_environment_names.as_ref().map(to_json))
+        .bind(&s.proposed_secret_environment_sealed)
 }
 
 pub async fn get(conn: &mut Conn, id: &str) -> Result<Option<Stack>, StoreError> {

@@ -248,6 +248,8 @@ pub fn stack(
         environment: std::collections::BTreeMap::new(),
         secret_environment_names: Vec::new(),
         secret_environment_sealed: None,
+        proposed_secret_environment_names: None,
+        proposed_secret_environment_sealed: None,
         run_timeout_seconds: 4200,
         no_output_timeout_seconds: 600,
         created_at: now.0,

@@ -218,7 +218,14 @@ async fn phases<C: Control>(
             "PATH".to_owned(),
             std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()),
         ),
-        ("HOME".to_owned(), home.display().to_string()),
+        (
+            "HOME".to_owned(),
+            options
+                .sandbox
+                .inside(workspace, &home)
+                .display()
+                .to_string(),
+        ),
     ];
     env.extend(a.env.iter().cloned());
     let mut secrets: Vec<&str> = Vec::new();

@@ -5,6 +5,7 @@ mod bad_input;
 mod execution;
 mod harness;
 mod integrations;
+mod isolation;
 mod reporting;
 mod roles;
 mod runs;

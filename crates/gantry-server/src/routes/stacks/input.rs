@@ -45,6 +45,10 @@ pub struct CreateStack {
     #[serde(default)]
     #[schema(value_type = BTreeMap<String, String>)]
     pub secret_environment: BTreeMap<String, SecretString>,
+    /// Write-only: what proposed runs (previews of unreviewed code) get
+    /// instead of `secret_environment`, such as read-only credentials.
+    #[schema(value_type = Option<BTreeMap<String, String>>)]
+    pub proposed_secret_environment: Option<BTreeMap<String, SecretString>>,
     /// The longest a phase's execution may take (default 4200: 70 minutes).
     pub run_timeout_seconds: Option<u64>,
     /// The longest a phase may print nothing (default 600: 10 minutes).
@@ -71,6 +75,11 @@ pub struct UpdateStack {
     /// Replaces the secret environment.
     #[schema(value_type = Option<BTreeMap<String, String>>)]
     pub secret_environment: Option<BTreeMap<String, SecretString>>,
+    /// Replaces the proposed runs' secret environment; `null` removes it,
+    /// so proposed runs get `secret_environment` again.
+    #[serde(default, deserialize_with = "set_or_null")]
+    #[schema(value_type = Option<BTreeMap<String, String>>)]
+    pub proposed_secret_environment: Option<Option<BTreeMap<String, SecretString>>>,
     pub run_timeout_seconds: Option<u64>,
     pub no_output_timeout_seconds: Option<u64>,
 }
@@ -96,17 +105,52 @@ pub fn environment(raw: &BTreeMap<String, String>) -> Result<BTreeMap<String, St
     Ok(raw.clone())
 }
 
-/// Seals the secret environment as one JSON object; returns the names and
+/// A field given as `null` is `Some(None)`; a missing one `None`.
+fn set_or_null<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+/// Which secret environment of a stack is sealed.
+#[derive(Clone, Copy)]
+pub enum Secrets {
+    /// `secret_environment`, for every run unless proposed ones get their own.
+    All,
+    /// `proposed_secret_environment`.
+    Proposed,
+}
+
+impl Secrets {
+    fn field(self) -> &'static str {
+        match self {
+            Self::All => "secret_environment",
+            Self::Proposed => "proposed_secret_environment",
+        }
+    }
+
+    fn context(self, stack_id: &str) -> String {
+        match self {
+            Self::All => stacks::secret_environment_context(stack_id),
+            Self::Proposed => stacks::proposed_secret_environment_context(stack_id),
+        }
+    }
+}
+
+/// Seals a secret environment as one JSON object; returns the names and
 /// the sealed value (`None` when empty).
 pub fn seal_secrets(
     state: &AppState,
     id: &str,
+    which: Secrets,
     raw: &BTreeMap<String, SecretString>,
 ) -> Result<(Vec<String>, Option<String>), ApiError> {
     let mut plain = serde_json::Map::new();
     for (name, value) in raw {
         stack::env_name(name)
-            .map_err(|e| ApiError::invalid(format!("`secret_environment`: {e}")))?;
+            .map_err(|e| ApiError::invalid(format!("`{}`: {e}", which.field())))?;
         plain.insert(
             name.clone(),
             Value::String(value.expose_secret().to_owned()),
@@ -117,7 +161,7 @@ pub fn seal_secrets(
         return Ok((names, None));
     }
     let secret = SecretString::from(Value::Object(plain).to_string());
-    let context = stacks::secret_environment_context(id);
+    let context = which.context(id);
     Ok((names, Some(state.keyring.encrypt(&context, &secret))))
 }
 

@@ -25,7 +25,8 @@ use crate::views::{List, ListParams};
 
 pub use input::{CreateStack, UpdateStack};
 use input::{
-    DEFAULT_NO_OUTPUT_TIMEOUT, DEFAULT_RUN_TIMEOUT, environment, repository, seal_secrets, seconds,
+    DEFAULT_NO_OUTPUT_TIMEOUT, DEFAULT_RUN_TIMEOUT, Secrets, environment, repository, seal_secrets,
+    seconds,
 };
 pub use view::StackView;
 use view::view;
@@ -152,7 +153,14 @@ pub async fn create(
             .unwrap_or(DEFAULT_NO_OUTPUT_TIMEOUT),
     )?;
     let (secret_names, secret_sealed) =
-        seal_secrets(&state, id.as_str(), &body.secret_environment)?;
+        seal_secrets(&state, id.as_str(), Secrets::All, &body.secret_environment)?;
+    let (proposed_names, proposed_sealed) = match &body.proposed_secret_environment {
+        Some(raw) => {
+            let (names, sealed) = seal_secrets(&state, id.as_str(), Secrets::Proposed, raw)?;
+            (Some(names), sealed)
+        }
+        None => (None, None),
+    };
 
     let integration = {
         let mut conn = state.store.conn().await?;
@@ -183,6 +191,8 @@ pub async fn create(
         environment,
         secret_environment_names: secret_names,
         secret_environment_sealed: secret_sealed,
+        proposed_secret_environment_names: proposed_names,
+        proposed_secret_environment_sealed: proposed_sealed,
         run_timeout_seconds: run_timeout,
         no_output_timeout_seconds: no_output_timeout,
         created_at: now.0,
@@ -309,9 +319,21 @@ pub async fn update(
         next.no_output_timeout_seconds = seconds("no_output_timeout_seconds", value)?;
     }
     if let Some(raw) = &body.secret_environment {
-        let (names, sealed) = seal_secrets(&state, &id, raw)?;
+        let (names, sealed) = seal_secrets(&state, &id, Secrets::All, raw)?;
         next.secret_environment_names = names;
         next.secret_environment_sealed = sealed;
+    }
+    match &body.proposed_secret_environment {
+        Some(Some(raw)) => {
+            let (names, sealed) = seal_secrets(&state, &id, Secrets::Proposed, raw)?;
+            next.proposed_secret_environment_names = Some(names);
+            next.proposed_secret_environment_sealed = sealed;
+        }
+        Some(None) => {
+            next.proposed_secret_environment_names = None;
+            next.proposed_secret_environment_sealed = None;
+        }
+        None => {}
     }
     let repository = body.repository.as_deref().map(repository).transpose()?;
     let mut warnings = Vec::new();

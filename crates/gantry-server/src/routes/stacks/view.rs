@@ -29,6 +29,8 @@ pub struct StackView {
     pub environment: BTreeMap<String, String>,
     /// The names only.
     pub secret_environment: Vec<String>,
+    /// The names only; `null` when proposed runs get `secret_environment`.
+    pub proposed_secret_environment: Option<Vec<String>>,
     pub run_timeout_seconds: i64,
     pub no_output_timeout_seconds: i64,
     /// From the checks with GitLab on create or change.
@@ -55,6 +57,7 @@ pub fn view(stack: Stack, warnings: Vec<String>) -> StackView {
         vendor: stack.vendor,
         environment: stack.environment,
         secret_environment: stack.secret_environment_names,
+        proposed_secret_environment: stack.proposed_secret_environment_names,
         run_timeout_seconds: stack.run_timeout_seconds,
         no_output_timeout_seconds: stack.no_output_timeout_seconds,
         warnings,
