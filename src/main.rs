@@ -83,7 +83,7 @@ enum Command {
         #[command(flatten)]
         options: client::Options,
         #[command(subcommand)]
-        command: client::StackCommand,
+        command: Box<client::StackCommand>,
     },
     /// Show, confirm, discard and cancel runs, and read their logs.
     Run {
@@ -231,7 +231,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(client::integration(&client::Client::new(&options)?, command).await?)
         }
         Command::Stack { options, command } => {
-            Ok(client::stack(&client::Client::new(&options)?, command).await?)
+            Ok(client::stack(&client::Client::new(&options)?, *command).await?)
         }
         Command::Run { options, command } => {
             Ok(client::run(&client::Client::new(&options)?, command).await?)
