@@ -170,6 +170,33 @@ impl Remote {
     }
 }
 
+impl Remote {
+    /// Streams an archive the server keeps for a run into a file.
+    async fn download(&self, path: &str, what: &str, archive: &Path) -> Result<(), ControlError> {
+        let request = self
+            .request(Method::GET, path)
+            .timeout(Duration::from_secs(3600));
+        let mut response = self
+            .send(&format!("downloading {what}"), request, &[StatusCode::OK])
+            .await?;
+        let mut file = tokio::fs::File::create(archive)
+            .await
+            .map_err(|e| failed(&format!("creating the archive of {what}"), e))?;
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| failed(&format!("downloading {what}"), e))?
+        {
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| failed(&format!("writing the archive of {what}"), e))?;
+        }
+        file.flush()
+            .await
+            .map_err(|e| failed(&format!("writing the archive of {what}"), e))
+    }
+}
+
 impl Control for Remote {
     async fn claim(&self) -> Result<Option<Assignment>, ControlError> {
         let request = self.request(
@@ -270,28 +297,18 @@ impl Control for Remote {
         .map(drop)
     }
 
+    async fn get_source(&self, run: &str, archive: &Path) -> Result<(), ControlError> {
+        self.download(&format!("/worker/runs/{run}/source"), "the source", archive)
+            .await
+    }
+
     async fn get_workspace(&self, run: &str, archive: &Path) -> Result<(), ControlError> {
-        let request = self
-            .request(Method::GET, &format!("/worker/runs/{run}/workspace"))
-            .timeout(Duration::from_secs(3600));
-        let mut response = self
-            .send("downloading the workspace", request, &[StatusCode::OK])
-            .await?;
-        let mut file = tokio::fs::File::create(archive)
-            .await
-            .map_err(|e| failed("creating the workspace archive", e))?;
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|e| failed("downloading the workspace", e))?
-        {
-            file.write_all(&chunk)
-                .await
-                .map_err(|e| failed("writing the workspace archive", e))?;
-        }
-        file.flush()
-            .await
-            .map_err(|e| failed("writing the workspace archive", e))
+        self.download(
+            &format!("/worker/runs/{run}/workspace"),
+            "the workspace",
+            archive,
+        )
+        .await
     }
 
     async fn release(&self, run: &str) -> Result<(), ControlError> {

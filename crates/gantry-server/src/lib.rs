@@ -17,6 +17,7 @@ mod outbox;
 mod process;
 mod router;
 mod routes;
+mod source;
 mod startup;
 mod state;
 mod views;

@@ -76,6 +76,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(worker::log))
         .routes(routes!(worker::step))
         .routes(routes!(worker::put_workspace, worker::get_workspace))
+        .routes(routes!(worker::get_source))
         .routes(routes!(worker::release))
         .split_for_parts();
     let openapi = Arc::new(openapi);

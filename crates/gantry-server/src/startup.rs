@@ -122,6 +122,7 @@ pub async fn start(
         ),
         gitlab: GitLabAccess::new(keyring, gitlab),
         note_throttle: Arc::default(),
+        fetching: Arc::default(),
     };
     let reaper = tokio::spawn(reap_lapsed_leases(store.clone(), state.config.lease));
     let owner = format!("server-{}", uuid::Uuid::new_v4());

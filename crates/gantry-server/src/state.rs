@@ -27,6 +27,8 @@ pub struct AppState {
     pub inbox: gantry_store::deliveries::Inbox,
     /// Note creations per integration in the last minute.
     pub note_throttle: Arc<crate::outbox::NoteThrottle>,
+    /// Sources being fetched from GitLab, one fetch per commit at a time.
+    pub fetching: Arc<crate::source::Fetching>,
     /// How to reach an integration's GitLab.
     pub gitlab: crate::gitlab::GitLabAccess,
 }

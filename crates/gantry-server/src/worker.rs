@@ -11,17 +11,13 @@ use std::time::Duration;
 
 use gantry_domain::run::Command;
 use gantry_domain::run::{Kind, State as RunState};
-use gantry_gitlab::GitLabError;
-use gantry_gitlab::projects;
-use gantry_runner::agent::{
-    Assignment, Control, ControlError, Heartbeat, RemoteSource, SecretVar, Stage, Step,
-};
+use gantry_runner::agent::{Assignment, Control, ControlError, Heartbeat, SecretVar, Stage, Step};
 use gantry_store::runs::{self, Run};
 use gantry_store::{Millis, StoreError, integrations, stacks};
 use secrecy::ExposeSecret;
 
 use crate::blobs::{ByteStream, workspace_key};
-use crate::gitlab::AccessError;
+use crate::source::{self, SourceError};
 use crate::state::AppState;
 
 /// Why the server refused a worker's report.
@@ -119,11 +115,7 @@ enum Unassignable {
     #[error("the stack's secret environment is not a JSON object of strings: {0}")]
     BadSecrets(serde_json::Error),
     #[error(transparent)]
-    Access(#[from] AccessError),
-    #[error("GitLab: {0}")]
-    GitLab(#[from] GitLabError),
-    #[error("GitLab gave no HTTP clone URL for the project")]
-    NoCloneUrl,
+    Source(#[from] SourceError),
     #[error("the stack's timeouts are not positive")]
     BadLimits,
     #[error(transparent)]
@@ -174,8 +166,9 @@ async fn assemble(state: &AppState, run: &Run, stage: Stage) -> Result<Assignmen
             })
             .collect();
     }
-    let mut source = None;
     if stage == Stage::Plan {
+        // The server fetches the commit (once for all its runs); the worker
+        // gets the archive through the worker API, never a token.
         let integration_id = stack
             .integration_id
             .clone()
@@ -184,11 +177,7 @@ async fn assemble(state: &AppState, run: &Run, stage: Stage) -> Result<Assignmen
             .await?
             .ok_or(Unassignable::IntegrationGone)?;
         drop(conn);
-        let client = state.gitlab.client(&integration)?;
-        let project = projects::find(&client, &stack.project_id.to_string()).await?;
-        let clone_url = project.http_url_to_repo.ok_or(Unassignable::NoCloneUrl)?;
-        let token = state.gitlab.token(&integration)?;
-        source = Some(RemoteSource { clone_url, token });
+        source::ensure(state, &integration, stack.project_id, &run.commit_sha).await?;
     }
     let seconds = |value: i64| u64::try_from(value).map_err(|_| Unassignable::BadLimits);
     Ok(Assignment {
@@ -201,7 +190,6 @@ async fn assemble(state: &AppState, run: &Run, stage: Stage) -> Result<Assignmen
         project_root: stack.project_root,
         env,
         secret_env,
-        source,
         run_timeout_seconds: seconds(stack.run_timeout_seconds)?,
         no_output_timeout_seconds: seconds(stack.no_output_timeout_seconds)?,
         lease_seconds: state.config.lease.as_secs().max(1),
@@ -330,18 +318,44 @@ pub async fn get_workspace(
         .ok_or(WorkspaceError::Missing)
 }
 
+/// The source of a run's commit, for the worker planning it.
+pub async fn get_source(
+    state: &AppState,
+    run_id: &str,
+    owner: &str,
+) -> Result<ByteStream, WorkspaceError> {
+    let mut conn = state.store.conn().await?;
+    if !runs::holds_lease(&mut conn, run_id, owner).await? {
+        return Err(Refused::NotLeased.into());
+    }
+    let run = runs::get(&mut conn, run_id)
+        .await?
+        .ok_or(WorkspaceError::Missing)?;
+    let stack = stacks::get(&mut conn, &run.stack_id)
+        .await?
+        .ok_or(WorkspaceError::Missing)?;
+    let integration = stack.integration_id.ok_or(WorkspaceError::Missing)?;
+    drop(conn);
+    let key = source::key(&integration, stack.project_id, &run.commit_sha);
+    state.blobs.get(&key).await?.ok_or(WorkspaceError::Missing)
+}
+
 /// Deletes the stored workspaces of runs that ended (or are gone): only a
 /// run waiting for its apply needs one.
 pub async fn sweep_workspaces(state: &AppState) -> Result<usize, anyhow::Error> {
     let mut swept = 0;
     for key in state.blobs.keys().await? {
-        let Some(run_id) = crate::blobs::run_of_workspace_key(&key) else {
+        let mut conn = state.store.conn().await?;
+        let ended = if let Some(run_id) = crate::blobs::run_of_workspace_key(&key) {
+            runs::get(&mut conn, run_id)
+                .await?
+                .is_none_or(|run| run.state.is_terminal())
+        } else if let Some(commit) = source::commit_of_key(&key) {
+            // A source is kept while a run at its commit may still plan.
+            !runs::any_waiting_at(&mut conn, commit).await?
+        } else {
             continue;
         };
-        let mut conn = state.store.conn().await?;
-        let ended = runs::get(&mut conn, run_id)
-            .await?
-            .is_none_or(|run| run.state.is_terminal());
         drop(conn);
         if ended {
             state.blobs.delete(&key).await?;
@@ -404,6 +418,15 @@ impl Control for Local {
         put_workspace(&self.state, run, &self.name, body)
             .await
             .map(drop)
+            .map_err(control_error)
+    }
+
+    async fn get_source(&self, run: &str, archive: &std::path::Path) -> Result<(), ControlError> {
+        let mut body = get_source(&self.state, run, &self.name)
+            .await
+            .map_err(control_error)?;
+        write_stream(&mut body, archive)
+            .await
             .map_err(control_error)
     }
 

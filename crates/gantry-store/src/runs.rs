@@ -447,6 +447,18 @@ pub async fn log_since(
     .await?)
 }
 
+/// Whether a run at `commit` is queued or being prepared or planned:
+/// one that will still need the commit's source.
+pub async fn any_waiting_at(conn: &mut Conn, commit: &str) -> Result<bool, StoreError> {
+    let found: Option<(i64,)> = sqlx::query_as(
+        "SELECT 1 FROM runs WHERE commit_sha = $1 AND state IN ('queued', 'preparing', 'planning') LIMIT 1",
+    )
+    .bind(commit)
+    .fetch_optional(conn)
+    .await?;
+    Ok(found.is_some())
+}
+
 /// Whether `owner` holds the run's lease.
 pub async fn holds_lease(conn: &mut Conn, run_id: &str, owner: &str) -> Result<bool, StoreError> {
     let found: Option<(i64,)> =

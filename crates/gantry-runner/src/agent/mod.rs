@@ -13,7 +13,6 @@ use secrecy::ExposeSecret;
 use tokio::sync::watch as signal;
 
 use self::watch::{LogSender, StopCause, log_writer, watch_run};
-use crate::checkout::{CheckoutError, Source, checkout};
 use crate::process::Limits;
 use crate::redact::Redactor;
 use crate::sandbox::Sandbox;
@@ -45,14 +44,14 @@ pub struct Options {
 /// reason (or is handed back when the worker was shutting down).
 #[derive(Debug, thiserror::Error)]
 pub enum Failure {
-    #[error("the server sent no source to check out")]
-    NoSource,
-    #[error("checkout failed: {0}")]
-    Checkout(#[from] CheckoutError),
+    #[error("cannot fetch the source of the run's commit: {0}")]
+    FetchSource(ControlError),
     #[error("cannot fetch the planned workspace: {0}")]
     FetchWorkspace(ControlError),
-    #[error("cannot restore the planned workspace: {0}")]
+    #[error("cannot unpack the run's files: {0}")]
     Restore(std::io::Error),
+    #[error("cannot create the work directory: {0}")]
+    WorkDir(std::io::Error),
     #[error("cannot create HOME: {0}")]
     Home(std::io::Error),
     #[error("cannot hand the workspace to the sandbox's user: {0}")]
@@ -180,20 +179,20 @@ async fn phases<C: Control>(
     cancel: signal::Receiver<bool>,
 ) -> Result<(), Failure> {
     remove_dir(workspace).await;
+    tokio::fs::create_dir_all(&options.work_dir)
+        .await
+        .map_err(Failure::WorkDir)?;
     let archive = workspace.with_extension("tar.zst");
     match a.stage {
         Stage::Plan => {
-            let source = a.source.as_ref().ok_or(Failure::NoSource)?;
-            log.line(&format!(
-                "Checking out {} at {}",
-                source.clone_url, a.commit_sha
-            ));
-            let source = Source {
-                clone_url: &source.clone_url,
-                token: &source.token,
-                commit: &a.commit_sha,
-            };
-            checkout(&source, workspace).await?;
+            log.line(&format!("Checking out {}", a.commit_sha));
+            control
+                .get_source(&a.run_id, &archive)
+                .await
+                .map_err(Failure::FetchSource)?;
+            let restored = unpack(&archive, workspace).await;
+            let _ = tokio::fs::remove_file(&archive).await;
+            restored.map_err(Failure::Restore)?;
         }
         Stage::Apply => {
             log.line("Restoring the planned workspace");
@@ -232,9 +231,6 @@ async fn phases<C: Control>(
     for var in &a.secret_env {
         env.push((var.name.clone(), var.value.expose_secret().to_owned()));
         secrets.push(var.value.expose_secret());
-    }
-    if let Some(source) = &a.source {
-        secrets.push(source.token.expose_secret());
     }
     let dir = workspace.join(&a.project_root);
     let sink_log = log.clone();

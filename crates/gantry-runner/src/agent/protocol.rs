@@ -38,8 +38,6 @@ pub struct Assignment {
     pub env: Vec<(String, String)>,
     /// The stack's secret variables, redacted from the log.
     pub secret_env: Vec<SecretVar>,
-    /// Where to fetch the commit from; only for [`Stage::Plan`].
-    pub source: Option<RemoteSource>,
     pub run_timeout_seconds: u64,
     pub no_output_timeout_seconds: u64,
     /// How long the lease lasts without a heartbeat.
@@ -51,14 +49,6 @@ pub struct SecretVar {
     pub name: String,
     #[serde(serialize_with = "expose")]
     pub value: SecretString,
-}
-
-/// The repository to check out, and the token to do it with.
-#[derive(Serialize, Deserialize)]
-pub struct RemoteSource {
-    pub clone_url: String,
-    #[serde(serialize_with = "expose")]
-    pub token: SecretString,
 }
 
 fn expose<S: Serializer>(secret: &SecretString, serializer: S) -> Result<S::Ok, S::Error> {
@@ -110,6 +100,13 @@ pub trait Control: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<String>, ControlError>> + Send;
     /// Stores the planned workspace's archive (a file).
     fn put_workspace(
+        &self,
+        run: &str,
+        archive: &Path,
+    ) -> impl Future<Output = Result<(), ControlError>> + Send;
+    /// Fetches the source of the run's commit (an archive of a checkout;
+    /// the server fetched it from GitLab) into a file.
+    fn get_source(
         &self,
         run: &str,
         archive: &Path,

@@ -204,6 +204,27 @@ pub async fn get_workspace(
         .into_response())
 }
 
+/// The source of the run's commit (a checkout, tar + zstd), for the plan.
+#[utoipa::path(get, path = "/api/v1/worker/runs/{id}/source", tag = "worker", security(("bearer" = [])),
+    responses((status = 200, content_type = "application/zstd"), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)))]
+pub async fn get_source(
+    State(state): State<AppState>,
+    principal: Principal,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let owner = owner(&principal, &headers)?;
+    let stream = worker::get_source(&state, &id, &owner)
+        .await
+        .map_err(workspace_error)?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/zstd")],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
 /// Ends the worker's lease on the run.
 #[utoipa::path(post, path = "/api/v1/worker/runs/{id}/release", tag = "worker", security(("bearer" = [])),
     responses((status = 204), (status = 403, body = ErrorBody)))]

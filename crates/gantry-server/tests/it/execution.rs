@@ -307,10 +307,12 @@ async fn the_worker_api_holds_workers_to_their_leases(db: Db) {
         assignment["secret_env"],
         json!([{ "name": "TOKEN_X", "value": "sekrit" }])
     );
-    assert_eq!(
-        assignment["source"]["clone_url"],
-        repo.sim.clone_url(repo.project).expect("url").as_str()
-    );
+    // No GitLab credential, nor where to use one: the source comes from
+    // the server.
+    assert!(assignment.get("source").is_none(), "{assignment}");
+    let raw = assignment.to_string();
+    assert!(!raw.contains(&repo.token), "{raw}");
+    assert!(!raw.contains(&repo.sim.url().to_string()), "{raw}");
     assert_eq!(
         w2.json("/claim?wait_seconds=0", json!({})).await.0,
         StatusCode::NO_CONTENT
@@ -418,9 +420,23 @@ async fn the_worker_api_holds_workers_to_their_leases(db: Db) {
         .await;
     assert_eq!(log, "planned\n");
 
-    // A restart sweeps the workspaces of ended runs.
+    // A restart sweeps the workspaces of ended runs, and the sources no
+    // run still waits for.
     let blobs = db.data_dir().join("blobs");
-    assert_eq!(std::fs::read_dir(&blobs).expect("blobs").count(), 1);
+    let mut kept: Vec<String> = std::fs::read_dir(&blobs)
+        .expect("blobs")
+        .map(|entry| {
+            entry
+                .expect("entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    kept.sort();
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    assert!(kept[0].starts_with("source.main."), "{kept:?}");
+    assert!(kept[1].starts_with("workspace-"), "{kept:?}");
     app.stop().await;
     let app = TestApp::start(&db).await;
     for _ in 0..200 {
