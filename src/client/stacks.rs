@@ -190,7 +190,7 @@ const STACK_FIELDS: [Column; 17] = [
         )
     }),
     Column::Field("secret names", "/secret_environment"),
-    Column::Field("proposed secret names", "/proposed_secret_environment"),
+    Column::Field("preview env", "/proposed_secret_environment"),
     Column::Field("updated", "/updated_at"),
 ];
 

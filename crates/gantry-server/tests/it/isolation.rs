@@ -15,6 +15,7 @@ on_both_databases!(
     Db;
     a_plan_sees_its_workspace_and_nothing_of_gantry,
     proposed_runs_get_the_proposed_secrets_and_tracked_runs_the_others,
+    a_push_to_many_stacks_fetches_its_commit_once,
 );
 
 async fn stack(app: &TestApp, name: &str, plan: &str, extra: Value) -> String {
@@ -201,5 +202,49 @@ exit 0"#;
     wait_for(&app, &again, "finished").await;
     let again_log = log(&app, &again).await;
     assert!(again_log.contains("tracked=set preview="), "{again_log}");
+    app.stop().await;
+}
+
+/// A push that fans out to many stacks fetches the commit from GitLab
+/// once; every run plans from the server's copy.
+async fn a_push_to_many_stacks_fetches_its_commit_once(db: Db) {
+    let app = TestApp::start_with_workers(&db, 2).await;
+    let repo = repo(&app).await;
+    repo.hook(&app).await;
+    const STACKS: usize = 50;
+    for n in 0..STACKS {
+        stack(
+            &app,
+            &format!("Part {n}"),
+            "test -f main.tf && exit 0",
+            json!({ "project_root": "" }),
+        )
+        .await;
+    }
+    let (before, after) = repo
+        .sim
+        .commit(repo.project, "main", &[("main.tf", Some("many"))], "many")
+        .expect("commit");
+    let payload = repo
+        .sim
+        .push_payload(repo.project, "main", &before, &after)
+        .expect("payload");
+    let answers = repo.sim.deliver(repo.project, "Push Hook", &payload).await;
+    assert_eq!(answers[0].status, 200, "{}", answers[0].body);
+    app.settle().await;
+    for n in 0..STACKS {
+        let (_, runs) = app
+            .get(&format!("/api/v1/stacks/part-{n}/runs"), &app.admin)
+            .await;
+        let run = runs["items"][0]["id"].as_str().expect("a run").to_owned();
+        wait_for(&app, &run, "finished").await;
+    }
+    let fetches = repo
+        .sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST" && r.path.ends_with("/git-upload-pack"))
+        .count();
+    assert_eq!(fetches, 1, "one fetch for {STACKS} runs at one commit");
     app.stop().await;
 }
