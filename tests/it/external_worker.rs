@@ -117,6 +117,35 @@ async fn external_workers_execute_runs_and_survive_each_others_deaths() {
         "{log}"
     );
 
+    // A plan on the external worker goes looking for the worker's own API
+    // key (in its environment, GANTRY_TOKEN) and the GitLab token: its
+    // sandbox shows it neither. Everything it finds is in its log.
+    api.post(
+        "/api/v1/stacks",
+        json!({ "name": "Snoop", "repository": "infra/network", "branch": "main",
+                "vendor": { "kind": "shell", "apply": "true", "plan":
+                    "for p in /proc/[0-9]*; do cat $p/environ $p/cmdline 2>/dev/null | tr '\\0' ' '; echo; done; \
+                     env; cat ../*/* ../../* 2>/dev/null | head -c 100000; exit 0" } }),
+    )
+    .await;
+    let snoop = api
+        .post(
+            "/api/v1/stacks/snoop/runs",
+            json!({ "kind": "proposed", "commit_sha": commits[0] }),
+        )
+        .await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    api.wait_for(&snoop, |r| r["state"] == "finished").await;
+    let found = api.text(&format!("/api/v1/runs/{snoop}/logs")).await;
+    assert!(found.contains("PATH="), "the plan ran: {found}");
+    assert!(!found.contains(&secret), "the worker's key leaked: {found}");
+    assert!(
+        !found.contains(&bot.token),
+        "the GitLab token leaked: {found}"
+    );
+
     // kill -9 of worker b mid-plan: the run fails once the lease lapses,
     // and the stack's next tracked run goes to the next worker.
     let (status, answer) = api
