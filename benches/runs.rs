@@ -11,6 +11,9 @@
 //! Gantry adds on top (claiming, the GitLab project lookup, the worker's
 //! reports, the log).
 //!
+//! Measured twice in one run, with the bubblewrap sandbox and with
+//! `--sandbox none`: the difference is what the sandbox costs a phase.
+//!
 //! `cargo bench --bench runs` (`RUNS`, default 20).
 
 mod support;
@@ -60,13 +63,16 @@ fn baseline_once(url: &str, token: &str, commit: &str) -> Duration {
     started.elapsed()
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
-    let count: usize = std::env::var("RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
-    let bench = support::start(&["--embedded-workers", "1"], "Main", true).await;
+/// Starts a server with `flags`, and times `count` runs of the no-op
+/// stack, each at its own commit; the overheads, and the commits with the
+/// bench kept alive for the baseline.
+async fn measure(
+    flags: &[&str],
+    count: usize,
+) -> (Vec<Duration>, Vec<String>, support::Bench, u64) {
+    let mut all = vec!["--embedded-workers", "1"];
+    all.extend_from_slice(flags);
+    let bench = support::start(&all, "Main", true).await;
     let http = reqwest::Client::new();
     let project = bench
         .sim
@@ -102,7 +108,6 @@ async fn main() {
         .await
         .expect("json");
     assert_eq!(stack["id"], "tiny", "{stack}");
-
     let store = gantry_store::Store::connect(&format!(
         "sqlite://{}",
         bench.data.join("gantry.db").display()
@@ -128,7 +133,7 @@ async fn main() {
                 .bearer_auth(&bench.admin)
                 .send()
                 .await
-                .expect("show")
+                .expect("run")
                 .json()
                 .await
                 .expect("json");
@@ -149,27 +154,57 @@ async fn main() {
             u64::try_from(last - first).unwrap_or(0),
         ));
     }
+    (overheads, commits, bench, project)
+}
 
+fn ms(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1e3
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let count: usize = std::env::var("RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let (bare, _, bare_bench, _) = measure(&["--sandbox", "none"], count).await;
+    drop(bare_bench);
+    let (sandboxed, commits, bench, project) = measure(&["--sandbox", "bwrap"], count).await;
     let url = bench.sim.clone_url(project).expect("url");
     let baselines: Vec<Duration> = commits
         .iter()
         .map(|sha| baseline_once(&url, &bench.token, sha))
         .collect();
-    let (run, base) = (median(overheads.clone()), median(baselines.clone()));
-    println!("runs: {count}, one embedded worker, SQLite");
+    let (run, none, base) = (
+        median(sandboxed.clone()),
+        median(bare.clone()),
+        median(baselines.clone()),
+    );
+    println!("runs: {count} per setting, one embedded worker, SQLite");
     println!(
-        "queued -> finished: median {:>6.1} ms   (min {:.1}, max {:.1})",
-        run.as_secs_f64() * 1e3,
-        overheads.iter().min().expect("min").as_secs_f64() * 1e3,
-        overheads.iter().max().expect("max").as_secs_f64() * 1e3,
+        "queued -> finished, sandboxed (bwrap): median {:>6.1} ms   (min {:.1}, max {:.1})",
+        ms(run),
+        ms(*sandboxed.iter().min().expect("min")),
+        ms(*sandboxed.iter().max().expect("max")),
+    );
+    println!(
+        "queued -> finished, --sandbox none:    median {:>6.1} ms   (min {:.1}, max {:.1})",
+        ms(none),
+        ms(*bare.iter().min().expect("min")),
+        ms(*bare.iter().max().expect("max")),
     );
     println!(
         "baseline (git checkout + sh -c true): median {:>6.1} ms",
-        base.as_secs_f64() * 1e3
+        ms(base)
     );
     println!(
-        "ratio run / baseline: {:.2}  (Gantry's own share: {:.1} ms)",
+        "ratio sandboxed / none: {:.2}  (the sandbox's cost: {:.1} ms for the run's one phase)",
+        run.as_secs_f64() / none.as_secs_f64(),
+        ms(run) - ms(none)
+    );
+    println!(
+        "ratio sandboxed run / baseline: {:.2}  (Gantry's own share: {:.1} ms)",
         run.as_secs_f64() / base.as_secs_f64(),
-        (run.as_secs_f64() - base.as_secs_f64()) * 1e3
+        ms(run) - ms(base)
     );
 }
