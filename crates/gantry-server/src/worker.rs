@@ -287,17 +287,24 @@ pub enum WorkspaceError {
     Store(#[from] StoreError),
 }
 
+/// Checks that `owner` holds the run's lease; the run.
+async fn leased(state: &AppState, run_id: &str, owner: &str) -> Result<Run, WorkspaceError> {
+    let mut conn = state.store.conn().await?;
+    if !runs::holds_lease(&mut conn, run_id, owner).await? {
+        return Err(Refused::NotLeased.into());
+    }
+    runs::get(&mut conn, run_id)
+        .await?
+        .ok_or_else(|| Refused::NotLeased.into())
+}
+
 pub async fn put_workspace(
     state: &AppState,
     run_id: &str,
     owner: &str,
     body: ByteStream,
 ) -> Result<u64, WorkspaceError> {
-    let mut conn = state.store.conn().await?;
-    if !runs::holds_lease(&mut conn, run_id, owner).await? {
-        return Err(Refused::NotLeased.into());
-    }
-    drop(conn);
+    leased(state, run_id, owner).await?;
     Ok(state.blobs.put(&workspace_key(run_id), body).await?)
 }
 
@@ -306,16 +313,8 @@ pub async fn get_workspace(
     run_id: &str,
     owner: &str,
 ) -> Result<ByteStream, WorkspaceError> {
-    let mut conn = state.store.conn().await?;
-    if !runs::holds_lease(&mut conn, run_id, owner).await? {
-        return Err(Refused::NotLeased.into());
-    }
-    drop(conn);
-    state
-        .blobs
-        .get(&workspace_key(run_id))
-        .await?
-        .ok_or(WorkspaceError::Missing)
+    leased(state, run_id, owner).await?;
+    blob(state, &workspace_key(run_id)).await
 }
 
 /// The source of a run's commit, for the worker planning it.
@@ -324,20 +323,21 @@ pub async fn get_source(
     run_id: &str,
     owner: &str,
 ) -> Result<ByteStream, WorkspaceError> {
+    let run = leased(state, run_id, owner).await?;
     let mut conn = state.store.conn().await?;
-    if !runs::holds_lease(&mut conn, run_id, owner).await? {
-        return Err(Refused::NotLeased.into());
-    }
-    let run = runs::get(&mut conn, run_id)
-        .await?
-        .ok_or(WorkspaceError::Missing)?;
-    let stack = stacks::get(&mut conn, &run.stack_id)
-        .await?
-        .ok_or(WorkspaceError::Missing)?;
-    let integration = stack.integration_id.ok_or(WorkspaceError::Missing)?;
+    let stack = stacks::get(&mut conn, &run.stack_id).await?;
     drop(conn);
-    let key = source::key(&integration, stack.project_id, &run.commit_sha);
-    state.blobs.get(&key).await?.ok_or(WorkspaceError::Missing)
+    let stack = stack.ok_or(WorkspaceError::Missing)?;
+    let integration = stack.integration_id.ok_or(WorkspaceError::Missing)?;
+    blob(
+        state,
+        &source::key(&integration, stack.project_id, &run.commit_sha),
+    )
+    .await
+}
+
+async fn blob(state: &AppState, key: &str) -> Result<ByteStream, WorkspaceError> {
+    state.blobs.get(key).await?.ok_or(WorkspaceError::Missing)
 }
 
 /// Deletes the stored workspaces of runs that ended (or are gone): only a

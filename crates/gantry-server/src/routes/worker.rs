@@ -194,9 +194,12 @@ pub async fn get_workspace(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let owner = owner(&principal, &headers)?;
-    let stream = worker::get_workspace(&state, &id, &owner)
-        .await
-        .map_err(workspace_error)?;
+    archive(worker::get_workspace(&state, &id, &owner).await)
+}
+
+/// An archive the server keeps for a run, streamed.
+fn archive(found: Result<ByteStream, WorkspaceError>) -> Result<Response, ApiError> {
+    let stream = found.map_err(workspace_error)?;
     Ok((
         [(header::CONTENT_TYPE, "application/zstd")],
         Body::from_stream(stream),
@@ -215,14 +218,7 @@ pub async fn get_source(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let owner = owner(&principal, &headers)?;
-    let stream = worker::get_source(&state, &id, &owner)
-        .await
-        .map_err(workspace_error)?;
-    Ok((
-        [(header::CONTENT_TYPE, "application/zstd")],
-        Body::from_stream(stream),
-    )
-        .into_response())
+    archive(worker::get_source(&state, &id, &owner).await)
 }
 
 /// Ends the worker's lease on the run.

@@ -13,6 +13,9 @@ use sqlx::{FromRow, Row as _};
 use crate::row::{Fields, to_json};
 use crate::{Conn, Cursor, Millis, Page, StoreError};
 
+mod logs;
+pub use logs::{append_log, log, log_since};
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Run {
     pub id: String,
@@ -406,47 +409,6 @@ pub async fn start_next(
     }
 }
 
-/// Appends a chunk of (already redacted) log to a run, if `owner` holds
-/// its lease; `false` when it does not (the run was taken from it).
-pub async fn append_log(
-    conn: &mut Conn,
-    run_id: &str,
-    owner: &str,
-    chunk: &str,
-    now: Millis,
-) -> Result<bool, StoreError> {
-    let done = sqlx::query(
-        "INSERT INTO run_logs (run_id, seq, at, chunk) \
-         SELECT $1, COALESCE((SELECT MAX(seq) FROM run_logs WHERE run_id = $1), -1) + 1, $2, $3 \
-         WHERE EXISTS (SELECT 1 FROM runs WHERE id = $1 AND lease_owner = $4)",
-    )
-    .bind(run_id)
-    .bind(now.0)
-    .bind(chunk)
-    .bind(owner)
-    .execute(conn)
-    .await?;
-    Ok(done.rows_affected() > 0)
-}
-
-/// The log chunks of a run after chunk `after` (-1 for all), in order, at
-/// most `limit`.
-pub async fn log_since(
-    conn: &mut Conn,
-    run_id: &str,
-    after: i64,
-    limit: i64,
-) -> Result<Vec<(i64, String)>, StoreError> {
-    Ok(sqlx::query_as(
-        "SELECT seq, chunk FROM run_logs WHERE run_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
-    )
-    .bind(run_id)
-    .bind(after)
-    .bind(limit)
-    .fetch_all(conn)
-    .await?)
-}
-
 /// Whether a run at `commit` is queued or being prepared or planned:
 /// one that will still need the commit's source.
 pub async fn any_waiting_at(conn: &mut Conn, commit: &str) -> Result<bool, StoreError> {
@@ -468,16 +430,6 @@ pub async fn holds_lease(conn: &mut Conn, run_id: &str, owner: &str) -> Result<b
             .fetch_optional(conn)
             .await?;
     Ok(found.is_some())
-}
-
-/// A run's whole log, in order.
-pub async fn log(conn: &mut Conn, run_id: &str) -> Result<String, StoreError> {
-    let chunks: Vec<(String,)> =
-        sqlx::query_as("SELECT chunk FROM run_logs WHERE run_id = $1 ORDER BY seq")
-            .bind(run_id)
-            .fetch_all(conn)
-            .await?;
-    Ok(chunks.into_iter().map(|(chunk,)| chunk).collect())
 }
 
 /// Records the plan's change summary.
