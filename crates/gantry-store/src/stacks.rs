@@ -39,12 +39,17 @@ pub struct Stack {
     /// its values sealed together.
     pub proposed_secret_environment_names: Option<Vec<String>>,
     pub proposed_secret_environment_sealed: Option<String>,
+    /// The most of a run's log that is stored.
+    pub log_limit_bytes: i64,
     /// Limits of each phase's execution, in seconds.
     pub run_timeout_seconds: i64,
     pub no_output_timeout_seconds: i64,
     pub created_at: i64,
     pub updated_at: i64,
 }
+
+/// A run's stored log is cut here unless its stack says otherwise: 50 MiB.
+pub const DEFAULT_LOG_LIMIT_BYTES: i64 = 50 * 1024 * 1024;
 
 /// The keyring context that seals a stack's secret environment: the row
 /// it belongs to, so a sealed value cannot be moved to another stack.
@@ -96,6 +101,7 @@ impl FromRow<'_, AnyRow> for Stack {
             proposed_secret_environment_names,
             proposed_secret_environment_sealed: row
                 .try_get("proposed_secret_environment_sealed")?,
+            log_limit_bytes: row.try_get("log_limit_bytes")?,
             run_timeout_seconds: row.try_get("run_timeout_seconds")?,
             no_output_timeout_seconds: row.try_get("no_output_timeout_seconds")?,
             created_at: row.try_get("created_at")?,
@@ -107,7 +113,7 @@ impl FromRow<'_, AnyRow> for Stack {
 const COLUMNS: &str = "id, name, space_id, integration_id, project_id, repository, branch, project_root, \
     additional_project_globs, labels, autodeploy, allow_forks, vendor, environment, secret_environment_names, \
     secret_environment_sealed, run_timeout_seconds, no_output_timeout_seconds, created_at, updated_at, \
-    proposed_secret_environment_names, proposed_secret_environment_sealed";
+    proposed_secret_environment_names, proposed_secret_environment_sealed, log_limit_bytes";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SaveStackError {
@@ -168,6 +174,7 @@ fn bind<'q>(
         .bind(s.updated_at)
         .bind(s.proposed_secret_environment_names.as_ref().map(to_json))
         .bind(&s.proposed_secret_environment_sealed)
+        .bind(s.log_limit_bytes)
 }
 
 pub async fn get(conn: &mut Conn, id: &str) -> Result<Option<Stack>, StoreError> {

@@ -250,6 +250,7 @@ pub fn stack(
         secret_environment_sealed: None,
         proposed_secret_environment_names: None,
         proposed_secret_environment_sealed: None,
+        log_limit_bytes: crate::stacks::DEFAULT_LOG_LIMIT_BYTES,
         run_timeout_seconds: 4200,
         no_output_timeout_seconds: 600,
         created_at: now.0,

@@ -4,7 +4,7 @@
 //! grace over.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -18,13 +18,35 @@ enum LogItem {
     Flush(oneshot::Sender<()>),
 }
 
+/// The most output a worker holds that the server has not taken yet; a
+/// phase that prints faster than its log can be sent loses the excess
+/// (counted, and said in the log) instead of filling the worker's memory.
+pub(super) const MAX_QUEUED_BYTES: usize = 8 * 1024 * 1024;
+
+/// Output waiting for the writer, and output dropped past the bound.
+#[derive(Default)]
+struct Queue {
+    bytes: AtomicUsize,
+    dropped: AtomicUsize,
+}
+
 /// Sends log output to the writer.
 #[derive(Clone)]
-pub(super) struct LogSender(mpsc::UnboundedSender<LogItem>);
+pub(super) struct LogSender {
+    items: mpsc::UnboundedSender<LogItem>,
+    queue: Arc<Queue>,
+}
 
 impl LogSender {
     pub(super) fn send(&self, chunk: Vec<u8>) {
-        let _ = self.0.send(LogItem::Chunk(chunk));
+        let len = chunk.len();
+        let queued = self.queue.bytes.fetch_add(len, Ordering::SeqCst);
+        if queued + len > MAX_QUEUED_BYTES {
+            self.queue.bytes.fetch_sub(len, Ordering::SeqCst);
+            self.queue.dropped.fetch_add(len, Ordering::SeqCst);
+            return;
+        }
+        let _ = self.items.send(LogItem::Chunk(chunk));
     }
 
     pub(super) fn line(&self, line: &str) {
@@ -35,7 +57,7 @@ impl LogSender {
     /// reported next is never ahead of its log.
     pub(super) async fn flush(&self) {
         let (done, stored) = oneshot::channel();
-        if self.0.send(LogItem::Flush(done)).is_ok() {
+        if self.items.send(LogItem::Flush(done)).is_ok() {
             let _ = stored.await;
         }
     }
@@ -48,6 +70,8 @@ pub(super) fn log_writer<C: Control>(
     run: String,
 ) -> (LogSender, tokio::task::JoinHandle<()>) {
     let (sender, mut receiver) = mpsc::unbounded_channel::<LogItem>();
+    let queue = Arc::new(Queue::default());
+    let held = queue.clone();
     let task = tokio::spawn(async move {
         let mut pending: Vec<u8> = Vec::new();
         while let Some(item) = receiver.recv().await {
@@ -60,19 +84,38 @@ pub(super) fn log_writer<C: Control>(
                 }
                 next = receiver.try_recv().ok();
             }
+            let queued_here = pending.len();
+            let dropped = held.dropped.swap(0, Ordering::SeqCst);
+            if dropped > 0 {
+                pending.extend(
+                    format!(
+                        "\n[Gantry: {dropped} bytes of output were dropped: the phase printed faster \
+                         than its log could be sent]\n"
+                    )
+                    .into_bytes(),
+                );
+            }
             if !pending.is_empty() {
                 let text = String::from_utf8_lossy(&pending).into_owned();
                 pending.clear();
                 if let Err(error) = control.log(&run, text).await {
                     tracing::warn!(run.id = %run, %error, "cannot store a log chunk");
                 }
+                // What was queued is taken; the note never was.
+                held.bytes.fetch_sub(queued_here, Ordering::SeqCst);
             }
             for done in flushes {
                 let _ = done.send(());
             }
         }
     });
-    (LogSender(sender), task)
+    (
+        LogSender {
+            items: sender,
+            queue,
+        },
+        task,
+    )
 }
 
 /// Why a run's processes were told to stop.

@@ -16,6 +16,7 @@ on_both_databases!(
     a_plan_sees_its_workspace_and_nothing_of_gantry,
     proposed_runs_get_the_proposed_secrets_and_tracked_runs_the_others,
     a_push_to_many_stacks_fetches_its_commit_once,
+    a_runs_log_is_cut_at_its_stacks_limit,
 );
 
 async fn stack(app: &TestApp, name: &str, plan: &str, extra: Value) -> String {
@@ -246,5 +247,54 @@ async fn a_push_to_many_stacks_fetches_its_commit_once(db: Db) {
         .filter(|r| r.method == "POST" && r.path.ends_with("/git-upload-pack"))
         .count();
     assert_eq!(fetches, 1, "one fetch for {STACKS} runs at one commit");
+    app.stop().await;
+}
+
+/// A run cannot fill the server's disk: its stored log stops at the
+/// stack's limit, with a note saying how much more there was.
+async fn a_runs_log_is_cut_at_its_stacks_limit(db: Db) {
+    let app = TestApp::start_with_workers(&db, 1).await;
+    let repo = repo(&app).await;
+    let (_, commit) = repo
+        .sim
+        .commit(repo.project, "main", &[("main.tf", Some("x"))], "one")
+        .expect("commit");
+    let (status, refused) = app
+        .post(
+            "/api/v1/stacks",
+            &app.admin,
+            json!({ "name": "Tiny", "repository": "infra/network", "branch": "main",
+                    "log_limit_bytes": 10,
+                    "vendor": { "kind": "shell", "plan": "true", "apply": "true" } }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+    assert!(refused.to_string().contains("log_limit_bytes"), "{refused}");
+
+    let id = stack(
+        &app,
+        "Chatty",
+        "head -c 400000 /dev/zero | tr '\\0' 'x'; echo; exit 0",
+        json!({ "log_limit_bytes": 65536 }),
+    )
+    .await;
+    let (_, shown) = app.get(&format!("/api/v1/stacks/{id}"), &app.admin).await;
+    assert_eq!(shown["log_limit_bytes"], 65536);
+    let run = trigger(&app, &id, "proposed", &commit).await;
+    wait_for(&app, &run, "finished").await;
+    let text = log(&app, &run).await;
+    assert!(text.len() < 65536 + 400, "{} bytes kept", text.len());
+    assert!(
+        text.contains("the log reached this stack's limit of 65536 bytes"),
+        "{}",
+        &text[text.len().saturating_sub(300)..]
+    );
+    let dropped: u64 = text
+        .rsplit("[Gantry: ")
+        .next()
+        .and_then(|note| note.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("a note with the bytes not kept");
+    assert!(dropped > 300_000, "{dropped}");
     app.stop().await;
 }

@@ -4,7 +4,10 @@
 use crate::{Conn, Millis, StoreError};
 
 /// Appends a chunk of (already redacted) log to a run, if `owner` holds
-/// its lease; `false` when it does not (the run was taken from it).
+/// its lease; `false` when it does not (the run was taken from it). Past
+/// the stack's `log_limit_bytes` nothing more is kept: the chunk that
+/// reaches the limit is cut and followed by a note, and what comes after
+/// is only counted.
 pub async fn append_log(
     conn: &mut Conn,
     run_id: &str,
@@ -12,18 +15,54 @@ pub async fn append_log(
     chunk: &str,
     now: Millis,
 ) -> Result<bool, StoreError> {
-    let done = sqlx::query(
-        "INSERT INTO run_logs (run_id, seq, at, chunk) \
-         SELECT $1, COALESCE((SELECT MAX(seq) FROM run_logs WHERE run_id = $1), -1) + 1, $2, $3 \
-         WHERE EXISTS (SELECT 1 FROM runs WHERE id = $1 AND lease_owner = $4)",
+    let found: Option<(i64, i64)> = sqlx::query_as(
+        "SELECT r.log_bytes, s.log_limit_bytes FROM runs r JOIN stacks s ON s.id = r.stack_id \
+         WHERE r.id = $1 AND r.lease_owner = $2",
     )
     .bind(run_id)
-    .bind(now.0)
-    .bind(chunk)
     .bind(owner)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((stored, limit)) = found else {
+        return Ok(false);
+    };
+    let room = usize::try_from(limit.saturating_sub(stored)).unwrap_or(0);
+    let kept = if chunk.len() <= room {
+        chunk.to_owned()
+    } else if room > 0 {
+        let mut cut = room;
+        while !chunk.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        format!(
+            "{}\n[Gantry: the log reached this stack's limit of {limit} bytes; the rest of the output is not kept]\n",
+            &chunk[..cut]
+        )
+    } else {
+        String::new()
+    };
+    let counted = i64::try_from(chunk.len()).unwrap_or(i64::MAX);
+    let kept_bytes = i64::try_from(kept.len().min(chunk.len())).unwrap_or(i64::MAX);
+    if !kept.is_empty() {
+        sqlx::query(
+            "INSERT INTO run_logs (run_id, seq, at, chunk) \
+             SELECT $1, COALESCE((SELECT MAX(seq) FROM run_logs WHERE run_id = $1), -1) + 1, $2, $3",
+        )
+        .bind(run_id)
+        .bind(now.0)
+        .bind(&kept)
+        .execute(&mut *conn)
+        .await?;
+    }
+    sqlx::query(
+        "UPDATE runs SET log_bytes = log_bytes + $2, log_dropped_bytes = log_dropped_bytes + $3 WHERE id = $1",
+    )
+    .bind(run_id)
+    .bind(kept_bytes)
+    .bind(counted - kept_bytes)
     .execute(conn)
     .await?;
-    Ok(done.rows_affected() > 0)
+    Ok(true)
 }
 
 /// The log chunks of a run after chunk `after` (-1 for all), in order, at
@@ -49,7 +88,18 @@ pub async fn log(conn: &mut Conn, run_id: &str) -> Result<String, StoreError> {
     let chunks: Vec<(String,)> =
         sqlx::query_as("SELECT chunk FROM run_logs WHERE run_id = $1 ORDER BY seq")
             .bind(run_id)
-            .fetch_all(conn)
+            .fetch_all(&mut *conn)
             .await?;
-    Ok(chunks.into_iter().map(|(chunk,)| chunk).collect())
+    let mut text: String = chunks.into_iter().map(|(chunk,)| chunk).collect();
+    let (dropped,): (i64,) =
+        sqlx::query_as("SELECT COALESCE(MAX(log_dropped_bytes), 0) FROM runs WHERE id = $1")
+            .bind(run_id)
+            .fetch_one(conn)
+            .await?;
+    if dropped > 0 {
+        text.push_str(&format!(
+            "[Gantry: {dropped} bytes of output past the limit were not kept]\n"
+        ));
+    }
+    Ok(text)
 }

@@ -51,6 +51,9 @@ pub struct CreateStack {
     pub proposed_secret_environment: Option<BTreeMap<String, SecretString>>,
     /// The longest a phase's execution may take (default 4200: 70 minutes).
     pub run_timeout_seconds: Option<u64>,
+    /// The most of a run's log that is stored, in bytes: 65536 to
+    /// 1073741824, default 52428800 (50 MiB).
+    pub log_limit_bytes: Option<u64>,
     /// The longest a phase may print nothing (default 600: 10 minutes).
     pub no_output_timeout_seconds: Option<u64>,
 }
@@ -82,6 +85,7 @@ pub struct UpdateStack {
     pub proposed_secret_environment: Option<Option<BTreeMap<String, SecretString>>>,
     pub run_timeout_seconds: Option<u64>,
     pub no_output_timeout_seconds: Option<u64>,
+    pub log_limit_bytes: Option<u64>,
 }
 
 /// The defaults of section "Execution" of the docs: 70 minutes, 10 minutes.
@@ -94,6 +98,16 @@ pub fn seconds(name: &str, value: u64) -> Result<i64, ApiError> {
         Ok(seconds @ 1..=86_400) => Ok(seconds),
         _ => Err(ApiError::invalid(format!(
             "`{name}` is {value}; give between 1 and 86400 seconds"
+        ))),
+    }
+}
+
+/// A log limit: 64 KiB to 1 GiB.
+pub fn log_limit(value: u64) -> Result<i64, ApiError> {
+    match i64::try_from(value) {
+        Ok(bytes @ 65_536..=1_073_741_824) => Ok(bytes),
+        _ => Err(ApiError::invalid(format!(
+            "`log_limit_bytes` is {value}; give between 65536 and 1073741824 bytes"
         ))),
     }
 }

@@ -25,8 +25,8 @@ use crate::views::{List, ListParams};
 
 pub use input::{CreateStack, UpdateStack};
 use input::{
-    DEFAULT_NO_OUTPUT_TIMEOUT, DEFAULT_RUN_TIMEOUT, Secrets, environment, repository, seal_secrets,
-    seconds,
+    DEFAULT_NO_OUTPUT_TIMEOUT, DEFAULT_RUN_TIMEOUT, Secrets, environment, log_limit, repository,
+    seal_secrets, seconds,
 };
 pub use view::StackView;
 use view::view;
@@ -191,6 +191,10 @@ pub async fn create(
         environment,
         secret_environment_names: secret_names,
         secret_environment_sealed: secret_sealed,
+        log_limit_bytes: match body.log_limit_bytes {
+            Some(value) => log_limit(value)?,
+            None => stacks::DEFAULT_LOG_LIMIT_BYTES,
+        },
         proposed_secret_environment_names: proposed_names,
         proposed_secret_environment_sealed: proposed_sealed,
         run_timeout_seconds: run_timeout,
@@ -314,6 +318,9 @@ pub async fn update(
     }
     if let Some(value) = body.run_timeout_seconds {
         next.run_timeout_seconds = seconds("run_timeout_seconds", value)?;
+    }
+    if let Some(value) = body.log_limit_bytes {
+        next.log_limit_bytes = log_limit(value)?;
     }
     if let Some(value) = body.no_output_timeout_seconds {
         next.no_output_timeout_seconds = seconds("no_output_timeout_seconds", value)?;

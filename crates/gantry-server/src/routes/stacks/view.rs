@@ -32,6 +32,7 @@ pub struct StackView {
     /// The names only; `null` when proposed runs get `secret_environment`.
     pub proposed_secret_environment: Option<Vec<String>>,
     pub run_timeout_seconds: i64,
+    pub log_limit_bytes: i64,
     pub no_output_timeout_seconds: i64,
     /// From the checks with GitLab on create or change.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -59,6 +60,7 @@ pub fn view(stack: Stack, warnings: Vec<String>) -> StackView {
         secret_environment: stack.secret_environment_names,
         proposed_secret_environment: stack.proposed_secret_environment_names,
         run_timeout_seconds: stack.run_timeout_seconds,
+        log_limit_bytes: stack.log_limit_bytes,
         no_output_timeout_seconds: stack.no_output_timeout_seconds,
         warnings,
         created_at: timestamp(stack.created_at),
