@@ -140,3 +140,255 @@ pub fn workspace_key(run_id: &str) -> String {
 pub fn run_of_workspace_key(key: &str) -> Option<&str> {
     key.strip_prefix("workspace-")?.strip_suffix(".tar.zst")
 }
+
+/// Blobs sealed at rest with the keyring, the blob's key as associated
+/// data: what a stolen blob directory (or bucket) holds is unreadable, and
+/// a blob moved to another key, cut short or tampered with is an error,
+/// never a silent empty workspace. Sealed and opened segment by segment as
+/// they stream, so an archive is never held in memory whole.
+pub struct SealedBlobs {
+    inner: Box<dyn Blobs>,
+    keyring: std::sync::Arc<gantry_store::crypto::Keyring>,
+}
+
+impl SealedBlobs {
+    pub fn new(
+        inner: Box<dyn Blobs>,
+        keyring: std::sync::Arc<gantry_store::crypto::Keyring>,
+    ) -> Self {
+        Self { inner, keyring }
+    }
+}
+
+fn context(key: &str) -> String {
+    format!("blob:{key}")
+}
+
+fn broken(key: &str, why: impl std::fmt::Display) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("the stored blob {key:?} does not open with this server's master key: {why}"),
+    )
+}
+
+impl Blobs for SealedBlobs {
+    fn put<'a>(&'a self, key: &'a str, body: ByteStream) -> BoxFuture<'a, io::Result<u64>> {
+        let (header, sealer) = self.keyring.seal_blob(&context(key));
+        self.inner.put(key, seal(header, sealer, body))
+    }
+
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, io::Result<Option<ByteStream>>> {
+        Box::pin(async move {
+            let Some(body) = self.inner.get(key).await? else {
+                return Ok(None);
+            };
+            Ok(Some(open(self.keyring.clone(), key.to_owned(), body)))
+        })
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, io::Result<()>> {
+        self.inner.delete(key)
+    }
+
+    fn keys(&self) -> BoxFuture<'_, io::Result<Vec<String>>> {
+        self.inner.keys()
+    }
+}
+
+use gantry_store::crypto::{BLOB_HEADER, BLOB_SEGMENT, BLOB_TAG, BlobOpener, BlobSealer};
+
+struct Sealing {
+    body: ByteStream,
+    buffer: Vec<u8>,
+    header: Option<Vec<u8>>,
+    sealer: Option<BlobSealer>,
+}
+
+fn seal(header: Vec<u8>, sealer: BlobSealer, body: ByteStream) -> ByteStream {
+    let start = Sealing {
+        body,
+        buffer: Vec::new(),
+        header: Some(header),
+        sealer: Some(sealer),
+    };
+    Box::pin(futures_util::stream::unfold(start, |mut s| async move {
+        if let Some(header) = s.header.take() {
+            return Some((Ok(Bytes::from(header)), s));
+        }
+        s.sealer.as_ref()?;
+        loop {
+            // More than a segment waiting: that segment is not the last.
+            if s.buffer.len() > BLOB_SEGMENT {
+                let rest = s.buffer.split_off(BLOB_SEGMENT);
+                let segment = std::mem::replace(&mut s.buffer, rest);
+                let sealed = s.sealer.as_mut()?.segment(&segment);
+                return Some((Ok(Bytes::from(sealed)), s));
+            }
+            match s.body.next().await {
+                Some(Ok(chunk)) => s.buffer.extend_from_slice(&chunk),
+                Some(Err(error)) => {
+                    s.sealer = None;
+                    return Some((Err(error), s));
+                }
+                None => {
+                    let sealed = s.sealer.take()?.last(&s.buffer);
+                    s.buffer.clear();
+                    return Some((Ok(Bytes::from(sealed)), s));
+                }
+            }
+        }
+    }))
+}
+
+struct Opening {
+    body: ByteStream,
+    buffer: Vec<u8>,
+    keyring: std::sync::Arc<gantry_store::crypto::Keyring>,
+    key: String,
+    opener: Option<BlobOpener>,
+    done: bool,
+}
+
+fn open(
+    keyring: std::sync::Arc<gantry_store::crypto::Keyring>,
+    key: String,
+    body: ByteStream,
+) -> ByteStream {
+    let start = Opening {
+        body,
+        buffer: Vec::new(),
+        keyring,
+        key,
+        opener: None,
+        done: false,
+    };
+    const SEALED: usize = BLOB_SEGMENT + BLOB_TAG;
+    Box::pin(futures_util::stream::unfold(start, |mut s| async move {
+        if s.done {
+            return None;
+        }
+        loop {
+            if s.opener.is_none() && s.buffer.len() >= BLOB_HEADER {
+                let rest = s.buffer.split_off(BLOB_HEADER);
+                let header = std::mem::replace(&mut s.buffer, rest);
+                match s.keyring.open_blob(&context(&s.key), &header) {
+                    Ok(opener) => s.opener = Some(opener),
+                    Err(error) => {
+                        s.done = true;
+                        return Some((Err(broken(&s.key, error)), s));
+                    }
+                }
+            }
+            if s.opener.is_some() && s.buffer.len() > SEALED {
+                let rest = s.buffer.split_off(SEALED);
+                let segment = std::mem::replace(&mut s.buffer, rest);
+                let opened = s.opener.as_mut()?.segment(&segment);
+                return Some(match opened {
+                    Ok(plain) => (Ok(Bytes::from(plain)), s),
+                    Err(error) => {
+                        s.done = true;
+                        (Err(broken(&s.key, error)), s)
+                    }
+                });
+            }
+            match s.body.next().await {
+                Some(Ok(chunk)) => s.buffer.extend_from_slice(&chunk),
+                Some(Err(error)) => {
+                    s.done = true;
+                    return Some((Err(error), s));
+                }
+                None => {
+                    s.done = true;
+                    let opened = match s.opener.take() {
+                        Some(opener) => opener.last(&s.buffer).map_err(|e| broken(&s.key, e)),
+                        None => Err(broken(&s.key, "it is shorter than its header")),
+                    };
+                    return Some((opened.map(Bytes::from), s));
+                }
+            }
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use gantry_store::crypto::{BLOB_SEGMENT, Keyring, MasterKey};
+
+    use super::*;
+
+    fn stream_of(data: &[u8], piece: usize) -> ByteStream {
+        let pieces: Vec<io::Result<Bytes>> = data
+            .chunks(piece.max(1))
+            .map(|chunk| Ok(Bytes::copy_from_slice(chunk)))
+            .collect();
+        Box::pin(futures_util::stream::iter(pieces))
+    }
+
+    async fn read_all(mut body: ByteStream) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        while let Some(chunk) = body.next().await {
+            out.extend_from_slice(&chunk?);
+        }
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn sealed_blobs_round_trip_and_refuse_what_was_changed() {
+        let dir = tempfile::tempdir().expect("dir");
+        let keyring = Arc::new(Keyring::new(MasterKey::generate()));
+        let blobs = SealedBlobs::new(
+            Box::new(DirBlobs::new(dir.path().to_owned(), u64::MAX).expect("dir blobs")),
+            keyring,
+        );
+        for size in [0, 1, BLOB_SEGMENT, BLOB_SEGMENT + 1, 3 * BLOB_SEGMENT + 5] {
+            let data: Vec<u8> = (0..size).map(|n| (n % 251) as u8).collect();
+            blobs
+                .put("a.bin", stream_of(&data, 10_000))
+                .await
+                .expect("put");
+            let stored = std::fs::read(dir.path().join("a.bin")).expect("file");
+            if size > 64 {
+                assert!(
+                    !stored
+                        .windows(64)
+                        .any(|w| data.windows(64).next() == Some(w)),
+                    "stored in plaintext"
+                );
+            }
+            let back = read_all(blobs.get("a.bin").await.expect("get").expect("there"))
+                .await
+                .expect("opens");
+            assert_eq!(back, data, "size {size}");
+        }
+        // Tampered, cut short, or moved to another key: an error.
+        let good = std::fs::read(dir.path().join("a.bin")).expect("file");
+        let mut tampered = good.clone();
+        tampered[good.len() / 2] ^= 1;
+        std::fs::write(dir.path().join("b.bin"), &tampered).expect("write");
+        assert!(
+            read_all(blobs.get("b.bin").await.expect("get").expect("there"))
+                .await
+                .is_err()
+        );
+        std::fs::write(dir.path().join("c.bin"), &good[..good.len() - 20]).expect("write");
+        assert!(
+            read_all(blobs.get("c.bin").await.expect("get").expect("there"))
+                .await
+                .is_err()
+        );
+        std::fs::write(dir.path().join("d.bin"), &good).expect("write");
+        let moved = read_all(blobs.get("d.bin").await.expect("get").expect("there")).await;
+        assert!(moved.is_err(), "a blob only opens under its own key");
+        // Another server's key: an error naming the master key.
+        let other = SealedBlobs::new(
+            Box::new(DirBlobs::new(dir.path().to_owned(), u64::MAX).expect("dir blobs")),
+            Arc::new(Keyring::new(MasterKey::generate())),
+        );
+        let error = read_all(other.get("a.bin").await.expect("get").expect("there"))
+            .await
+            .expect_err("another key");
+        assert!(error.to_string().contains("master key"), "{error}");
+    }
+}

@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 
 use gantry_runner::sandbox::Sandbox;
 
-use crate::blobs::DirBlobs;
+use crate::blobs::{DirBlobs, SealedBlobs};
 use crate::bootstrap::{first_start, load_master_key};
 use crate::config::{MAX_WORKSPACE_BYTES, ServerConfig};
 use crate::gitlab::GitLabAccess;
@@ -116,10 +116,13 @@ pub async fn start(
         inbox: gantry_store::deliveries::Inbox::spawn(store.clone()),
         runs_signal: Arc::new(tokio::sync::Notify::new()),
         logs_signal: Arc::new(tokio::sync::Notify::new()),
-        blobs: Arc::new(
-            DirBlobs::new(config_data_dir.join("blobs"), MAX_WORKSPACE_BYTES)
-                .context("cannot open the blob directory")?,
-        ),
+        blobs: Arc::new(SealedBlobs::new(
+            Box::new(
+                DirBlobs::new(config_data_dir.join("blobs"), MAX_WORKSPACE_BYTES)
+                    .context("cannot open the blob directory")?,
+            ),
+            keyring.clone(),
+        )),
         gitlab: GitLabAccess::new(keyring, gitlab),
         note_throttle: Arc::default(),
         fetching: Arc::default(),

@@ -3,6 +3,7 @@
 //! owning row bound as associated data (so a ciphertext copied into another
 //! row does not decrypt). API key secrets are not encrypted but hashed.
 
+use aes_gcm::aead::stream::{DecryptorBE32, EncryptorBE32};
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine;
@@ -158,6 +159,113 @@ impl Keyring {
             .map_err(|_| CryptoError::Decrypt)?;
         String::from_utf8(plain)
             .map(SecretString::from)
+            .map_err(|_| CryptoError::Decrypt)
+    }
+}
+
+/// How much plaintext one sealed segment of a blob holds.
+pub const BLOB_SEGMENT: usize = 64 * 1024;
+/// What sealing adds to a segment: the GCM tag.
+pub const BLOB_TAG: usize = 16;
+const BLOB_MAGIC: &[u8; 8] = b"GANTRYB1";
+const BLOB_NONCE_PREFIX: usize = 7;
+/// The header of a sealed blob: magic, key id (8 hex digits), nonce prefix.
+pub const BLOB_HEADER: usize = BLOB_MAGIC.len() + 8 + BLOB_NONCE_PREFIX;
+
+/// Seals a blob segment by segment (the STREAM construction over
+/// AES-256-GCM: a counter and a last-segment flag in each nonce), so a
+/// large archive is never held whole, and a truncated or reordered one
+/// does not open.
+pub struct BlobSealer {
+    stream: EncryptorBE32<Aes256Gcm>,
+    context: String,
+}
+
+/// Opens what a [`BlobSealer`] sealed.
+pub struct BlobOpener {
+    stream: DecryptorBE32<Aes256Gcm>,
+    context: String,
+}
+
+impl Keyring {
+    /// Starts sealing a blob stored under `context`; the header to write
+    /// first, and the sealer for its segments.
+    pub fn seal_blob(&self, context: &str) -> (Vec<u8>, BlobSealer) {
+        let (key_id, cipher) = &self.keys[0];
+        let mut prefix = [0u8; BLOB_NONCE_PREFIX];
+        rand::rngs::OsRng.fill_bytes(&mut prefix);
+        let mut header = BLOB_MAGIC.to_vec();
+        header.extend_from_slice(key_id.as_bytes());
+        header.extend_from_slice(&prefix);
+        let stream = EncryptorBE32::from_aead(cipher.clone(), prefix.as_slice().into());
+        (
+            header,
+            BlobSealer {
+                stream,
+                context: context.to_owned(),
+            },
+        )
+    }
+
+    /// Starts opening a blob stored under `context` from its header.
+    pub fn open_blob(&self, context: &str, header: &[u8]) -> Result<BlobOpener, CryptoError> {
+        if header.len() != BLOB_HEADER || &header[..BLOB_MAGIC.len()] != BLOB_MAGIC {
+            return Err(CryptoError::Malformed);
+        }
+        let key_id = std::str::from_utf8(&header[BLOB_MAGIC.len()..BLOB_MAGIC.len() + 8])
+            .map_err(|_| CryptoError::Malformed)?;
+        let (_, cipher) = self
+            .keys
+            .iter()
+            .find(|(id, _)| id == key_id)
+            .ok_or_else(|| CryptoError::UnknownKey(key_id.to_owned()))?;
+        let prefix = &header[BLOB_MAGIC.len() + 8..];
+        Ok(BlobOpener {
+            stream: DecryptorBE32::from_aead(cipher.clone(), prefix.into()),
+            context: context.to_owned(),
+        })
+    }
+}
+
+impl BlobSealer {
+    /// A full segment that is not the last.
+    pub fn segment(&mut self, plain: &[u8]) -> Vec<u8> {
+        let payload = Payload {
+            msg: plain,
+            aad: self.context.as_bytes(),
+        };
+        // Fails only past 2^32 segments (256 TiB).
+        self.stream.encrypt_next(payload).unwrap_or_default()
+    }
+
+    /// The last segment (possibly empty).
+    pub fn last(self, plain: &[u8]) -> Vec<u8> {
+        let payload = Payload {
+            msg: plain,
+            aad: self.context.as_bytes(),
+        };
+        self.stream.encrypt_last(payload).unwrap_or_default()
+    }
+}
+
+impl BlobOpener {
+    pub fn segment(&mut self, sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let payload = Payload {
+            msg: sealed,
+            aad: self.context.as_bytes(),
+        };
+        self.stream
+            .decrypt_next(payload)
+            .map_err(|_| CryptoError::Decrypt)
+    }
+
+    pub fn last(self, sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let payload = Payload {
+            msg: sealed,
+            aad: self.context.as_bytes(),
+        };
+        self.stream
+            .decrypt_last(payload)
             .map_err(|_| CryptoError::Decrypt)
     }
 }
