@@ -39,6 +39,10 @@ pub struct WorkerArgs {
 /// The longest text sent in one log request (the API takes 1 MiB bodies).
 const LOG_PIECE: usize = 256 * 1024;
 
+/// The largest archive (a source or a planned workspace) a worker takes,
+/// as the server stores at most.
+const MAX_ARCHIVE_BYTES: u64 = 4 * 1024 * 1024 * 1024;
+
 /// How long a claim waits on the server for a run.
 const CLAIM_WAIT_SECONDS: u64 = 5;
 
@@ -182,11 +186,18 @@ impl Remote {
         let mut file = tokio::fs::File::create(archive)
             .await
             .map_err(|e| failed(&format!("creating the archive of {what}"), e))?;
+        let mut size: u64 = 0;
         while let Some(chunk) = response
             .chunk()
             .await
             .map_err(|e| failed(&format!("downloading {what}"), e))?
         {
+            size += chunk.len() as u64;
+            if size > MAX_ARCHIVE_BYTES {
+                return Err(ControlError(format!(
+                    "{what} is larger than the limit of {MAX_ARCHIVE_BYTES} bytes"
+                )));
+            }
             file.write_all(&chunk)
                 .await
                 .map_err(|e| failed(&format!("writing the archive of {what}"), e))?;
