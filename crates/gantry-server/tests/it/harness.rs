@@ -156,6 +156,28 @@ impl TestApp {
             .expect("pending jobs run");
     }
 
+    /// A delivery of `integration` once every due delivery job was run;
+    /// it must have been processed.
+    pub async fn processed(&self, integration: &str, delivery: &str) -> Value {
+        self.settle().await;
+        let (status, list) = self
+            .get(
+                &format!("/api/v1/integrations/gitlab/{integration}/deliveries?limit=500"),
+                &self.admin,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{list}");
+        let found = list["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .find(|d| d["id"] == delivery)
+            .cloned()
+            .expect("listed");
+        assert!(!found["processed_at"].is_null(), "not processed: {found}");
+        found
+    }
+
     pub fn store(&self) -> &gantry_store::Store {
         &self.server.as_ref().expect("running").store
     }

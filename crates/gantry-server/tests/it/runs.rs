@@ -44,27 +44,8 @@ async fn deliver(app: &TestApp, world: &World, event: &str, payload: &Value) -> 
     assert_eq!(answers.len(), 1);
     assert_eq!(answers[0].status, 200, "{}", answers[0].body);
     let answer: Value = serde_json::from_str(&answers[0].body).expect("json");
-    processed(app, answer["delivery"].as_str().expect("delivery")).await
-}
-
-/// The delivery once the server processed every delivery job due.
-async fn processed(app: &TestApp, delivery: &str) -> Value {
-    app.settle().await;
-    let (_, list) = app
-        .get(
-            "/api/v1/integrations/gitlab/main/deliveries?limit=500",
-            &app.admin,
-        )
-        .await;
-    let found = list["items"]
-        .as_array()
-        .expect("items")
-        .iter()
-        .find(|d| d["id"] == delivery)
-        .cloned()
-        .expect("listed");
-    assert!(!found["processed_at"].is_null(), "not processed: {found}");
-    found
+    app.processed("main", answer["delivery"].as_str().expect("delivery"))
+        .await
 }
 
 async fn runs(app: &TestApp, stack: &str) -> Vec<Value> {

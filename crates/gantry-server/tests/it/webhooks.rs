@@ -60,19 +60,8 @@ async fn deliveries(app: &TestApp, hooked: &Hooked, query: &str) -> Value {
     list
 }
 
-/// The delivery once the server processed every delivery job due.
 async fn processed(app: &TestApp, hooked: &Hooked, delivery: &str) -> Value {
-    app.settle().await;
-    let list = deliveries(app, hooked, "?limit=500").await;
-    let found = list["items"]
-        .as_array()
-        .expect("items")
-        .iter()
-        .find(|d| d["id"] == delivery)
-        .cloned()
-        .expect("listed");
-    assert!(!found["processed_at"].is_null(), "not processed: {found}");
-    found
+    app.processed(&hooked.id, delivery).await
 }
 
 async fn every_corpus_delivery_is_answered_as_the_contract_says(db: Db) {
