@@ -81,6 +81,9 @@ fn sql_list(states: &[State]) -> String {
 /// The domain's [`LOCKING`] and [`EXECUTING`] states, for queries.
 static LOCKING_SQL: LazyLock<String> = LazyLock::new(|| sql_list(&LOCKING));
 static EXECUTING_SQL: LazyLock<String> = LazyLock::new(|| sql_list(&EXECUTING));
+/// The states of a run that has yet to check out its commit, or is planning.
+static BEFORE_PLAN_SQL: LazyLock<String> =
+    LazyLock::new(|| sql_list(&[State::Queued, State::Preparing, State::Planning]));
 
 fn missing(id: &str) -> StoreError {
     StoreError::NotFound {
@@ -412,9 +415,10 @@ pub async fn start_next(
 /// Whether a run at `commit` is queued or being prepared or planned:
 /// one that will still need the commit's source.
 pub async fn any_waiting_at(conn: &mut Conn, commit: &str) -> Result<bool, StoreError> {
-    let found: Option<(i64,)> = sqlx::query_as(
-        "SELECT 1 FROM runs WHERE commit_sha = $1 AND state IN ('queued', 'preparing', 'planning') LIMIT 1",
-    )
+    let found: Option<(i64,)> = sqlx::query_as(&format!(
+        "SELECT 1 FROM runs WHERE commit_sha = $1 AND state IN ({}) LIMIT 1",
+        *BEFORE_PLAN_SQL
+    ))
     .bind(commit)
     .fetch_optional(conn)
     .await?;
