@@ -37,6 +37,10 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/api/v4/projects/{id}/repository/compare", get(compare))
         .route(
+            "/api/v4/projects/{id}/repository/commits/{sha}",
+            get(commit),
+        )
+        .route(
             "/api/v4/projects/{id}/repository/branches/{branch}",
             get(branch),
         )
@@ -544,6 +548,19 @@ async fn compare(State(shared): SimState, Path(id): Path<String>, call: Call) ->
     match git::compare(&shared, project_id, from, to, straight) {
         Ok(Some(body)) => axum::Json(body).into_response(),
         Ok(None) => not_found("Ref"),
+        Err(response) => response,
+    }
+}
+
+async fn commit(
+    State(shared): SimState,
+    Path((id, sha)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let (_, project_id) = answer_on_err!(project_access(&shared, &headers, &id, read(Reporter)));
+    match git::find_commit(&shared, project_id, &sha) {
+        Ok(Some(body)) => axum::Json(body).into_response(),
+        Ok(None) => not_found("Commit"),
         Err(response) => response,
     }
 }

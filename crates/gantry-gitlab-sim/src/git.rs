@@ -250,6 +250,43 @@ pub(crate) fn branch(
     })))
 }
 
+/// `GET /projects/:id/repository/commits/:sha`: a commit by its full or
+/// short id (GitLab expands an unambiguous prefix), `None` when unknown.
+pub(crate) fn find_commit(
+    shared: &Shared,
+    project_id: u64,
+    sha: &str,
+) -> Result<Option<Value>, Response> {
+    let path = {
+        let state = shared.lock();
+        let project = state
+            .project(project_id)
+            .ok_or_else(|| error(StatusCode::NOT_FOUND, "404 Project Not Found"))?;
+        project.path.clone()
+    };
+    if sha.is_empty() || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Ok(None);
+    }
+    let bare = bare_dir(&shared.root, &path);
+    let Ok(full) = git(
+        &bare,
+        &["rev-parse", "--verify", "-q", &format!("{sha}^{{commit}}")],
+    ) else {
+        return Ok(None);
+    };
+    let log = git(
+        &bare,
+        &[
+            "log",
+            "-1",
+            "--format=%H%x00%s%x00%an%x00%ae%x00%aI%x00%P%x00%B",
+            full.trim(),
+        ],
+    )
+    .map_err(|e| error_500(&e))?;
+    Ok(Some(commit_json(&log)))
+}
+
 fn commit_json(record: &str) -> Value {
     let fields: Vec<&str> = record.split('\0').collect();
     let field = |index: usize| fields.get(index).copied().unwrap_or_default();

@@ -67,6 +67,22 @@ pub async fn changed_files(
 }
 
 /// The commit a branch points at.
+/// The full id of a commit given by its full or short id; GitLab's 404
+/// when the project has no such commit.
+pub async fn commit_id(client: &GitLab, project_id: u64, sha: &str) -> Result<String, GitLabError> {
+    #[derive(serde::Deserialize)]
+    struct Commit {
+        id: String,
+    }
+    let endpoint = gitlab::api::projects::repository::commits::Commit::builder()
+        .project(project_id)
+        .commit(sha)
+        .build()
+        .map_err(|e| GitLabError::Request(e.to_string()))?;
+    let found: Commit = client.query(&endpoint).await?;
+    Ok(found.id)
+}
+
 pub async fn branch_head(
     client: &GitLab,
     project_id: u64,

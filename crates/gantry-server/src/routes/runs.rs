@@ -156,42 +156,43 @@ pub async fn trigger(
     })?;
     let mut conn = state.store.conn().await?;
     let stack = authorized(&mut conn, &principal, &id, Role::Write).await?;
-    let commit = match body.commit_sha.as_deref().map(str::trim) {
+    let asked = match body.commit_sha.as_deref().map(str::trim) {
         Some(sha)
             if sha.len() >= 7 && sha.len() <= 64 && sha.chars().all(|c| c.is_ascii_hexdigit()) =>
         {
-            sha.to_lowercase()
+            Some(sha.to_lowercase())
         }
         Some(sha) => {
             return Err(ApiError::invalid(format!(
                 "`commit_sha` {sha:?} is not a commit id"
             )));
         }
-        None => {
-            let integration_id = stack.integration_id.clone().ok_or_else(|| {
-                ApiError::invalid("the stack has no integration; give it one, or pass `commit_sha`")
-            })?;
-            let integration = integrations::get(&mut conn, &integration_id)
-                .await?
-                .ok_or_else(|| {
-                    ApiError::invalid(format!("integration {integration_id:?} no longer exists"))
-                })?;
+        None => None,
+    };
+    // A full id is the commit; a short one, or none, is resolved by GitLab.
+    let commit = match asked {
+        Some(sha) if sha.len() == 40 || sha.len() == 64 => {
             drop(conn);
-            let client = state.gitlab.client(&integration)?;
-            let project_id = u64::try_from(stack.project_id).map_err(|_| {
-                ApiError::invalid(format!(
-                    "the stack's project id {} is not a GitLab id",
-                    stack.project_id
-                ))
-            })?;
-            projects::branch_head(&client, project_id, &stack.branch).await.map_err(|error| match error {
-                GitLabError::NotFound { .. } => ApiError::invalid(format!(
-                    "branch {:?} does not exist in {}; pass `commit_sha` or fix the stack's branch",
-                    stack.branch, stack.repository
-                )),
-                error if error.is_transient() => ApiError::bad_gateway(format!("{error}; try again")),
-                error => ApiError::invalid(error.to_string()),
-            })?
+            sha
+        }
+        asked => {
+            let client = {
+                let integration_id = stack.integration_id.clone().ok_or_else(|| {
+                    ApiError::invalid(
+                        "the stack has no integration; give it one, or pass the full `commit_sha`",
+                    )
+                })?;
+                let integration = integrations::get(&mut conn, &integration_id)
+                    .await?
+                    .ok_or_else(|| {
+                        ApiError::invalid(format!(
+                            "integration {integration_id:?} no longer exists"
+                        ))
+                    })?;
+                drop(conn);
+                state.gitlab.client(&integration)?
+            };
+            resolve(&client, &stack, asked.as_deref()).await?
         }
     };
     let trigger = principal.actor();
@@ -237,6 +238,38 @@ async fn record(
     let detail =
         json!({ "stack": stack.id, "kind": run.kind.as_str(), "state": run.state.as_str() });
     principal.audit(conn, action, target, detail).await
+}
+
+/// The full id of `asked` (a short commit id), or of the head of the
+/// stack's branch, from GitLab: runs always carry the full id, so the same
+/// commit never gets two runs under two spellings.
+async fn resolve(
+    client: &gantry_gitlab::GitLab,
+    stack: &Stack,
+    asked: Option<&str>,
+) -> Result<String, ApiError> {
+    let project_id = u64::try_from(stack.project_id).map_err(|_| {
+        ApiError::invalid(format!(
+            "the stack's project id {} is not a GitLab id",
+            stack.project_id
+        ))
+    })?;
+    let found = match asked {
+        Some(sha) => projects::commit_id(client, project_id, sha).await,
+        None => projects::branch_head(client, project_id, &stack.branch).await,
+    };
+    found.map_err(|error| match (error, asked) {
+        (GitLabError::NotFound { .. }, Some(sha)) => ApiError::invalid(format!(
+            "`commit_sha` {sha:?} is not a commit of {}",
+            stack.repository
+        )),
+        (GitLabError::NotFound { .. }, None) => ApiError::invalid(format!(
+            "branch {:?} does not exist in {}; pass `commit_sha` or fix the stack's branch",
+            stack.branch, stack.repository
+        )),
+        (error, _) if error.is_transient() => ApiError::bad_gateway(format!("{error}; try again")),
+        (error, _) => ApiError::invalid(error.to_string()),
+    })
 }
 
 async fn run_for(

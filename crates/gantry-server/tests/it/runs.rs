@@ -367,6 +367,39 @@ async fn the_runs_api(db: Db) {
         "invalid",
         "commit_sha",
     );
+    // A short id is expanded by GitLab: the run carries the full one, and
+    // the same commit given short and in full is one run.
+    let (status, short) = app
+        .post(
+            "/api/v1/stacks/net/runs",
+            &writer,
+            json!({ "kind": "proposed", "commit_sha": &head[..7] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{short}");
+    assert_eq!(short["commit_sha"], head.as_str());
+    assert_error(
+        &app.post(
+            "/api/v1/stacks/net/runs",
+            &writer,
+            json!({ "kind": "proposed", "commit_sha": head }),
+        )
+        .await,
+        StatusCode::CONFLICT,
+        "conflict",
+        short["id"].as_str().expect("id"),
+    );
+    assert_error(
+        &app.post(
+            "/api/v1/stacks/net/runs",
+            &writer,
+            json!({ "kind": "proposed", "commit_sha": "0123456" }),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid",
+        "is not a commit of infra/network",
+    );
     let id = run["id"].as_str().expect("id");
     // A queued run cannot be confirmed; it can be canceled, once.
     assert_error(
