@@ -18,6 +18,7 @@ on_both_databases!(
     visibility_follows_roles,
     updates_recheck_the_token,
     rotation_keeps_the_old_secret_for_the_grace_period,
+    a_slow_token_check_does_not_undo_a_rotation,
     delete_removes_and_audits,
     the_token_never_leaks,
 );
@@ -610,6 +611,43 @@ async fn updates_recheck_the_token(db: Db) {
             "integration.create main"
         ]
     );
+    app.stop().await;
+}
+
+/// A PATCH whose token check takes seconds changes only what it asked
+/// for: a webhook secret rotated meanwhile stays rotated.
+async fn a_slow_token_check_does_not_undo_a_rotation(db: Db) {
+    let app = TestApp::start(&db).await;
+    let gitlab = gitlab().await;
+    create(&app, new_integration("Main", &gitlab, &gitlab.token)).await;
+    let user = gitlab.sim.add_user("second-bot");
+    let fresh = gitlab.sim.add_token(TokenSpec::new(user, &["api"]));
+    gitlab.sim.inject(Fault {
+        path_contains: "/personal_access_tokens/self".into(),
+        kind: FaultKind::Delay(std::time::Duration::from_millis(1500)),
+    });
+    let path = format!("{BASE}/main");
+    let rotate = format!("{BASE}/main/webhook-secret/rotate");
+    let slow_patch = app.patch(
+        &path,
+        &app.admin,
+        json!({ "api_token": fresh, "labels": ["patched"] }),
+    );
+    let rotation = async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        app.call(Method::POST, &rotate, Some(&app.admin), None)
+            .await
+    };
+    let ((patched, patch), (rotated, rotation)) = tokio::join!(slow_patch, rotation);
+    assert_eq!(patched, StatusCode::OK, "{patch}");
+    assert_eq!(rotated, StatusCode::OK, "{rotation}");
+    let (_, shown) = app.get(&path, &app.admin).await;
+    assert_eq!(
+        shown["webhook_secret"], rotation["webhook_secret"],
+        "the rotation made during the token check stays"
+    );
+    assert_eq!(shown["labels"], json!(["patched"]));
+    assert_eq!(shown["token"]["user"]["username"], "second-bot");
     app.stop().await;
 }
 

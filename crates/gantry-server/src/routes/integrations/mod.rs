@@ -259,29 +259,39 @@ pub async fn update(
             name.trim()
         )));
     }
-    let (mut next, mut changed) = changes(&mut conn, &principal, &current, &body).await?;
+    // Every refusal that needs no GitLab comes first.
+    let (planned, _) = changes(&mut conn, &principal, &current, &body).await?;
     let new_token = body.api_token.as_ref().map(api_token).transpose()?;
     drop(conn);
     // A new host comes with a new token (`changes`), so only a new token
-    // is checked, on the host it is for.
-    let token_checked = new_token.is_some();
-    if let Some(token) = new_token {
+    // is checked, on the host it is for. This may take seconds.
+    let checked = match new_token {
+        Some(token) => {
+            let found = facts(check_token(&state, &planned.api_host_url, token.clone()).await?)?;
+            Some((token, found))
+        }
+        None => None,
+    };
+    let mut tx = state.store.begin().await?;
+    // The row as it is now: what changed meanwhile (a rotated webhook
+    // secret, another field) stays; only the fields asked for are set.
+    let (fresh, _) = authorized(&mut tx, &principal, &id, Some(Role::Admin)).await?;
+    let (mut next, mut changed) = changes(&mut tx, &principal, &fresh, &body).await?;
+    let token_checked = checked.is_some();
+    if let Some((token, (token_facts, warnings))) = checked {
+        if next.api_host_url != planned.api_host_url {
+            return Err(ApiError::conflict(format!(
+                "integration {id:?} moved to another API host while the token was checked; send the request again"
+            )));
+        }
         next.token_sealed = state
             .keyring
             .encrypt(&integrations::api_token_context(&id), &token);
-        changed.push("api_token");
-        let (token_facts, warnings) = facts(check_token(&state, &next.api_host_url, token).await?)?;
         next.token = token_facts;
         next.warnings = warnings;
+        changed.push("api_token");
     }
-    let now = Millis::now();
-    next.updated_at = now.0;
-    let mut tx = state.store.begin().await?;
-    // The row may have changed while GitLab was asked; the last write wins,
-    // as with any PATCH, but a vanished integration is not brought back.
-    if integrations::get(&mut tx, &id).await?.is_none() {
-        return Err(not_found(&id));
-    }
+    next.updated_at = Millis::now().0;
     integrations::update(&mut tx, &next).await?;
     if token_checked {
         // GitLab accepts the token again: its paused writes resume.

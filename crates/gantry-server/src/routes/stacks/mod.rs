@@ -290,58 +290,9 @@ pub async fn update(
             "`name` is immutable: the stack id is made from it; create a new stack",
         ));
     }
+    // Every refusal that needs no GitLab comes first.
     let mut next = current.clone();
-    if let Some(branch) = &body.branch {
-        next.branch = stack::branch(branch)?;
-    }
-    if let Some(root) = &body.project_root {
-        next.project_root = stack::project_root(root)?;
-    }
-    if let Some(globs) = &body.additional_project_globs {
-        next.additional_project_globs = stack::globs(globs)?;
-    }
-    if let Some(raw) = body.labels {
-        next.labels = labels(raw)?;
-    }
-    if let Some(autodeploy) = body.autodeploy {
-        next.autodeploy = autodeploy;
-    }
-    if let Some(allow_forks) = body.allow_forks {
-        next.allow_forks = allow_forks;
-    }
-    if let Some(vendor) = body.vendor {
-        vendor.check()?;
-        next.vendor = vendor;
-    }
-    if let Some(raw) = &body.environment {
-        next.environment = environment(raw)?;
-    }
-    if let Some(value) = body.run_timeout_seconds {
-        next.run_timeout_seconds = seconds("run_timeout_seconds", value)?;
-    }
-    if let Some(value) = body.log_limit_bytes {
-        next.log_limit_bytes = log_limit(value)?;
-    }
-    if let Some(value) = body.no_output_timeout_seconds {
-        next.no_output_timeout_seconds = seconds("no_output_timeout_seconds", value)?;
-    }
-    if let Some(raw) = &body.secret_environment {
-        let (names, sealed) = seal_secrets(&state, &id, Secrets::All, raw)?;
-        next.secret_environment_names = names;
-        next.secret_environment_sealed = sealed;
-    }
-    match &body.proposed_secret_environment {
-        Some(Some(raw)) => {
-            let (names, sealed) = seal_secrets(&state, &id, Secrets::Proposed, raw)?;
-            next.proposed_secret_environment_names = Some(names);
-            next.proposed_secret_environment_sealed = sealed;
-        }
-        Some(None) => {
-            next.proposed_secret_environment_names = None;
-            next.proposed_secret_environment_sealed = None;
-        }
-        None => {}
-    }
+    apply_fields(&state, &id, &mut next, &body)?;
     let repository = body.repository.as_deref().map(repository).transpose()?;
     let mut warnings = Vec::new();
     let integration_changed =
@@ -367,19 +318,96 @@ pub async fn update(
     } else {
         drop(conn);
     }
-    next.updated_at = Millis::now().0;
     let mut tx = state.store.begin().await?;
-    if stacks::get(&mut tx, &id).await?.is_none() {
-        return Err(ApiError::not_found(format!(
-            "no stack {id:?} that you can see"
+    // The row as it is now: what changed while GitLab was asked stays;
+    // only the fields asked for are set.
+    let mut fresh = authorized(&mut tx, &principal, &id, Role::Admin).await?;
+    apply_fields(&state, &id, &mut fresh, &body)?;
+    if (
+        fresh.integration_id.as_deref(),
+        fresh.repository.as_str(),
+        fresh.project_id,
+    ) != (
+        current.integration_id.as_deref(),
+        current.repository.as_str(),
+        current.project_id,
+    ) {
+        return Err(ApiError::conflict(format!(
+            "stack {id:?} moved to another repository or integration meanwhile; send the request again"
         )));
     }
+    fresh.integration_id = next.integration_id;
+    fresh.repository = next.repository;
+    fresh.project_id = next.project_id;
+    fresh.updated_at = Millis::now().0;
+    let next = fresh;
     stacks::update(&mut tx, &next).await?;
     principal
         .audit(&mut tx, "stack.update", target(&next), json!({}))
         .await?;
     tx.commit().await?;
     Ok(Json(view(next, warnings)))
+}
+
+/// Sets the fields of `body` that need no GitLab on `next`.
+fn apply_fields(
+    state: &AppState,
+    id: &str,
+    next: &mut Stack,
+    body: &UpdateStack,
+) -> Result<(), ApiError> {
+    if let Some(branch) = &body.branch {
+        next.branch = stack::branch(branch)?;
+    }
+    if let Some(root) = &body.project_root {
+        next.project_root = stack::project_root(root)?;
+    }
+    if let Some(globs) = &body.additional_project_globs {
+        next.additional_project_globs = stack::globs(globs)?;
+    }
+    if let Some(raw) = &body.labels {
+        next.labels = labels(raw.clone())?;
+    }
+    if let Some(autodeploy) = body.autodeploy {
+        next.autodeploy = autodeploy;
+    }
+    if let Some(allow_forks) = body.allow_forks {
+        next.allow_forks = allow_forks;
+    }
+    if let Some(vendor) = &body.vendor {
+        vendor.check()?;
+        next.vendor = vendor.clone();
+    }
+    if let Some(raw) = &body.environment {
+        next.environment = environment(raw)?;
+    }
+    if let Some(value) = body.run_timeout_seconds {
+        next.run_timeout_seconds = seconds("run_timeout_seconds", value)?;
+    }
+    if let Some(value) = body.log_limit_bytes {
+        next.log_limit_bytes = log_limit(value)?;
+    }
+    if let Some(value) = body.no_output_timeout_seconds {
+        next.no_output_timeout_seconds = seconds("no_output_timeout_seconds", value)?;
+    }
+    if let Some(raw) = &body.secret_environment {
+        let (names, sealed) = seal_secrets(state, id, Secrets::All, raw)?;
+        next.secret_environment_names = names;
+        next.secret_environment_sealed = sealed;
+    }
+    match &body.proposed_secret_environment {
+        Some(Some(raw)) => {
+            let (names, sealed) = seal_secrets(state, id, Secrets::Proposed, raw)?;
+            next.proposed_secret_environment_names = Some(names);
+            next.proposed_secret_environment_sealed = sealed;
+        }
+        Some(None) => {
+            next.proposed_secret_environment_names = None;
+            next.proposed_secret_environment_sealed = None;
+        }
+        None => {}
+    }
+    Ok(())
 }
 
 /// Deletes a stack. Needs `admin` on its space.
