@@ -10,6 +10,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt;
+
 use gantry_domain::event::Event;
 use gantry_domain::rules::{self, ChangedFiles, Decision, StackFacts};
 use gantry_domain::stack::Affects;
@@ -43,6 +45,8 @@ pub enum ProcessError {
     /// The job's payload names no delivery.
     #[error("job {0} does not name a delivery")]
     BadJob(i64),
+    #[error("deciding the delivery took longer than {} s (GitLab is slow)", .0.as_secs())]
+    TooSlow(Duration),
     #[error(transparent)]
     Lease(#[from] LeaseError),
     #[error(transparent)]
@@ -354,7 +358,7 @@ pub async fn work(processor: Processor, owner: String, lease_for: Duration) {
         )
         .await;
         match claimed {
-            Ok(batch) => process_batch(&processor, &batch).await,
+            Ok(batch) => process_batch(&processor, &batch, lease_for).await,
             Err(error) => {
                 tracing::warn!(%error, "cannot claim delivery jobs; trying again");
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -378,7 +382,7 @@ pub async fn run_due(
         BATCH,
     )
     .await?;
-    process_batch(processor, &batch).await;
+    process_batch(processor, &batch, lease_for).await;
     Ok(batch.len())
 }
 
@@ -387,16 +391,41 @@ pub async fn outstanding(processor: &Processor) -> Result<i64, StoreError> {
     jobs::outstanding(&processor.store, &[deliveries::PROCESS_JOB], Millis::now()).await
 }
 
-async fn process_batch(processor: &Processor, batch: &[ClaimedJob]) {
+/// How many deliveries of a batch are decided at once: one slow GitLab
+/// answer does not hold back the others.
+const DECIDING_AT_ONCE: usize = 4;
+/// The longest one delivery may take to decide (its GitLab calls
+/// included); past it the attempt fails and is retried later.
+const DECIDE_DEADLINE: Duration = Duration::from_secs(120);
+
+async fn process_batch(processor: &Processor, batch: &[ClaimedJob], lease_for: Duration) {
     if batch.is_empty() {
         return;
     }
+    // The batch's leases are renewed while its deliveries are decided, so
+    // a slow GitLab never lets them lapse under the worker.
+    let renew = async {
+        loop {
+            tokio::time::sleep((lease_for / 3).max(Duration::from_millis(100))).await;
+            for job in batch {
+                if let Err(error) =
+                    jobs::heartbeat(&processor.store, &job.lease, lease_for, Millis::now()).await
+                {
+                    tracing::warn!(job.id = job.lease.job_id, %error, "cannot renew a delivery job's lease");
+                }
+            }
+        }
+    };
+    let deciding: Vec<_> = batch.iter().map(|job| decide_one(processor, job)).collect();
+    let decide_all = futures_util::stream::iter(deciding)
+        .buffered(DECIDING_AT_ONCE)
+        .collect::<Vec<_>>();
+    let outcomes = tokio::select! {
+        outcomes = decide_all => outcomes,
+        () = renew => unreachable!("renewing leases never ends"),
+    };
     let mut decided = Vec::with_capacity(batch.len());
-    for job in batch {
-        let outcome = match delivery_of(job) {
-            Ok(id) => processor.decide(id).await,
-            Err(error) => Err(error),
-        };
+    for (job, outcome) in outcomes {
         match outcome {
             Ok(one) => decided.push((job, one)),
             Err(error) => fail(&processor.store, job, &error).await,
@@ -411,6 +440,20 @@ async fn process_batch(processor: &Processor, batch: &[ClaimedJob]) {
     }
 }
 
+/// Decides one job's delivery, within [`DECIDE_DEADLINE`].
+async fn decide_one<'a>(
+    processor: &Processor,
+    job: &'a ClaimedJob,
+) -> (&'a ClaimedJob, Result<Option<Decided>, ProcessError>) {
+    let outcome = match delivery_of(job) {
+        Ok(id) => tokio::time::timeout(DECIDE_DEADLINE, processor.decide(id))
+            .await
+            .unwrap_or(Err(ProcessError::TooSlow(DECIDE_DEADLINE))),
+        Err(error) => Err(error),
+    };
+    (job, outcome)
+}
+
 /// The delivery a `process_delivery` job is for.
 fn delivery_of(job: &ClaimedJob) -> Result<&str, ProcessError> {
     job.payload["delivery"]
@@ -418,12 +461,42 @@ fn delivery_of(job: &ClaimedJob) -> Result<&str, ProcessError> {
         .ok_or(ProcessError::BadJob(job.lease.job_id))
 }
 
+/// Records a failed attempt. The job is retried later; after its last
+/// attempt the delivery gets an outcome that says so, with the error, and
+/// can be replayed: no acknowledged delivery stays without an outcome.
 async fn fail(store: &Store, job: &ClaimedJob, error: &ProcessError) {
     let id = delivery_of(job).unwrap_or("?");
-    tracing::warn!(delivery.id = %id, job.id = job.lease.job_id, %error, "processing a delivery failed; it will be retried");
-    if let Err(error) = jobs::fail(store, &job.lease, &error.to_string(), Millis::now()).await {
-        tracing::warn!(delivery.id = %id, %error, "cannot record the failure");
+    tracing::warn!(delivery.id = %id, job.id = job.lease.job_id, %error, "processing a delivery failed");
+    match jobs::fail(store, &job.lease, &error.to_string(), Millis::now()).await {
+        Ok(jobs::Failed::Dead) => {
+            if let Err(error) = give_up(store, id, job, error).await {
+                tracing::warn!(delivery.id = %id, %error, "cannot record that a delivery failed");
+            }
+        }
+        Ok(jobs::Failed::Retry(_)) => {}
+        Err(error) => tracing::warn!(delivery.id = %id, %error, "cannot record the failure"),
     }
+}
+
+async fn give_up(
+    store: &Store,
+    id: &str,
+    job: &ClaimedJob,
+    error: &ProcessError,
+) -> Result<(), StoreError> {
+    let outcome = format!(
+        "processing failed after {} attempts; replay the delivery once the cause is fixed",
+        job.lease.attempt
+    );
+    let processed = Processed {
+        status: Status::Accepted,
+        outcome: &outcome,
+        error: Some(&error.to_string()),
+        runs: &[],
+    };
+    let mut tx = store.begin().await?;
+    deliveries::finish(&mut tx, id, &processed, Millis::now()).await?;
+    tx.commit().await
 }
 
 async fn enact_batch(

@@ -148,6 +148,9 @@ pub async fn replay(
             ProcessError::Pruned(_) => ApiError::conflict(err.to_string()),
             ProcessError::Missing(_) => ApiError::not_found(err.to_string()),
             ProcessError::BadJob(_) => ApiError::conflict(err.to_string()),
+            ProcessError::TooSlow(_) => {
+                ApiError::bad_gateway(format!("{err}; try the replay again later"))
+            }
             ProcessError::GitLab(err) => {
                 ApiError::bad_gateway(format!("{err}; try the replay again later"))
             }

@@ -125,10 +125,15 @@ impl TestApp {
 
     /// A server with `workers` embedded workers executing runs.
     pub async fn start_with_workers(db: &Db, workers: u32) -> Self {
+        Self::start_configured(db, |config| config.embedded_workers = workers).await
+    }
+
+    /// A server with the test configuration as `change` leaves it.
+    pub async fn start_configured(db: &Db, change: impl FnOnce(&mut ServerConfig)) -> Self {
         log_buffer();
         let (stop, stopped) = oneshot::channel::<()>();
         let mut config = db.config();
-        config.embedded_workers = workers;
+        change(&mut config);
         let server = gantry_server::start(config, None, async {
             let _ = stopped.await;
         })

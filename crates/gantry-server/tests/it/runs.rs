@@ -10,7 +10,12 @@ use serde_json::{Value, json};
 use crate::harness::{Db, TestApp, assert_error, ids, repo};
 use gantry_store::on_both_databases;
 
-on_both_databases!(Db; pushes_and_merge_requests_make_the_right_runs, the_runs_api);
+on_both_databases!(
+    Db;
+    pushes_and_merge_requests_make_the_right_runs,
+    the_runs_api,
+    deliveries_finish_while_gitlab_is_slow,
+);
 
 struct World {
     sim: Sim,
@@ -469,5 +474,71 @@ async fn the_runs_api(db: Db) {
         "not_found",
         "nope",
     );
+    app.stop().await;
+}
+
+/// Six pushes of more than 20 commits arrive together and GitLab's compare
+/// API answers each 1.5 s late, with a 3 s lease: every delivery gets its
+/// outcome on its first attempt (the batch's leases are renewed while it
+/// is decided, and the deliveries are decided side by side).
+async fn deliveries_finish_while_gitlab_is_slow(db: Db) {
+    let app = TestApp::start_configured(&db, |config| {
+        config.lease = std::time::Duration::from_secs(3);
+    })
+    .await;
+    let world = world(&app).await;
+    let mut sent = Vec::new();
+    for n in 0..6 {
+        let (before, after) = world
+            .sim
+            .commit(
+                world.project,
+                "main",
+                &[(&format!("network/part-{n}.tf"), Some("x"))],
+                "part",
+            )
+            .expect("commit");
+        let mut payload = world
+            .sim
+            .push_payload(world.project, "main", &before, &after)
+            .expect("payload");
+        // More commits than GitLab lists: the changed files come from compare.
+        payload["total_commits_count"] = json!(25);
+        sent.push(payload);
+    }
+    for _ in 0..sent.len() {
+        world.sim.inject(gantry_gitlab_sim::Fault {
+            path_contains: "/repository/compare".into(),
+            kind: gantry_gitlab_sim::FaultKind::Delay(std::time::Duration::from_millis(1500)),
+        });
+    }
+    let mut ids = Vec::new();
+    for payload in &sent {
+        let answers = world.sim.deliver(world.project, "Push Hook", payload).await;
+        assert_eq!(answers[0].status, 200, "{}", answers[0].body);
+        let answer: Value = serde_json::from_str(&answers[0].body).expect("json");
+        ids.push(answer["delivery"].as_str().expect("id").to_owned());
+    }
+    for id in &ids {
+        let done = app.processed("main", id).await;
+        assert!(done["error"].is_null(), "{done}");
+        assert!(
+            done["outcome"]
+                .as_str()
+                .is_some_and(|o| o.contains("created tracked run")),
+            "{done}"
+        );
+    }
+    let mut conn = app.store().conn().await.expect("conn");
+    let attempts: Vec<(i64,)> =
+        sqlx::query_as("SELECT attempts FROM jobs WHERE kind = 'process_delivery' ORDER BY id")
+            .fetch_all(&mut *conn)
+            .await
+            .expect("jobs");
+    assert!(
+        attempts.iter().all(|(n,)| *n == 1),
+        "no attempt was burnt: {attempts:?}"
+    );
+    drop(conn);
     app.stop().await;
 }
