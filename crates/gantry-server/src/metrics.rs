@@ -37,6 +37,7 @@ pub struct Metrics {
     latency: Family<RouteLabels, Histogram>,
     healthy: Family<IntegrationLabels, Gauge>,
     pending: Family<IntegrationLabels, Gauge>,
+    failed_deliveries: Gauge,
 }
 
 impl Metrics {
@@ -69,12 +70,19 @@ impl Metrics {
             "Writes to GitLab waiting to be delivered, per integration",
             pending.clone(),
         );
+        let failed_deliveries = Gauge::default();
+        registry.register(
+            "deliveries_failed",
+            "Acknowledged deliveries whose processing used all its attempts; their outcome says why, and they can be replayed",
+            failed_deliveries.clone(),
+        );
         Self {
             registry,
             requests,
             latency,
             healthy,
             pending,
+            failed_deliveries,
         }
     }
 
@@ -85,6 +93,11 @@ impl Metrics {
         };
         self.healthy.get_or_create(&labels).set(i64::from(healthy));
         self.pending.get_or_create(&labels).set(pending);
+    }
+
+    /// Deliveries whose processing used all its attempts.
+    pub fn set_failed_deliveries(&self, count: i64) {
+        self.failed_deliveries.set(count);
     }
 
     pub fn render(&self) -> String {

@@ -114,6 +114,9 @@ pub async fn outstanding(state: &AppState) -> Result<i64, StoreError> {
 
 /// Sets the integrations' health and backlog gauges.
 pub async fn update_gauges(state: &AppState) -> Result<(), StoreError> {
+    let failed =
+        gantry_store::jobs::dead(&state.store, gantry_store::deliveries::PROCESS_JOB).await?;
+    state.metrics.set_failed_deliveries(failed);
     let mut conn = state.store.conn().await?;
     for (integration, health) in outbox::all_health(&mut conn).await? {
         state.metrics.set_integration(
@@ -136,7 +139,24 @@ pub async fn pass(state: &AppState, owner: &str) -> Result<usize, StoreError> {
     let count = entries.len();
     futures_util::stream::iter(entries)
         .for_each_concurrent(PARALLEL, |entry| async move {
-            let outcome = deliver(state, &entry, throttle).await;
+            // The lease is renewed while GitLab is asked, however slow it is.
+            let renew = async {
+                loop {
+                    tokio::time::sleep((state.config.lease / 3).max(Duration::from_millis(100))).await;
+                    let until = Millis::now().plus(state.config.lease);
+                    let renewed = async {
+                        let mut conn = state.store.conn().await?;
+                        outbox::renew(&mut conn, entry.id, owner, until).await
+                    };
+                    if let Err(error) = renewed.await {
+                        tracing::warn!(outbox.key = %entry.key, %error, "cannot renew a write's lease");
+                    }
+                }
+            };
+            let outcome = tokio::select! {
+                outcome = deliver(state, &entry, throttle) => outcome,
+                () = renew => unreachable!("renewing a lease never ends"),
+            };
             if let Outcome::Dropped { error } = &outcome {
                 tracing::warn!(outbox.key = %entry.key, %error, "GitLab refused a write for good; dropped");
             }

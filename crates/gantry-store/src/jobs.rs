@@ -374,6 +374,16 @@ pub async fn outstanding(store: &Store, kinds: &[&str], now: Millis) -> Result<i
     Ok(count)
 }
 
+/// How many jobs of `kind` used all their attempts.
+pub async fn dead(store: &Store, kind: &str) -> Result<i64, StoreError> {
+    let (count,): (i64,) =
+        sqlx::query_as("SELECT COUNT(*) FROM jobs WHERE kind = $1 AND state = 'dead'")
+            .bind(kind)
+            .fetch_one(store.pool())
+            .await?;
+    Ok(count)
+}
+
 /// When the earliest queued job of `kinds` falls due.
 async fn next_due(store: &Store, kinds: &[&str]) -> Result<Option<Millis>, StoreError> {
     let sql = format!(

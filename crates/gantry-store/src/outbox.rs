@@ -227,6 +227,26 @@ pub async fn finish(
     Ok(())
 }
 
+/// Extends `owner`'s lease on a write it is sending to `until`, so a slow
+/// GitLab never lets another server take the write meanwhile; `false`
+/// when the lease is no longer `owner`'s.
+pub async fn renew(
+    conn: &mut Conn,
+    id: i64,
+    owner: &str,
+    until: Millis,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "UPDATE outbox SET lease_expires_at = $1 WHERE id = $2 AND lease_owner = $3 AND status = 'pending'",
+    )
+    .bind(until.0)
+    .bind(id)
+    .bind(owner)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() > 0)
+}
+
 /// Gives up `owner`'s leases (a server stopping): its unfinished writes
 /// stay pending, for the next server to send at once.
 pub async fn release(conn: &mut Conn, owner: &str) -> Result<u64, StoreError> {

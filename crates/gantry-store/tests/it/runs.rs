@@ -246,6 +246,19 @@ async fn outbox_leases_hold_a_key_until_finished_or_released(db: TestStore) {
         .await
         .expect("claim");
     assert!(b.is_empty(), "leased by a: {b:?}");
+    // Only the holder renews its lease (while GitLab is slow to answer).
+    let mut renewing = db.store.conn().await.expect("conn");
+    assert!(
+        !outbox::renew(&mut renewing, a[0].id, "server b", until)
+            .await
+            .expect("renew")
+    );
+    assert!(
+        outbox::renew(&mut renewing, a[0].id, "server a", until)
+            .await
+            .expect("renew")
+    );
+    drop(renewing);
 
     let mut conn = db.store.conn().await.expect("conn");
     assert_eq!(
