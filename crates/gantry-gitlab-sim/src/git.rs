@@ -230,19 +230,9 @@ pub(crate) fn branch(
     ) else {
         return Ok(None);
     };
-    let log = git(
-        &bare,
-        &[
-            "log",
-            "-1",
-            "--format=%H%x00%s%x00%an%x00%ae%x00%aI%x00%P%x00%B",
-            &sha,
-        ],
-    )
-    .map_err(|e| error_500(&e))?;
     Ok(Some(json!({
         "name": branch,
-        "commit": commit_json(&log),
+        "commit": commit_at(&bare, &sha)?,
         "merged": false,
         "protected": branch == default_branch,
         "default": branch == default_branch,
@@ -257,34 +247,29 @@ pub(crate) fn find_commit(
     project_id: u64,
     sha: &str,
 ) -> Result<Option<Value>, Response> {
-    let path = {
-        let state = shared.lock();
-        let project = state
-            .project(project_id)
-            .ok_or_else(|| error(StatusCode::NOT_FOUND, "404 Project Not Found"))?;
-        project.path.clone()
-    };
+    let path = project_path(shared, project_id)?;
     if sha.is_empty() || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Ok(None);
     }
-    let bare = bare_dir(&shared.root, &path);
-    let Ok(full) = git(
-        &bare,
-        &["rev-parse", "--verify", "-q", &format!("{sha}^{{commit}}")],
-    ) else {
+    let Ok(full) = rev_parse(&shared.root, &path, sha) else {
         return Ok(None);
     };
+    commit_at(&bare_dir(&shared.root, &path), full.trim()).map(Some)
+}
+
+/// The commit `sha` of the bare repository, as GitLab shows a commit.
+fn commit_at(bare: &Path, sha: &str) -> Result<Value, Response> {
     let log = git(
-        &bare,
+        bare,
         &[
             "log",
             "-1",
             "--format=%H%x00%s%x00%an%x00%ae%x00%aI%x00%P%x00%B",
-            full.trim(),
+            sha,
         ],
     )
     .map_err(|e| error_500(&e))?;
-    Ok(Some(commit_json(&log)))
+    Ok(commit_json(&log))
 }
 
 fn commit_json(record: &str) -> Value {

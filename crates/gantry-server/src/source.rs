@@ -111,15 +111,11 @@ async fn fetch(
         });
     }
     let token = state.gitlab.token(integration)?;
+    let scratch = state.config.data_dir.join("tmp");
+    std::fs::create_dir_all(&scratch)?;
     let dir = tempfile::Builder::new()
         .prefix("source-")
-        .tempdir_in(state.config.data_dir.join("tmp"))
-        .or_else(|_| {
-            std::fs::create_dir_all(state.config.data_dir.join("tmp"))?;
-            tempfile::Builder::new()
-                .prefix("source-")
-                .tempdir_in(state.config.data_dir.join("tmp"))
-        })?;
+        .tempdir_in(&scratch)?;
     let tree = dir.path().join("tree");
     let source = Source {
         clone_url: &clone_url,
