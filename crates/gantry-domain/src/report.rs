@@ -162,7 +162,8 @@ pub fn note_body(view: &NoteView<'_>) -> String {
         sha = view.commit_sha.get(..12).unwrap_or(view.commit_sha),
     );
     if let Some(reason) = view.reason.filter(|_| view.state.is_terminal()) {
-        head.push_str(&format!("\n> {}\n", reason.replace('\n', " ")));
+        let reason = cut(&reason.replace('\n', " "), REASON_LIMIT);
+        head.push_str(&format!("\n> {reason}\n"));
     }
     if let Some(changes) = view.changes {
         head.push_str(&format!("\n**Plan:** {changes}\n"));
@@ -171,9 +172,7 @@ pub fn note_body(view: &NoteView<'_>) -> String {
                 "\n<details><summary>{} resources change</summary>\n\n",
                 changes.resources.len()
             ));
-            for resource in &changes.resources {
-                head.push_str(&format!("- `{}`\n", resource.replace('`', "'")));
-            }
+            push_resources(&mut head, &changes.resources, view.run_url);
             head.push_str("\n</details>\n");
         }
     }
@@ -194,6 +193,29 @@ pub fn note_body(view: &NoteView<'_>) -> String {
         // The end of a log says most (the plan's summary, the error).
         let tail: String = fence_safe.chars().skip(log_chars - room).collect();
         format!("{head}{open}{tail}{close}{cut_note}")
+    }
+}
+
+/// The longest failure reason a comment quotes.
+const REASON_LIMIT: usize = 2_000;
+
+/// The most a comment's resource list takes: half of GitLab's limit, so
+/// the log always keeps room.
+const RESOURCES_LIMIT: usize = NOTE_LIMIT / 2;
+
+/// The resource list, one per line, as long as it fits in
+/// [`RESOURCES_LIMIT`]; the rest are counted.
+fn push_resources(out: &mut String, resources: &[String], run_url: &str) {
+    let mut used = 0;
+    for (shown, resource) in resources.iter().enumerate() {
+        let line = format!("- `{}`\n", cut(&resource.replace('`', "'"), 1_000));
+        used += line.chars().count();
+        if used > RESOURCES_LIMIT {
+            let more = resources.len() - shown;
+            out.push_str(&format!("- … and {more} more ([the run]({run_url}))\n"));
+            return;
+        }
+        out.push_str(&line);
     }
 }
 
@@ -267,6 +289,39 @@ mod tests {
         let failed = description(State::Failed, None, Some(&long));
         assert_eq!(failed.chars().count(), DESCRIPTION_LIMIT);
         assert!(failed.ends_with('…'));
+    }
+
+    #[test]
+    fn a_huge_resource_list_and_log_stay_under_the_note_limit() {
+        let changes = Summary {
+            add: 200_000,
+            resources: (0..200_000)
+                .map(|n| format!("module.network.aws_subnet.private[\"zone-{n}\"]"))
+                .collect(),
+            ..Summary::default()
+        };
+        let reason = "r".repeat(50_000);
+        let log = "l".repeat(2_000_000);
+        let body = note_body(&NoteView {
+            stack_id: "net",
+            run_id: "r1",
+            run_url: "https://gantry/runs/r1",
+            log_url: "https://gantry/api/v1/runs/r1/logs",
+            state: State::Failed,
+            reason: Some(&reason),
+            commit_sha: "0123456789abcdef",
+            changes: Some(&changes),
+            log: &log,
+        });
+        assert!(
+            body.chars().count() < NOTE_LIMIT,
+            "{}",
+            body.chars().count()
+        );
+        assert!(body.contains("200000 resources change"));
+        assert!(body.contains("more ([the run](https://gantry/runs/r1))"));
+        assert!(body.contains("zone-0\"]`") && !body.contains("zone-199999"));
+        assert!(body.contains("the log was cut"), "the log keeps room");
     }
 
     #[test]

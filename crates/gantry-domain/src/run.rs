@@ -194,9 +194,47 @@ pub const LOCKING: [State; 5] = [
 /// The states in which a worker is executing the run, under a lease.
 pub const EXECUTING: [State; 3] = [State::Preparing, State::Planning, State::Applying];
 
+/// How long a run has executed by `now` (milliseconds), from its
+/// transitions `(state, at)` in order: the time spent preparing, planning
+/// and applying, in every attempt. Waiting in the queue or for
+/// confirmation does not count; the run timeout is what is left of it.
+pub fn executed_millis(transitions: &[(State, i64)], now: i64) -> i64 {
+    let ends = transitions.iter().skip(1).map(|(_, at)| *at).chain([now]);
+    transitions
+        .iter()
+        .zip(ends)
+        .filter(|((state, _), _)| EXECUTING.contains(state))
+        .map(|((_, start), end)| (end - start).max(0))
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_wait_for_confirmation_does_not_count_as_execution() {
+        use State::*;
+        let transitions = [
+            (Queued, 0),
+            (Preparing, 1_000),
+            (Planning, 1_500),
+            (Unconfirmed, 4_000),
+            (Confirmed, 60_000),
+            (Applying, 61_000),
+        ];
+        // 3 s preparing and planning, then 2 s applying so far.
+        assert_eq!(executed_millis(&transitions, 63_000), 5_000);
+        // An attempt handed back to the queue counts too.
+        let retried = [
+            (Queued, 0),
+            (Preparing, 10),
+            (Queued, 110),
+            (Preparing, 500),
+        ];
+        assert_eq!(executed_millis(&retried, 600), 200);
+        assert_eq!(executed_millis(&[], 5), 0);
+    }
 
     const COMMANDS: [Command; 11] = [
         Command::Start,

@@ -119,6 +119,22 @@ pub(crate) fn rev_parse(root: &Path, path: &str, rev: &str) -> Result<String, Si
     )
 }
 
+/// Points `branch` at `sha` (a fast-forward merge, or a force push); the
+/// commit it pointed at before.
+pub(crate) fn set_branch(
+    root: &Path,
+    path: &str,
+    branch: &str,
+    sha: &str,
+) -> Result<String, SimError> {
+    let before = rev_parse(root, path, branch)?;
+    git(
+        &bare_dir(root, path),
+        &["update-ref", &format!("refs/heads/{branch}"), sha],
+    )?;
+    Ok(before)
+}
+
 fn project_path(shared: &Shared, project_id: u64) -> Result<String, Response> {
     shared
         .lock()

@@ -272,6 +272,19 @@ impl Sim {
         )
     }
 
+    /// Moves `branch` to `sha`, as a fast-forward merge does, and returns
+    /// `(before, after)` as [`Sim::commit`] does.
+    pub fn set_branch(
+        &self,
+        project_id: u64,
+        branch: &str,
+        sha: &str,
+    ) -> Result<(String, String), SimError> {
+        let (path, _) = self.project_path(project_id)?;
+        let before = git::set_branch(&self.shared.root, &path, branch, sha)?;
+        Ok((before, sha.to_owned()))
+    }
+
     /// Opens a merge request and returns its iid.
     pub fn open_merge_request(
         &self,
@@ -414,18 +427,32 @@ impl Sim {
     /// The states a commit status `name` of `sha` was accepted in, in order
     /// (GitLab keeps only the last; this is what it went through).
     pub fn status_history(&self, project_id: u64, sha: &str, name: &str) -> Vec<String> {
+        self.history(project_id, sha, None, name)
+    }
+
+    /// [`Sim::status_history`] of the status on one ref.
+    pub fn status_history_on(
+        &self,
+        project_id: u64,
+        sha: &str,
+        reference: &str,
+        name: &str,
+    ) -> Vec<String> {
+        self.history(project_id, sha, Some(reference), name)
+    }
+
+    fn history(&self, project_id: u64, sha: &str, on: Option<&str>, name: &str) -> Vec<String> {
         let state = self.shared.lock();
-        state
-            .project(project_id)
-            .map(|project| {
-                project
-                    .status_history
-                    .iter()
-                    .filter(|(s, n, _)| s == sha && n == name)
-                    .map(|(_, _, state)| state.clone())
-                    .collect()
-            })
-            .unwrap_or_default()
+        let Some(project) = state.project(project_id) else {
+            return Vec::new();
+        };
+        project
+            .status_history
+            .iter()
+            .filter(|e| e.sha == sha && e.name == name)
+            .filter(|e| on.is_none_or(|on| e.reference.as_deref() == Some(on)))
+            .map(|e| e.state.clone())
+            .collect()
     }
 
     /// The notes of a merge request, oldest first.

@@ -109,7 +109,7 @@ pub(crate) struct Project {
     pub hooks: Vec<Hook>,
     pub statuses: Vec<Value>,
     /// Every status change GitLab accepted: (sha, name, state), in order.
-    pub status_history: Vec<(String, String, String)>,
+    pub status_history: Vec<StatusEntry>,
     pub merge_requests: Vec<MergeRequest>,
     pub deployments: Vec<Value>,
 }
@@ -321,4 +321,12 @@ fn uuid_like(id: u64) -> String {
         ));
     }
     out
+}
+
+/// One accepted commit status write, as the history of a status keeps it.
+pub struct StatusEntry {
+    pub sha: String,
+    pub reference: Option<String>,
+    pub name: String,
+    pub state: String,
 }

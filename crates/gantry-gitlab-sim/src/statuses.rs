@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use crate::api::{Call, SimState, bad_request, not_found, paginate, read, write};
 use crate::git;
 use crate::state::AccessLevel::{Developer, Reporter};
+use crate::state::StatusEntry;
 use crate::state::now;
 
 /// GitLab's commit status state machine, as `POST …/statuses/:sha` applies
@@ -80,9 +81,12 @@ pub(crate) async fn create_status(
             "Cannot transition status via :{event} from :{from} (Reason(s): Status cannot transition via \"{event}\")"
         ));
     }
-    project
-        .status_history
-        .push((sha.clone(), name.clone(), new_state.clone()));
+    project.status_history.push(StatusEntry {
+        sha: sha.clone(),
+        reference: reference.clone(),
+        name: name.clone(),
+        state: new_state.clone(),
+    });
     let finished = matches!(
         new_state.as_str(),
         "success" | "failed" | "canceled" | "skipped"

@@ -280,9 +280,13 @@ async fn attempt(
     let stored = match entry.kind {
         Write::Status => {
             let status = CommitStatus::of(entry_state);
-            let earlier = remote
-                .last_state
-                .is_some_and(|last| CommitStatus::of(last).rank() > status.rank());
+            // Never backwards within a run; a newer run on the same commit
+            // and ref starts afresh, as GitLab does after a finished status.
+            let same_run = remote.run_id.as_deref().is_none_or(|id| id == run.id);
+            let earlier = same_run
+                && remote
+                    .last_state
+                    .is_some_and(|last| CommitStatus::of(last).rank() > status.rank());
             if earlier {
                 return Ok(Outcome::Superseded);
             }
@@ -304,6 +308,7 @@ async fn attempt(
             Remote {
                 remote_id: None,
                 last_state: Some(entry.state),
+                run_id: Some(run.id.clone()),
             }
         }
         Write::Note => {
@@ -333,6 +338,7 @@ async fn attempt(
             Remote {
                 remote_id: Some(note),
                 last_state: Some(run.state),
+                run_id: Some(run.id.clone()),
             }
         }
         Write::Deployment => {
@@ -375,6 +381,7 @@ async fn attempt(
             Remote {
                 remote_id: Some(id),
                 last_state: Some(entry.state),
+                run_id: Some(run.id.clone()),
             }
         }
     };

@@ -127,6 +127,7 @@ async fn assemble(state: &AppState, run: &Run, stage: Stage) -> Result<Assignmen
     let stack = stacks::get(&mut conn, &run.stack_id)
         .await?
         .ok_or(Unassignable::StackGone)?;
+    let run_timeout_seconds = timeout_left(&mut conn, run, stack.run_timeout_seconds).await?;
     let mut env: Vec<(String, String)> = vec![
         ("GANTRY_RUN_ID".into(), run.id.clone()),
         ("GANTRY_STACK_ID".into(), stack.id.clone()),
@@ -190,10 +191,30 @@ async fn assemble(state: &AppState, run: &Run, stage: Stage) -> Result<Assignmen
         project_root: stack.project_root,
         env,
         secret_env,
-        run_timeout_seconds: seconds(stack.run_timeout_seconds)?,
+        run_timeout_seconds,
         no_output_timeout_seconds: seconds(stack.no_output_timeout_seconds)?,
         lease_seconds: state.config.lease.as_secs().max(1),
     })
+}
+
+/// What is left of a run's timeout of `limit` seconds: it counts from the
+/// run's start across its phases (the wait for confirmation excluded), so
+/// the apply gets what the plan left. At least a second, so that a run out
+/// of time starts and times out with the usual reason.
+async fn timeout_left(
+    conn: &mut gantry_store::Conn,
+    run: &Run,
+    limit: i64,
+) -> Result<u64, Unassignable> {
+    let limit = u64::try_from(limit).map_err(|_| Unassignable::BadLimits)?;
+    let transitions: Vec<_> = runs::transitions(conn, &run.id)
+        .await?
+        .into_iter()
+        .map(|t| (t.state, t.at))
+        .collect();
+    let spent = gantry_domain::run::executed_millis(&transitions, Millis::now().0);
+    let spent = u64::try_from(spent).unwrap_or(0) / 1000;
+    Ok(limit.saturating_sub(spent).max(1))
 }
 
 /// Records a worker's step, with the summary of a plan in the same

@@ -55,7 +55,11 @@ const COLUMNS: &str =
 /// The order key of a write about `run`.
 pub fn key(write: Write, project_id: i64, stack_id: &str, run: &Run) -> String {
     match write {
-        Write::Status => format!("status:{project_id}:{}:{stack_id}", run.commit_sha),
+        // GitLab keeps a status per (commit, ref, name).
+        Write::Status => format!(
+            "status:{project_id}:{}:{}:{stack_id}",
+            run.commit_sha, run.branch
+        ),
         // Notes are written for runs of a merge request only.
         Write::Note => match run.merge_request_iid {
             Some(iid) => format!("note:{project_id}:{iid}:{stack_id}"),
@@ -265,16 +269,18 @@ pub async fn release(conn: &mut Conn, owner: &str) -> Result<u64, StoreError> {
 pub struct Remote {
     pub remote_id: Option<u64>,
     pub last_state: Option<State>,
+    /// The run whose write set `last_state`.
+    pub run_id: Option<String>,
 }
 
 /// What GitLab has for a key; nothing yet when no write of it was delivered.
 pub async fn remote(conn: &mut Conn, key: &str) -> Result<Remote, StoreError> {
-    let found: Option<(Option<i64>, Option<String>)> =
-        sqlx::query_as("SELECT remote_id, last_state FROM gitlab_refs WHERE key = $1")
+    let found: Option<(Option<i64>, Option<String>, Option<String>)> =
+        sqlx::query_as("SELECT remote_id, last_state, run_id FROM gitlab_refs WHERE key = $1")
             .bind(key)
             .fetch_optional(conn)
             .await?;
-    let Some((remote_id, last_state)) = found else {
+    let Some((remote_id, last_state, run_id)) = found else {
         return Ok(Remote::default());
     };
     let fields = Fields {
@@ -291,6 +297,7 @@ pub async fn remote(conn: &mut Conn, key: &str) -> Result<Remote, StoreError> {
         last_state: last_state
             .map(|state| fields.parse("last_state", &state, State::parse))
             .transpose()?,
+        run_id,
     })
 }
 
@@ -301,13 +308,14 @@ pub async fn set_remote(
     now: Millis,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO gitlab_refs (key, remote_id, last_state, updated_at) VALUES ($1, $2, $3, $4) \
+        "INSERT INTO gitlab_refs (key, remote_id, last_state, run_id, updated_at) VALUES ($1, $2, $3, $4, $5) \
          ON CONFLICT (key) DO UPDATE SET remote_id = excluded.remote_id, last_state = excluded.last_state, \
-         updated_at = excluded.updated_at",
+         run_id = excluded.run_id, updated_at = excluded.updated_at",
     )
     .bind(key)
     .bind(remote.remote_id.and_then(|id| i64::try_from(id).ok()))
     .bind(remote.last_state.map(State::as_str))
+    .bind(remote.run_id.as_deref())
     .bind(now.0)
     .execute(conn)
     .await?;

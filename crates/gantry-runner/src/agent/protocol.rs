@@ -38,6 +38,7 @@ pub struct Assignment {
     pub env: Vec<(String, String)>,
     /// The stack's secret variables, redacted from the log.
     pub secret_env: Vec<SecretVar>,
+    /// What is left of the stack's run timeout: it counts across phases.
     pub run_timeout_seconds: u64,
     pub no_output_timeout_seconds: u64,
     /// How long the lease lasts without a heartbeat.

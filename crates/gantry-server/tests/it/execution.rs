@@ -365,6 +365,8 @@ async fn the_worker_api_holds_workers_to_their_leases(db: Db) {
             .0,
         StatusCode::NO_CONTENT
     );
+    // The plan takes two seconds of the run's timeout.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     let summary = json!({ "add": 1, "change": 0, "destroy": 0, "resources": ["null_resource.a"] });
     let (status, answer) = w1
         .json(
@@ -384,7 +386,9 @@ async fn the_worker_api_holds_workers_to_their_leases(db: Db) {
     let (_, shown) = app.get(&format!("/api/v1/runs/{run}"), &app.admin).await;
     assert_eq!(shown["summary"], summary);
 
-    // Confirmed, the apply goes to w2 with the workspace w1 stored.
+    // Confirmed after three seconds, which do not count, the apply goes to
+    // w2 with the workspace w1 stored and what the plan left of the timeout.
+    tokio::time::sleep(Duration::from_secs(3)).await;
     app.post(
         &format!("/api/v1/runs/{run}/confirm"),
         &app.admin,
@@ -396,6 +400,8 @@ async fn the_worker_api_holds_workers_to_their_leases(db: Db) {
         (status, &assignment["phase"]),
         (StatusCode::OK, &json!("apply"))
     );
+    let left = assignment["run_timeout_seconds"].as_u64().unwrap_or(0);
+    assert!((116..=118).contains(&left), "{assignment}");
     assert!(
         assignment["source"].is_null(),
         "the apply needs no checkout"

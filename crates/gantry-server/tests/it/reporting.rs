@@ -17,6 +17,7 @@ on_both_databases!(
     Db;
     statuses_and_deployments_of_tracked_runs,
     one_comment_per_merge_request_and_stack,
+    a_previewed_commit_merged_by_fast_forward_reports_on_main,
 );
 
 /// Polls `check` until it gives a value.
@@ -305,5 +306,69 @@ async fn one_comment_per_merge_request_and_stack(db: Db) {
     assert!(body.contains("the log was cut"), "says it was cut");
     assert!(body.contains("/api/v1/runs/") && body.contains("1 to add"));
     assert_eq!(sim.notes(project, iid).len(), 1);
+    app.stop().await;
+}
+
+/// GitLab keeps a status per (commit, ref, name): the preview of a commit
+/// on `feature` has finished, `main` is fast-forwarded to it, and the
+/// tracked run still reports its whole story on `main`.
+async fn a_previewed_commit_merged_by_fast_forward_reports_on_main(db: Db) {
+    let app = TestApp::start_with_workers(&db, 1).await;
+    let repo = repo(&app).await;
+    let (sim, project) = (&repo.sim, repo.project);
+    repo.hook(&app).await;
+    let (status, stack) = app
+        .post(
+            "/api/v1/stacks",
+            &app.admin,
+            json!({ "name": "Net", "repository": "infra/network", "branch": "main",
+                    "vendor": { "kind": "shell", "plan": "sleep 1", "apply": "true" } }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{stack}");
+    let (_, sha) = sim
+        .commit(project, "feature", &[("main.tf", Some("f1"))], "f1")
+        .expect("commit");
+    let iid = sim
+        .open_merge_request(project, "feature", "main", "Feature")
+        .expect("mr");
+    let payload = sim
+        .merge_request_payload(project, iid, "open", None)
+        .expect("payload");
+    assert_eq!(
+        sim.deliver(project, "Merge Request Hook", &payload).await[0].status,
+        200
+    );
+    eventually("the preview's success on feature", || {
+        let history = sim.status_history_on(project, &sha, "feature", "gantry/net");
+        (history.last().map(String::as_str) == Some("success")).then_some(())
+    })
+    .await;
+
+    let (before, after) = sim.set_branch(project, "main", &sha).expect("merge");
+    let payload = sim
+        .push_payload(project, "main", &before, &after)
+        .expect("payload");
+    assert_eq!(
+        sim.deliver(project, "Push Hook", &payload).await[0].status,
+        200
+    );
+    let history = eventually("the tracked run's success on main", || {
+        let history = sim.status_history_on(project, &sha, "main", "gantry/net");
+        (history.last().map(String::as_str) == Some("success")).then_some(history)
+    })
+    .await;
+    // `pending` is superseded by `running` when the worker took the run
+    // before the outbox got to it; either way it runs before it succeeds.
+    assert!(
+        history == ["pending", "running", "success"] || history == ["running", "success"],
+        "{history:?}"
+    );
+    let on_main: Vec<_> = sim
+        .statuses(project, &sha)
+        .into_iter()
+        .filter(|s| s["ref"] == "main")
+        .collect();
+    assert_eq!(on_main.len(), 1, "{on_main:?}");
     app.stop().await;
 }
