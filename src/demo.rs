@@ -117,6 +117,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         gitlab: gantry_gitlab::ClientConfig::default(),
         worker_shutdown_grace: Duration::from_secs(5),
         sandbox: args.sandbox.mode(),
+        prepare_patience: gantry_server::DEFAULT_PREPARE_PATIENCE,
+        run_log_retention: gantry_server::DEFAULT_RUN_LOG_RETENTION,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = gantry_server::start(config, None, async {

@@ -144,6 +144,13 @@ struct ServeArgs {
         default_value_t = 60
     )]
     worker_shutdown_grace_seconds: u64,
+    /// Seconds a run whose preparation meets an unavailable GitLab (the
+    /// project lookup, the source fetch) is tried again before it fails.
+    #[arg(long, env = "GANTRY_PREPARE_RETRY_SECONDS", default_value_t = 600)]
+    prepare_retry_seconds: u64,
+    /// Days to keep the logs of ended runs (the runs themselves stay).
+    #[arg(long, env = "GANTRY_RUN_LOG_RETENTION_DAYS", default_value_t = 90, value_parser = clap::value_parser!(u64).range(1..))]
+    run_log_retention_days: u64,
     #[command(flatten)]
     sandbox: SandboxArgs,
 }
@@ -258,6 +265,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         delivery_retention: Duration::from_secs(args.delivery_retention_days * 24 * 3600),
         worker_shutdown_grace: Duration::from_secs(args.worker_shutdown_grace_seconds),
         sandbox: args.sandbox.mode(),
+        prepare_patience: Duration::from_secs(args.prepare_retry_seconds),
+        run_log_retention: Duration::from_secs(args.run_log_retention_days * 24 * 3600),
         ..server_config_for(&args.database)
     };
     let master_key = std::env::var(MASTER_KEY_ENV).ok().map(Into::into);
@@ -281,6 +290,8 @@ fn server_config_for(args: &DatabaseArgs) -> ServerConfig {
         gitlab: gantry_gitlab::ClientConfig::default(),
         worker_shutdown_grace: gantry_server::DEFAULT_WORKER_SHUTDOWN_GRACE,
         sandbox: gantry_runner::sandbox::Mode::Bwrap,
+        prepare_patience: gantry_server::DEFAULT_PREPARE_PATIENCE,
+        run_log_retention: gantry_server::DEFAULT_RUN_LOG_RETENTION,
     }
 }
 

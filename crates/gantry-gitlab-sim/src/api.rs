@@ -109,13 +109,24 @@ async fn log_and_fault(State(shared): SimState, request: Request, next: Next) ->
     shared.enter();
     let fault = {
         let mut state = shared.lock();
+        let now = std::time::Instant::now();
+        let down = state
+            .outages
+            .iter()
+            .any(|(part, until)| path.contains(part.as_str()) && now < *until);
         let position = state
             .faults
             .iter()
             .position(|fault| path.contains(&fault.path_contains));
-        position.and_then(|index| state.faults.remove(index))
+        if down {
+            Some(FaultKind::Status(503))
+        } else {
+            position
+                .and_then(|index| state.faults.remove(index))
+                .map(|fault| fault.kind)
+        }
     };
-    let response = match fault.map(|fault| fault.kind) {
+    let response = match fault {
         Some(FaultKind::Status(code)) => {
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             error(

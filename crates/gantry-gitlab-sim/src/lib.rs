@@ -409,6 +409,17 @@ impl Sim {
         self.shared.lock().faults.push_back(fault);
     }
 
+    /// Answers every request whose path contains `path_contains` (the
+    /// git endpoints included) with 503 for the next `lasting`, as GitLab
+    /// does while it is down for maintenance.
+    pub fn outage(&self, path_contains: &str, lasting: Duration) {
+        let until = std::time::Instant::now() + lasting;
+        self.shared
+            .lock()
+            .outages
+            .push((path_contains.to_owned(), until));
+    }
+
     /// Every API request so far, oldest first.
     pub fn requests(&self) -> Vec<LoggedRequest> {
         self.shared.lock().log.clone()

@@ -121,6 +121,8 @@ pub(crate) struct State {
     pub projects: Vec<Project>,
     pub token_self_endpoint: bool,
     pub faults: VecDeque<Fault>,
+    /// Paths (by substring) answered with 503 until the instant.
+    pub outages: Vec<(String, std::time::Instant)>,
     pub log: Vec<LoggedRequest>,
 }
 
@@ -133,6 +135,7 @@ impl Default for State {
             projects: Vec::new(),
             token_self_endpoint: true,
             faults: VecDeque::new(),
+            outages: Vec::new(),
             log: Vec::new(),
         }
     }

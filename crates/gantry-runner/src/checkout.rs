@@ -20,6 +20,32 @@ pub enum CheckoutError {
     Io(#[from] std::io::Error),
 }
 
+impl CheckoutError {
+    /// Whether git failed because the server or the network did (a 5xx or
+    /// 429 answer, a refused, reset or timed-out connection, a name that
+    /// did not resolve, a fetch cut short): worth trying again later.
+    pub fn is_transient(&self) -> bool {
+        const SIGNS: [&str; 12] = [
+            "returned error: 5",
+            "returned error: 429",
+            "Failed to connect",
+            "Could not resolve host",
+            "Connection refused",
+            "Connection reset",
+            "Connection timed out",
+            "Operation timed out",
+            "RPC failed",
+            "early EOF",
+            "unexpected disconnect",
+            "the remote end hung up unexpectedly",
+        ];
+        match self {
+            Self::Git { message, .. } => SIGNS.iter().any(|sign| message.contains(sign)),
+            Self::WrongCommit { .. } | Self::Io(_) => false,
+        }
+    }
+}
+
 /// What to fetch, from where, as whom.
 pub struct Source<'a> {
     /// The HTTP(S) clone URL, without credentials.

@@ -29,6 +29,11 @@ pub struct ServerConfig {
     pub worker_shutdown_grace: Duration,
     /// How the embedded workers isolate the phases they run.
     pub sandbox: gantry_runner::sandbox::Mode,
+    /// How long a run whose preparation meets an unavailable GitLab is
+    /// tried again (with backoff) before it fails.
+    pub prepare_patience: Duration,
+    /// Logs of runs that ended longer ago than this are deleted.
+    pub run_log_retention: Duration,
 }
 
 /// The default grace period of a rotated webhook secret: a day to update
@@ -57,3 +62,9 @@ pub const MAX_WORKSPACE_BYTES: u64 = 4 * 1024 * 1024 * 1024;
 
 /// How long delivery bodies are kept after processing.
 pub const DEFAULT_DELIVERY_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// How long preparing a run is retried while GitLab is unavailable.
+pub const DEFAULT_PREPARE_PATIENCE: Duration = Duration::from_secs(600);
+
+/// How long the logs of ended runs are kept.
+pub const DEFAULT_RUN_LOG_RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);

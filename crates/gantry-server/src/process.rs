@@ -20,7 +20,7 @@ use gantry_store::deliveries::{self, Delivery, Processed, Status};
 use gantry_store::jobs::{self, ClaimedJob, Lease, LeaseError};
 use gantry_store::runs::{self, Created, NewRun};
 use gantry_store::stacks::Stack;
-use gantry_store::{Millis, Store, StoreError, Tx, integrations, stacks};
+use gantry_store::{Millis, Store, StoreError, Tx, housekeeping, integrations, stacks};
 
 use crate::gitlab::{AccessError, GitLabAccess};
 
@@ -520,20 +520,22 @@ async fn enact_batch(
     tx.commit().await
 }
 
-/// Drops the bodies of deliveries processed longer ago than `retention`,
-/// once an hour.
-pub async fn prune(store: Store, retention: Duration) {
+/// Once an hour, prunes what has aged past its retention: bodies of
+/// processed deliveries, logs of ended runs, sent writes, done jobs.
+pub async fn prune(store: Store, retention: housekeeping::Retention) {
     let mut every = tokio::time::interval(Duration::from_secs(3600));
     loop {
         every.tick().await;
-        let before = Millis(Millis::now().0 - retention.as_millis() as i64);
-        match deliveries::prune_bodies(&store, before).await {
-            Ok(0) => {}
+        match housekeeping::prune(&store, retention, Millis::now()).await {
+            Ok(pruned) if pruned.is_empty() => {}
             Ok(pruned) => tracing::info!(
-                deliveries.pruned = pruned,
-                "pruned bodies of old deliveries"
+                delivery_bodies = pruned.delivery_bodies,
+                run_log_chunks = pruned.run_logs,
+                outbox_writes = pruned.outbox_writes,
+                jobs = pruned.jobs,
+                "pruned records past their retention"
             ),
-            Err(error) => tracing::warn!(%error, "pruning old delivery bodies failed"),
+            Err(error) => tracing::warn!(%error, "pruning old records failed"),
         }
     }
 }

@@ -50,6 +50,22 @@ pub enum SourceError {
     Io(#[from] std::io::Error),
 }
 
+impl SourceError {
+    /// Whether GitLab or the network failed and a later try may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Access(AccessError::Client { error, .. }) | Self::GitLab(error) => {
+                error.is_transient()
+            }
+            Self::Checkout(error) => error.is_transient(),
+            Self::Access(AccessError::Sealed(_))
+            | Self::NoCloneUrl
+            | Self::OtherHost { .. }
+            | Self::Io(_) => false,
+        }
+    }
+}
+
 /// One fetch at a time per source in this process: the runs of a push
 /// that fans out to many stacks wait for the first one's fetch.
 #[derive(Default)]

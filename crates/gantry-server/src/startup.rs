@@ -151,7 +151,10 @@ pub async fn start(
     let processing = tokio::spawn(crate::process::work(processor, owner, state.config.lease));
     let pruner = tokio::spawn(crate::process::prune(
         store.clone(),
-        state.config.delivery_retention,
+        gantry_store::housekeeping::Retention {
+            deliveries: state.config.delivery_retention,
+            run_logs: state.config.run_log_retention,
+        },
     ));
     let server_state = state.clone();
     let app = router(state);

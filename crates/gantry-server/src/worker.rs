@@ -45,14 +45,81 @@ pub async fn claim(state: &AppState, owner: &str) -> Result<Option<Assignment>, 
         };
         match assemble(state, &run, stage).await {
             Ok(assignment) => return Ok(Some(assignment)),
+            Err(Unassignable::Source(error)) if error.is_transient() => {
+                if !retry_later(state, &run, owner, &error).await? {
+                    let reason = format!(
+                        "preparing failed: {error} (GitLab was unavailable for longer than {} s)",
+                        state.config.prepare_patience.as_secs()
+                    );
+                    fail(state, &run.id, owner, reason).await?;
+                }
+            }
             Err(reason) => {
-                let reason = format!("preparing failed: {reason}");
-                log(state, &run.id, owner, format!("{reason}\n")).await?;
-                let _ = report(state, &run.id, owner, &Step::Fail { reason }).await?;
-                release(state, &run.id, owner).await?;
+                fail(state, &run.id, owner, format!("preparing failed: {reason}")).await?
             }
         }
     }
+}
+
+/// Fails a run that could not be prepared, with the reason in its log.
+async fn fail(
+    state: &AppState,
+    run_id: &str,
+    owner: &str,
+    reason: String,
+) -> Result<(), StoreError> {
+    log(state, run_id, owner, format!("{reason}\n")).await?;
+    let _ = report(state, run_id, owner, &Step::Fail { reason }).await?;
+    release(state, run_id, owner).await
+}
+
+/// A run whose preparation met an unavailable GitLab goes back to the
+/// queue, to be tried again after a backoff (1 s, doubling to 60 s, with
+/// jitter), while its first preparation is less than the server's
+/// `prepare_patience` ago; `false` once that has passed.
+async fn retry_later(
+    state: &AppState,
+    run: &Run,
+    owner: &str,
+    error: &SourceError,
+) -> Result<bool, StoreError> {
+    let mut tx = state.store.begin().await?;
+    let preparations: Vec<i64> = runs::transitions(&mut tx, &run.id)
+        .await?
+        .into_iter()
+        .filter(|t| t.state == RunState::Preparing)
+        .map(|t| t.at)
+        .collect();
+    let now = Millis::now();
+    let first = preparations.first().copied().unwrap_or(now.0);
+    let patience = i64::try_from(state.config.prepare_patience.as_millis()).unwrap_or(i64::MAX);
+    if now.0.saturating_sub(first) >= patience
+        || !runs::holds_lease(&mut tx, &run.id, owner).await?
+    {
+        return Ok(false);
+    }
+    let tries = u32::try_from(preparations.len()).unwrap_or(u32::MAX);
+    let backoff =
+        Duration::from_secs(1u64 << tries.saturating_sub(1).min(6)).min(Duration::from_secs(60));
+    let delay = backoff.mul_f64(0.75 + rand::random::<f64>() * 0.5);
+    let note = format!(
+        "preparing: {error}; trying again in {} s (try {tries})\n",
+        delay.as_secs().max(1)
+    );
+    runs::append_log(&mut tx, &run.id, owner, &note, now).await?;
+    let cause = "GitLab was unavailable while preparing";
+    if runs::advance(&mut tx, &run.id, Command::HandBack, cause, false, now)
+        .await?
+        .is_err()
+    {
+        return Ok(false);
+    }
+    runs::release(&mut tx, &run.id, owner).await?;
+    runs::set_not_before(&mut tx, &run.id, now.plus(delay)).await?;
+    tx.commit().await?;
+    state.logs_signal.notify_waiters();
+    tracing::warn!(run.id = %run.id, error = %error, tries, "GitLab unavailable while preparing a run; it goes back to the queue");
+    Ok(true)
 }
 
 /// [`claim`], waiting up to `wait` for a run to become ready (woken when

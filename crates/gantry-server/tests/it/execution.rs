@@ -16,6 +16,7 @@ on_both_databases!(
     a_shell_stack_plans_waits_for_confirmation_and_applies,
     no_changes_timeouts_log_following_and_hand_back,
     the_worker_api_holds_workers_to_their_leases,
+    preparing_waits_out_a_short_gitlab_outage,
 );
 
 /// Creates a shell stack on `infra/network` with `extra` fields, and
@@ -622,6 +623,60 @@ async fn a_shell_stack_plans_waits_for_confirmation_and_applies(db: Db) {
     assert_eq!(
         states,
         ["queued", "preparing", "planning", "applying", "finished"]
+    );
+    app.stop().await;
+}
+
+/// GitLab's git endpoints answer 503 for a while: the run goes back to
+/// the queue with a backoff, says so in its log, and plans once GitLab is
+/// back; an outage longer than the server's patience fails the run with a
+/// reason that says so.
+async fn preparing_waits_out_a_short_gitlab_outage(db: Db) {
+    let app = TestApp::start_configured(&db, |config| {
+        config.embedded_workers = 1;
+        config.prepare_patience = Duration::from_secs(6);
+    })
+    .await;
+    let repo = repo(&app).await;
+    repo.sim.outage(".git/", Duration::from_millis(1500));
+    let run = shell_run(&app, "Net", "true", json!({})).await;
+    let done = wait_for(&app, &run, "finished").await;
+    let shown = states(&done);
+    assert!(
+        shown.starts_with(&["queued", "preparing", "queued", "preparing"]),
+        "{done}"
+    );
+    assert_eq!(shown.last(), Some(&"finished"), "{done}");
+    let (_, log) = app
+        .get(&format!("/api/v1/runs/{run}/logs"), &app.admin)
+        .await;
+    let log = log.as_str().unwrap_or("");
+    assert!(
+        log.contains("returned error: 503") && log.contains("trying again in"),
+        "{log}"
+    );
+    assert!(!log.contains(&repo.token), "{log}");
+
+    let (_, next) = repo
+        .sim
+        .commit(repo.project, "main", &[("main.tf", Some("two"))], "two")
+        .expect("commit");
+    repo.sim.outage(".git/", Duration::from_secs(120));
+    let (status, second) = app
+        .post(
+            "/api/v1/stacks/net/runs",
+            &app.admin,
+            json!({ "kind": "tracked", "commit_sha": next }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{second}");
+    let second = second["id"].as_str().expect("id").to_owned();
+    let failed = wait_for(&app, &second, "failed").await;
+    assert!(
+        failed["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("unavailable for longer than 6 s")),
+        "{failed}"
     );
     app.stop().await;
 }

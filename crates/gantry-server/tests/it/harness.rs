@@ -64,6 +64,8 @@ impl Db {
             worker_shutdown_grace: Duration::from_secs(2),
             // The real sandbox, as users run it.
             sandbox: gantry_runner::sandbox::Mode::Bwrap,
+            prepare_patience: gantry_server::DEFAULT_PREPARE_PATIENCE,
+            run_log_retention: gantry_server::DEFAULT_RUN_LOG_RETENTION,
         }
     }
 }

@@ -361,7 +361,8 @@ pub async fn list(
 /// the stack lock: a tracked run starts only when no tracked run of its
 /// stack holds the lock (preparing through applying, waiting for
 /// confirmation included) and no older tracked run of its stack is still
-/// queued; proposed runs start whenever they are queued. Oldest first.
+/// queued; proposed runs start whenever they are queued. Oldest first;
+/// never a run held back until later ([`set_not_before`]).
 pub async fn start_next(
     tx: &mut crate::Tx,
     cause: &str,
@@ -374,13 +375,15 @@ pub async fn start_next(
     loop {
         let locking = &*LOCKING_SQL;
         let candidate: Option<(String, String, String)> = sqlx::query_as(&format!(
-            "SELECT r.id, r.stack_id, r.kind FROM runs r WHERE r.state = 'queued' AND (r.kind = 'proposed' OR ( \
+            "SELECT r.id, r.stack_id, r.kind FROM runs r WHERE r.state = 'queued' \
+               AND (r.not_before IS NULL OR r.not_before <= $1) AND (r.kind = 'proposed' OR ( \
                NOT EXISTS (SELECT 1 FROM runs h WHERE h.stack_id = r.stack_id AND h.kind = 'tracked' \
                            AND h.state IN ({locking})) \
                AND NOT EXISTS (SELECT 1 FROM runs o WHERE o.stack_id = r.stack_id AND o.kind = 'tracked' \
                            AND o.state = 'queued' AND (o.created_at < r.created_at OR (o.created_at = r.created_at AND o.id < r.id))))) \
              ORDER BY r.created_at, r.id LIMIT 1 {skip_locked}"
         ))
+        .bind(now.0)
         .fetch_optional(&mut **tx)
         .await?;
         let Some((id, stack_id, kind)) = candidate else {
@@ -483,6 +486,18 @@ pub async fn lease(
     sqlx::query("UPDATE runs SET lease_owner = $1, lease_expires_at = $2 WHERE id = $3")
         .bind(owner)
         .bind(until.0)
+        .bind(run_id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Keeps a queued run from being taken before `at` (a preparation that
+/// met an unavailable GitLab waits before it is tried again). The runs of
+/// its stack queued after it wait too: tracked runs keep their order.
+pub async fn set_not_before(conn: &mut Conn, run_id: &str, at: Millis) -> Result<(), StoreError> {
+    sqlx::query("UPDATE runs SET not_before = $1 WHERE id = $2")
+        .bind(at.0)
         .bind(run_id)
         .execute(conn)
         .await?;

@@ -20,6 +20,8 @@ on_both_databases!(
     outbox_leases_hold_a_key_until_finished_or_released,
     outbox_claims_the_newest_write_of_each_key_when_it_may_go,
     a_bad_stored_value_is_an_error_that_names_its_row,
+    a_run_held_back_keeps_the_runs_after_it_waiting,
+    housekeeping_prunes_what_aged_and_keeps_what_is_live,
 );
 
 async fn setup(db: &TestStore) {
@@ -420,4 +422,92 @@ async fn a_bad_stored_value_is_an_error_that_names_its_row(db: TestStore) {
         .await
         .expect("read");
     assert_eq!(state, "exploded");
+}
+
+/// A run handed back until later is not taken before then, and the
+/// tracked runs of its stack queued after it wait too.
+async fn a_run_held_back_keeps_the_runs_after_it_waiting(db: TestStore) {
+    let db = &db;
+    setup(db).await;
+    let t1 = create(db, "net", Kind::Tracked, "a1").await;
+    let t2 = create(db, "net", Kind::Tracked, "a2").await;
+    assert_eq!(next(db).await.as_deref(), Some(t1.as_str()));
+    command(db, &t1, Command::HandBack).await;
+    let mut conn = db.store.conn().await.expect("conn");
+    let hour = std::time::Duration::from_secs(3600);
+    runs::set_not_before(&mut conn, &t1, Millis::now().plus(hour))
+        .await
+        .expect("hold");
+    assert_eq!(next(db).await, None, "t1 is held back, t2 keeps its turn");
+    runs::set_not_before(&mut conn, &t1, Millis(Millis::now().0 - 1))
+        .await
+        .expect("release");
+    drop(conn);
+    assert_eq!(next(db).await.as_deref(), Some(t1.as_str()));
+    command(db, &t1, Command::Fail).await;
+    assert_eq!(next(db).await.as_deref(), Some(t2.as_str()));
+}
+
+async fn housekeeping_prunes_what_aged_and_keeps_what_is_live(db: TestStore) {
+    use gantry_store::housekeeping::{self, Retention};
+    let db = &db;
+    setup(db).await;
+    let ended = create(db, "net", Kind::Tracked, "a1").await;
+    let live = create(db, "dns", Kind::Tracked, "b1").await;
+    next(db).await.expect("start");
+    next(db).await.expect("start");
+    let mut conn = db.store.conn().await.expect("conn");
+    let until = Millis::now().plus(std::time::Duration::from_secs(60));
+    for run in [&ended, &live] {
+        runs::lease(&mut conn, run, "w1", until)
+            .await
+            .expect("lease");
+        runs::append_log(&mut conn, run, "w1", "output\n", Millis::now())
+            .await
+            .expect("log");
+    }
+    command(db, &ended, Command::Fail).await;
+    // The newest write of each key is sent; older ones are superseded.
+    for entry in claim_all(db, "a").await {
+        finish(db, &entry, "a", Outcome::Delivered).await;
+    }
+    command(db, &live, Command::Plan).await;
+    sqlx::query(
+        "INSERT INTO jobs (kind, payload, state, max_attempts, run_at, created_at, updated_at) \
+         VALUES ('x', '{}', 'done', 1, 0, $1, $1), ('x', '{}', 'dead', 1, 0, $1, $1)",
+    )
+    .bind(Millis::now().0)
+    .execute(&mut *conn)
+    .await
+    .expect("jobs");
+
+    let day = std::time::Duration::from_secs(24 * 3600);
+    let retention = Retention {
+        deliveries: day * 7,
+        run_logs: day * 90,
+    };
+    let soon = housekeeping::prune(&db.store, retention, Millis::now())
+        .await
+        .expect("prune");
+    assert!(soon.is_empty(), "{soon:?}");
+    let later = Millis::now().plus(day * 100);
+    let pruned = housekeeping::prune(&db.store, retention, later)
+        .await
+        .expect("prune");
+    assert_eq!((pruned.run_logs, pruned.jobs), (1, 1), "{pruned:?}");
+    assert!(pruned.outbox_writes >= 2, "{pruned:?}");
+    assert_eq!(runs::log(&mut conn, &ended).await.expect("log"), "");
+    assert_eq!(runs::log(&mut conn, &live).await.expect("log"), "output\n");
+    // The live run's newest write is still pending, and still goes.
+    let pending = claim_all(db, "a").await;
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    assert_eq!(
+        (pending[0].run_id.as_str(), pending[0].state),
+        (live.as_str(), State::Planning)
+    );
+    let (dead,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM jobs WHERE state = 'dead'")
+        .fetch_one(&mut *conn)
+        .await
+        .expect("count");
+    assert_eq!(dead, 1, "dead jobs stay for the operator");
 }
