@@ -420,6 +420,11 @@ impl Sim {
             .push((path_contains.to_owned(), until));
     }
 
+    /// Ends every outage now.
+    pub fn end_outages(&self) {
+        self.shared.lock().outages.clear();
+    }
+
     /// Every API request so far, oldest first.
     pub fn requests(&self) -> Vec<LoggedRequest> {
         self.shared.lock().log.clone()

@@ -153,6 +153,8 @@ impl GitLabError {
 struct RequestLabels {
     host: String,
     method: String,
+    /// The API path with its ids as `:id` ([`endpoint_class`]).
+    endpoint: String,
     /// The status code, or `error` when no answer came.
     status: String,
 }
@@ -160,6 +162,53 @@ struct RequestLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HostLabels {
     host: String,
+}
+
+/// The words of GitLab's API paths that Gantry calls; any other segment
+/// is an id (a project id or path, a SHA, a branch, an iid).
+const PATH_WORDS: [&str; 24] = [
+    "all",
+    "archive",
+    "branches",
+    "commits",
+    "compare",
+    "deployments",
+    "environments",
+    "files",
+    "hooks",
+    "members",
+    "merge_requests",
+    "notes",
+    "personal_access_tokens",
+    "projects",
+    "raw",
+    "repository",
+    "self",
+    "statuses",
+    "tags",
+    "tree",
+    "user",
+    "users",
+    "version",
+    "metadata",
+];
+
+/// The class of an API path for metrics: the path after `/api/v4/` with
+/// every id replaced by `:id`, such as `projects/:id/statuses/:id`, so
+/// that label sets stay few whatever the ids.
+pub fn endpoint_class(path: &str) -> String {
+    let api = path.split_once("/api/v4/").map_or(path, |(_, rest)| rest);
+    api.split('/')
+        .filter(|segment| !segment.is_empty())
+        .map(|segment| {
+            if PATH_WORDS.contains(&segment) {
+                segment
+            } else {
+                ":id"
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// The client's Prometheus metrics; register them once with [`ClientMetrics::register`].
@@ -186,7 +235,7 @@ impl ClientMetrics {
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "gitlab_requests",
-            "Requests sent to GitLab, by host, method and answer",
+            "Requests sent to GitLab, by host, method, endpoint and answer",
             self.requests.clone(),
         );
         registry.register(
@@ -438,6 +487,7 @@ impl GitLab {
             .get_or_create(&RequestLabels {
                 host: self.host.clone(),
                 method: endpoint.method().as_str().to_owned(),
+                endpoint: endpoint_class(url.path()),
                 status: outcome.as_ref().map_or_else(
                     |_| "error".to_owned(),
                     |(status, ..)| status.as_str().to_owned(),

@@ -1,6 +1,9 @@
-//! Prometheus metrics: requests by route and status, and their latency.
+//! Prometheus metrics: requests by route and status, and their latency;
+//! and, read from the database on every scrape, the state of deliveries,
+//! jobs, runs and the outbox.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
@@ -12,6 +15,17 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use gantry_domain::run::STATES;
+use gantry_store::{Millis, Store, StoreError, outbox};
+
+/// The count of `key` in `counts`, 0 when absent.
+fn found(counts: &[(String, i64)], key: &str) -> i64 {
+    counts
+        .iter()
+        .find(|(k, _)| k == key)
+        .map_or(0, |(_, count)| *count)
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -31,6 +45,29 @@ struct IntegrationLabels {
     integration: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabels {
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobLabels {
+    kind: String,
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: String,
+}
+
+type Seconds = Gauge<f64, AtomicU64>;
+
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
@@ -38,6 +75,11 @@ pub struct Metrics {
     healthy: Family<IntegrationLabels, Gauge>,
     pending: Family<IntegrationLabels, Gauge>,
     failed_deliveries: Gauge,
+    deliveries: Family<StatusLabels, Gauge>,
+    jobs: Family<JobLabels, Gauge>,
+    job_oldest_due: Family<KindLabels, Seconds>,
+    runs: Family<StateLabels, Gauge>,
+    outbox_oldest_pending: Seconds,
 }
 
 impl Metrics {
@@ -73,8 +115,30 @@ impl Metrics {
         let failed_deliveries = Gauge::default();
         registry.register(
             "deliveries_failed",
-            "Acknowledged deliveries whose processing used all its attempts; their outcome says why, and they can be replayed",
+            "Acknowledged deliveries whose processing used all its attempts; their outcome says why, and a replay that succeeds clears them",
             failed_deliveries.clone(),
+        );
+        let deliveries = Family::<StatusLabels, Gauge>::default();
+        registry.register(
+            "deliveries",
+            "Deliveries in the log, by status",
+            deliveries.clone(),
+        );
+        let jobs = Family::<JobLabels, Gauge>::default();
+        registry.register("jobs", "Jobs by kind and state", jobs.clone());
+        let job_oldest_due = Family::<KindLabels, Seconds>::default();
+        registry.register(
+            "job_oldest_queued_age_seconds",
+            "How long the longest-waiting due job of each kind has been due",
+            job_oldest_due.clone(),
+        );
+        let runs = Family::<StateLabels, Gauge>::default();
+        registry.register("runs", "Runs by state", runs.clone());
+        let outbox_oldest_pending = Seconds::default();
+        registry.register(
+            "outbox_oldest_pending_age_seconds",
+            "How long the oldest write to GitLab not yet delivered has waited",
+            outbox_oldest_pending.clone(),
         );
         Self {
             registry,
@@ -83,21 +147,69 @@ impl Metrics {
             healthy,
             pending,
             failed_deliveries,
+            deliveries,
+            jobs,
+            job_oldest_due,
+            runs,
+            outbox_oldest_pending,
         }
     }
 
+    /// Reads the database's gauges into the metrics.
+    pub async fn refresh(&self, store: &Store) -> Result<(), StoreError> {
+        let gauges = gantry_store::gauges::read(store, Millis::now()).await?;
+        let mut conn = store.conn().await?;
+        let health = outbox::all_health(&mut conn).await?;
+        drop(conn);
+        for (integration, health) in health {
+            self.set_integration(
+                &integration,
+                health.unhealthy_since.is_none(),
+                health.pending,
+            );
+        }
+        self.failed_deliveries.set(gauges.deliveries_failed);
+        // Every status and state is shown, 0 when there is none.
+        for status in ["accepted", "duplicate", "ignored", "rejected"] {
+            let count = found(&gauges.deliveries, status);
+            self.deliveries
+                .get_or_create(&StatusLabels {
+                    status: status.to_owned(),
+                })
+                .set(count);
+        }
+        for state in STATES {
+            let count = found(&gauges.runs, state.as_str());
+            self.runs
+                .get_or_create(&StateLabels {
+                    state: state.as_str().to_owned(),
+                })
+                .set(count);
+        }
+        self.jobs.clear();
+        for (kind, state, count) in gauges.jobs {
+            self.jobs
+                .get_or_create(&JobLabels { kind, state })
+                .set(count);
+        }
+        self.job_oldest_due.clear();
+        for (kind, seconds) in gauges.jobs_oldest_due_seconds {
+            self.job_oldest_due
+                .get_or_create(&KindLabels { kind })
+                .set(seconds);
+        }
+        self.outbox_oldest_pending
+            .set(gauges.outbox_oldest_pending_seconds);
+        Ok(())
+    }
+
     /// Sets an integration's health and outbox backlog.
-    pub fn set_integration(&self, integration: &str, healthy: bool, pending: i64) {
+    fn set_integration(&self, integration: &str, healthy: bool, pending: i64) {
         let labels = IntegrationLabels {
             integration: integration.to_owned(),
         };
         self.healthy.get_or_create(&labels).set(i64::from(healthy));
         self.pending.get_or_create(&labels).set(pending);
-    }
-
-    /// Deliveries whose processing used all its attempts.
-    pub fn set_failed_deliveries(&self, count: i64) {
-        self.failed_deliveries.set(count);
     }
 
     pub fn render(&self) -> String {

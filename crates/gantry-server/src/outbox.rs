@@ -64,15 +64,8 @@ pub async fn work(
     owner: String,
     mut stopping: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut gauges_at = Instant::now();
     while !*stopping.borrow() {
         let delivered = pass(&state, &owner).await;
-        if gauges_at.elapsed() >= Duration::from_secs(1) {
-            gauges_at = Instant::now();
-            if let Err(error) = update_gauges(&state).await {
-                tracing::warn!(%error, "cannot read the outbox backlog");
-            }
-        }
         let pause = match delivered {
             Ok(0) => Duration::from_millis(250),
             Ok(_) => Duration::ZERO,
@@ -110,22 +103,6 @@ pub async fn release(state: &AppState, owner: &str) {
 pub async fn outstanding(state: &AppState) -> Result<i64, StoreError> {
     let mut conn = state.store.conn().await?;
     outbox::outstanding(&mut conn, Millis::now()).await
-}
-
-/// Sets the integrations' health and backlog gauges.
-pub async fn update_gauges(state: &AppState) -> Result<(), StoreError> {
-    let failed =
-        gantry_store::jobs::dead(&state.store, gantry_store::deliveries::PROCESS_JOB).await?;
-    state.metrics.set_failed_deliveries(failed);
-    let mut conn = state.store.conn().await?;
-    for (integration, health) in outbox::all_health(&mut conn).await? {
-        state.metrics.set_integration(
-            &integration,
-            health.unhealthy_since.is_none(),
-            health.pending,
-        );
-    }
-    Ok(())
 }
 
 /// Claims the writes due now and sends them; how many it took.

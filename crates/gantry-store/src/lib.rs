@@ -11,6 +11,7 @@ pub mod api_keys;
 pub mod audit;
 pub mod crypto;
 pub mod deliveries;
+pub mod gauges;
 pub mod housekeeping;
 pub mod integrations;
 pub mod jobs;

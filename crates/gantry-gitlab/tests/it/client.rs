@@ -308,3 +308,25 @@ async fn requests_to_one_host_are_limited() {
     }
     assert_eq!(sim.max_concurrent_requests(), 2);
 }
+
+#[test]
+fn metrics_name_endpoints_by_their_class_never_their_ids() {
+    use gantry_gitlab::client::endpoint_class;
+    let sha = "0b4bc9a49b562e85de7cc9e834518ea6828729b9";
+    assert_eq!(
+        endpoint_class(&format!("/api/v4/projects/42/statuses/{sha}")),
+        "projects/:id/statuses/:id"
+    );
+    assert_eq!(
+        endpoint_class("/gitlab/api/v4/projects/infra%2Fnetwork/repository/branches/main"),
+        "projects/:id/repository/branches/:id"
+    );
+    assert_eq!(
+        endpoint_class("/api/v4/projects/7/merge_requests/3/notes/99"),
+        "projects/:id/merge_requests/:id/notes/:id"
+    );
+    assert_eq!(
+        endpoint_class("/api/v4/personal_access_tokens/self"),
+        "personal_access_tokens/self"
+    );
+}

@@ -33,6 +33,17 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
 /// Prometheus metrics in the text exposition format.
 #[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    // The database's gauges are read now; when it does not answer in time
+    // the last values are shown (and `/readyz` says why).
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        state.metrics.refresh(&state.store),
+    );
+    match read.await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::warn!(%error, "cannot read the gauges of /metrics"),
+        Err(_) => tracing::warn!("reading the gauges of /metrics took more than 5 s"),
+    }
     (
         [(
             CONTENT_TYPE,

@@ -15,6 +15,7 @@ on_both_databases!(
     pushes_and_merge_requests_make_the_right_runs,
     the_runs_api,
     deliveries_finish_while_gitlab_is_slow,
+    a_delivery_out_of_attempts_says_why_and_a_replay_recovers_it,
 );
 
 struct World {
@@ -540,5 +541,111 @@ async fn deliveries_finish_while_gitlab_is_slow(db: Db) {
         "no attempt was burnt: {attempts:?}"
     );
     drop(conn);
+    app.stop().await;
+}
+
+async fn metrics(app: &TestApp) -> String {
+    reqwest::get(format!("{}/metrics", app.base))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text")
+}
+
+/// GitLab's compare API is down through every attempt of a delivery's
+/// job: the delivery gets an outcome with the error, `/metrics` counts it,
+/// and a replay once GitLab is back creates its run and clears the count.
+async fn a_delivery_out_of_attempts_says_why_and_a_replay_recovers_it(db: Db) {
+    let app = TestApp::start(&db).await;
+    let world = world(&app).await;
+    let (before, after) = world
+        .sim
+        .commit(world.project, "main", &[("network/a.tf", Some("x"))], "a")
+        .expect("commit");
+    let mut payload = world
+        .sim
+        .push_payload(world.project, "main", &before, &after)
+        .expect("payload");
+    payload["total_commits_count"] = json!(25);
+    world
+        .sim
+        .outage("/repository/compare", std::time::Duration::from_secs(600));
+    let answers = world
+        .sim
+        .deliver(world.project, "Push Hook", &payload)
+        .await;
+    assert_eq!(answers[0].status, 200, "{}", answers[0].body);
+    let answer: Value = serde_json::from_str(&answers[0].body).expect("json");
+    let id = answer["delivery"].as_str().expect("id").to_owned();
+
+    // After the first failed attempt, the job has one attempt left.
+    let mut conn = app.store().conn().await.expect("conn");
+    let mut first = None;
+    for _ in 0..500 {
+        let job: (i64, String) = sqlx::query_as(
+            "SELECT attempts, state FROM jobs WHERE kind = 'process_delivery' ORDER BY id DESC LIMIT 1",
+        )
+        .fetch_one(&mut *conn)
+        .await
+        .expect("job");
+        if job.0 >= 1 && job.1 == "queued" {
+            first = Some(job.0);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let attempts = first.expect("a first failed attempt");
+    sqlx::query("UPDATE jobs SET max_attempts = $1, run_at = 0 WHERE kind = 'process_delivery'")
+        .bind(attempts + 1)
+        .execute(&mut *conn)
+        .await
+        .expect("last attempt");
+    drop(conn);
+    let failed = app.processed("main", &id).await;
+    assert!(
+        failed["error"].as_str().is_some_and(|e| e.contains("503")),
+        "{failed}"
+    );
+    assert!(
+        failed["outcome"]
+            .as_str()
+            .is_some_and(|o| o.contains("processing failed after")),
+        "{failed}"
+    );
+    let shown = metrics(&app).await;
+    for line in [
+        "gantry_deliveries_failed 1",
+        "gantry_deliveries{status=\"accepted\"} 1",
+        "gantry_jobs{kind=\"process_delivery\",state=\"dead\"} 1",
+        "gantry_runs{state=\"queued\"} 0",
+        "endpoint=\"projects/:id/repository/compare\",status=\"503\"",
+    ] {
+        assert!(shown.contains(line), "{line} in {shown}");
+    }
+
+    world.sim.end_outages();
+    let (status, replayed) = app
+        .post(
+            &format!("/api/v1/integrations/gitlab/main/deliveries/{id}/replay"),
+            &app.admin,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{replayed}");
+    assert!(replayed["error"].is_null(), "{replayed}");
+    assert!(
+        replayed["outcome"]
+            .as_str()
+            .is_some_and(|o| o.contains("created tracked run")),
+        "{replayed}"
+    );
+    let shown = metrics(&app).await;
+    for line in [
+        "gantry_deliveries_failed 0",
+        "gantry_runs{state=\"queued\"} 1",
+    ] {
+        assert!(shown.contains(line), "{line} in {shown}");
+    }
     app.stop().await;
 }
