@@ -197,22 +197,27 @@ async fn with_roles(conn: &mut Conn, rows: Vec<KeyRow>) -> Result<Vec<ApiKey>, S
         .collect())
 }
 
-/// How many unrevoked keys other than `except` hold `role` on `space`
-/// itself (not inherited).
-pub async fn count_active_holders(
-    conn: &mut Conn,
+/// The unrevoked keys that hold `role` on `space` itself (not inherited),
+/// locked for the rest of the transaction: two transactions that each
+/// revoke one of the last two admin keys cannot both see the other one
+/// still active (on PostgreSQL the second waits and then sees the first's
+/// revocation; SQLite runs write transactions one at a time).
+pub async fn active_holders_locked(
+    tx: &mut crate::Tx,
     space: &str,
     role: Role,
-    except: &str,
-) -> Result<i64, StoreError> {
-    let (n,): (i64,) = sqlx::query_as(
-        "SELECT COUNT(*) FROM api_keys k JOIN api_key_roles r ON r.api_key_id = k.id \
-         WHERE r.space_id = $1 AND r.role = $2 AND k.revoked_at IS NULL AND k.id <> $3",
-    )
+) -> Result<Vec<String>, StoreError> {
+    let lock = match tx.backend() {
+        crate::Backend::Postgres => " ORDER BY k.id FOR UPDATE OF k",
+        crate::Backend::Sqlite => " ORDER BY k.id",
+    };
+    let rows: Vec<(String,)> = sqlx::query_as(&format!(
+        "SELECT k.id FROM api_keys k JOIN api_key_roles r ON r.api_key_id = k.id \
+         WHERE r.space_id = $1 AND r.role = $2 AND k.revoked_at IS NULL{lock}"
+    ))
     .bind(space)
     .bind(role.as_str())
-    .bind(except)
-    .fetch_one(conn)
+    .fetch_all(&mut **tx)
     .await?;
-    Ok(n)
+    Ok(rows.into_iter().map(|(id,)| id).collect())
 }

@@ -149,7 +149,10 @@ pub async fn revoke(
         .any(|g| g.space == ROOT && g.role == Role::Admin);
     if key.revoked_at.is_none()
         && is_root_admin
-        && api_keys::count_active_holders(&mut tx, ROOT, Role::Admin, &key.id).await? == 0
+        && api_keys::active_holders_locked(&mut tx, ROOT, Role::Admin)
+            .await?
+            .iter()
+            .all(|holder| *holder == key.id)
     {
         return Err(ApiError::conflict(format!(
             "{id:?} is the last key with admin on root; create another admin key before revoking it"

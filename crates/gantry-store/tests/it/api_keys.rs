@@ -9,6 +9,7 @@ on_both_databases!(
     TestStore;
     api_key_secrets_work_until_revoked,
     admins_see_the_keys_of_their_subtree,
+    revoking_the_last_two_admin_keys_at_once_leaves_one,
 );
 
 fn grant(space: &str, role: Role) -> Grant {
@@ -124,4 +125,47 @@ async fn admins_see_the_keys_of_their_subtree(db: TestStore) {
     );
     assert_eq!(visible("team-admin").await, ["dev-reader", "team-admin"]);
     assert_eq!(visible("dev-reader").await, ["dev-reader"]);
+}
+
+/// Two transactions each revoke one of the two root admin keys, the
+/// second starting while the first is open: the second sees the first's
+/// revocation, so the route refuses to revoke the last admin key.
+async fn revoking_the_last_two_admin_keys_at_once_leaves_one(db: TestStore) {
+    let db = &db;
+    let mut conn = db.store.conn().await.expect("conn");
+    spaces::insert(&mut conn, "root", "root", None, Millis::now())
+        .await
+        .expect("root");
+    for id in ["a", "b"] {
+        api_keys::insert(
+            &mut conn,
+            id,
+            id,
+            &[grant("root", Role::Admin)],
+            None,
+            Millis::now(),
+        )
+        .await
+        .expect("insert");
+    }
+    drop(conn);
+    let mut first = db.store.begin().await.expect("tx");
+    let holders = api_keys::active_holders_locked(&mut first, "root", Role::Admin)
+        .await
+        .expect("holders");
+    assert_eq!(holders, ["a", "b"]);
+    let store = db.store.clone();
+    let second = tokio::spawn(async move {
+        let mut tx = store.begin().await.expect("tx");
+        api_keys::active_holders_locked(&mut tx, "root", Role::Admin)
+            .await
+            .expect("holders")
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!second.is_finished(), "the second waits for the first");
+    api_keys::revoke(&mut first, "a", Millis::now())
+        .await
+        .expect("revoke");
+    first.commit().await.expect("commit");
+    assert_eq!(second.await.expect("second"), ["b"]);
 }
