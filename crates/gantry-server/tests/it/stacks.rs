@@ -15,6 +15,7 @@ on_both_databases!(
     bad_input_names_what_is_wrong,
     roles_and_visibility,
     an_integration_in_use_is_deleted_only_with_force,
+    a_slow_repository_check_does_not_undo_a_secret_change,
 );
 
 const STACKS: &str = "/api/v1/stacks";
@@ -324,6 +325,66 @@ async fn an_integration_in_use_is_deleted_only_with_force(db: Db) {
         stack_a["integration"],
         Value::Null,
         "left without an integration"
+    );
+    app.stop().await;
+}
+
+/// A PATCH that moves the stack waits 1.5 s for GitLab's project lookup;
+/// meanwhile another replaces the secret environment (say, a leaked
+/// secret): the move does not bring the old secret back.
+async fn a_slow_repository_check_does_not_undo_a_secret_change(db: Db) {
+    let app = TestApp::start(&db).await;
+    let world = world(&app, AccessLevel::Maintainer).await;
+    let dns = world.sim.add_project("infra/dns", "main").expect("project");
+    world
+        .sim
+        .add_member(dns, world.user, AccessLevel::Maintainer);
+    let mut body = stack("Net");
+    body["secret_environment"] = json!({ "LEAKED_TOKEN": "old" });
+    let (status, created) = app.post(STACKS, &app.admin, body).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    world.sim.inject(gantry_gitlab_sim::Fault {
+        path_contains: "infra%2Fdns".into(),
+        kind: gantry_gitlab_sim::FaultKind::Delay(std::time::Duration::from_millis(1500)),
+    });
+    let path = format!("{STACKS}/net");
+    let slow_move = async {
+        let answer = app
+            .patch(
+                &path,
+                &app.admin,
+                json!({ "repository": "infra/dns", "labels": ["moved"] }),
+            )
+            .await;
+        (answer, std::time::Instant::now())
+    };
+    let secret_change = async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let answer = app
+            .patch(
+                &path,
+                &app.admin,
+                json!({ "secret_environment": { "FRESH_TOKEN": "new" } }),
+            )
+            .await;
+        (answer, std::time::Instant::now())
+    };
+    let (((moved, move_body), move_done), ((changed, change_body), change_done)) =
+        tokio::join!(slow_move, secret_change);
+    assert!(
+        change_done < move_done,
+        "the change lands during the lookup"
+    );
+    assert_eq!(moved, StatusCode::OK, "{move_body}");
+    assert_eq!(changed, StatusCode::OK, "{change_body}");
+    let (_, shown) = app.get(&path, &app.admin).await;
+    assert_eq!(shown["repository"], "infra/dns");
+    assert_eq!(shown["project_id"], dns);
+    assert_eq!(shown["labels"], json!(["moved"]));
+    assert_eq!(
+        shown["secret_environment"],
+        json!(["FRESH_TOKEN"]),
+        "the secret change made during the lookup stays"
     );
     app.stop().await;
 }
