@@ -8,7 +8,7 @@ use std::time::Duration;
 use gantry_gitlab_sim::Sim;
 use serde_json::{Value, json};
 
-use crate::process::{free_port, serve};
+use crate::process::{Db, free_port, serve};
 
 fn push(n: usize) -> Vec<u8> {
     json!({
@@ -22,12 +22,24 @@ fn push(n: usize) -> Vec<u8> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acknowledged_deliveries_survive_kill_9_and_are_processed_once() {
+async fn acknowledged_deliveries_survive_kill_9_and_are_processed_once_on_sqlite() {
+    acknowledged_deliveries_survive_kill_9(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_deliveries_survive_kill_9_and_are_processed_once_on_postgres() {
+    if let Some(db) = Db::postgres().await {
+        acknowledged_deliveries_survive_kill_9(db).await;
+    }
+}
+
+async fn acknowledged_deliveries_survive_kill_9(db: Db) {
     let dir = tempfile::tempdir().expect("dir");
     let data = dir.path().join("data");
     let port = free_port();
-    let lease = ["--lease-seconds", "3"];
-    let mut server = serve(&data, port, &lease).await;
+    let mut flags = vec!["--lease-seconds", "3"];
+    flags.extend(db.flags());
+    let mut server = serve(&data, port, &flags).await;
     let admin = std::fs::read_to_string(data.join("initial-admin-token")).expect("token");
     let admin = admin.trim().to_owned();
     let sim = Sim::start().await.expect("sim");
@@ -96,11 +108,8 @@ async fn acknowledged_deliveries_survive_kill_9_and_are_processed_once() {
         acknowledged.lock().expect("lock").iter().cloned().collect();
     assert!(acknowledged.len() >= 300);
 
-    let server = serve(&data, port, &lease).await;
-    let store =
-        gantry_store::Store::connect(&format!("sqlite://{}", data.join("gantry.db").display()))
-            .await
-            .expect("open");
+    let server = serve(&data, port, &flags).await;
+    let store = db.open(&data).await;
     // Wait for the inbox (and the reaper, for jobs leased at the kill).
     let mut rows: Vec<(String, String, Option<i64>, i64)> = Vec::new();
     for _ in 0..3000 {

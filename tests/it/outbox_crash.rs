@@ -7,14 +7,26 @@ use gantry_gitlab_sim::{Fault, FaultKind, Sim};
 use serde_json::json;
 
 use crate::api::{Api, admin_token};
-use crate::process::{free_port, serve};
+use crate::process::{Db, free_port, serve};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pending_writes_survive_kill_9_and_are_delivered_once() {
+async fn pending_writes_survive_kill_9_and_are_delivered_once_on_sqlite() {
+    pending_writes_survive_kill_9(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_writes_survive_kill_9_and_are_delivered_once_on_postgres() {
+    if let Some(db) = Db::postgres().await {
+        pending_writes_survive_kill_9(db).await;
+    }
+}
+
+async fn pending_writes_survive_kill_9(db: Db) {
     let dir = tempfile::tempdir().expect("dir");
     let data = dir.path().join("data");
     let port = free_port();
-    let flags = ["--embedded-workers", "1", "--lease-seconds", "3"];
+    let mut flags = vec!["--embedded-workers", "1", "--lease-seconds", "3"];
+    flags.extend(db.flags());
     let mut server = serve(&data, port, &flags).await;
     let api = Api::new(&server.base, &admin_token(&data));
     let sim = Sim::start().await.expect("sim");

@@ -11,6 +11,40 @@ pub struct Server {
     pub base: String,
 }
 
+/// The database a child server uses: SQLite in its data directory, or a
+/// new database in the test PostgreSQL cluster.
+pub enum Db {
+    Sqlite,
+    Postgres(String),
+}
+
+impl Db {
+    /// A new PostgreSQL database; `None` (the test is skipped) when the
+    /// cluster cannot start outside CI.
+    pub async fn postgres() -> Option<Self> {
+        gantry_store::testing::postgres_url()
+            .await
+            .map(Self::Postgres)
+    }
+
+    /// The flags of `gantry serve` that select it.
+    pub fn flags(&self) -> Vec<&str> {
+        match self {
+            Self::Sqlite => Vec::new(),
+            Self::Postgres(url) => vec!["--database-url", url],
+        }
+    }
+
+    /// Opens it, as the server under `data_dir` does.
+    pub async fn open(&self, data_dir: &Path) -> gantry_store::Store {
+        let url = match self {
+            Self::Sqlite => format!("sqlite://{}", data_dir.join("gantry.db").display()),
+            Self::Postgres(url) => url.clone(),
+        };
+        gantry_store::Store::connect(&url).await.expect("open")
+    }
+}
+
 /// A free local port (bound, then released for the server to take).
 pub fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
