@@ -16,11 +16,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use gitlab::api::{Endpoint, UrlBase};
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
 use rand::Rng;
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
@@ -31,6 +26,7 @@ use url::Url;
 
 use crate::body::{MAX_BODY, MAX_MESSAGE_CHARS, cut, read_capped};
 use crate::error_body;
+use crate::metrics::ClientMetrics;
 
 /// How the client waits, retries and shares hosts.
 #[derive(Clone, Debug)]
@@ -146,108 +142,6 @@ impl GitLabError {
             Self::RateLimited { retry_after, .. } => *retry_after,
             _ => None,
         }
-    }
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RequestLabels {
-    host: String,
-    method: String,
-    /// The API path with its ids as `:id` ([`endpoint_class`]).
-    endpoint: String,
-    /// The status code, or `error` when no answer came.
-    status: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct HostLabels {
-    host: String,
-}
-
-/// The words of GitLab's API paths that Gantry calls; any other segment
-/// is an id (a project id or path, a SHA, a branch, an iid).
-const PATH_WORDS: [&str; 24] = [
-    "all",
-    "archive",
-    "branches",
-    "commits",
-    "compare",
-    "deployments",
-    "environments",
-    "files",
-    "hooks",
-    "members",
-    "merge_requests",
-    "notes",
-    "personal_access_tokens",
-    "projects",
-    "raw",
-    "repository",
-    "self",
-    "statuses",
-    "tags",
-    "tree",
-    "user",
-    "users",
-    "version",
-    "metadata",
-];
-
-/// The class of an API path for metrics: the path after `/api/v4/` with
-/// every id replaced by `:id`, such as `projects/:id/statuses/:id`, so
-/// that label sets stay few whatever the ids.
-pub fn endpoint_class(path: &str) -> String {
-    let api = path.split_once("/api/v4/").map_or(path, |(_, rest)| rest);
-    api.split('/')
-        .filter(|segment| !segment.is_empty())
-        .map(|segment| {
-            if PATH_WORDS.contains(&segment) {
-                segment
-            } else {
-                ":id"
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("/")
-}
-
-/// The client's Prometheus metrics; register them once with [`ClientMetrics::register`].
-#[derive(Clone)]
-pub struct ClientMetrics {
-    requests: Family<RequestLabels, Counter>,
-    retries: Family<HostLabels, Counter>,
-    latency: Family<HostLabels, Histogram>,
-}
-
-impl Default for ClientMetrics {
-    fn default() -> Self {
-        Self {
-            requests: Family::default(),
-            retries: Family::default(),
-            latency: Family::new_with_constructor(|| {
-                Histogram::new(exponential_buckets(0.005, 2.0, 14))
-            }),
-        }
-    }
-}
-
-impl ClientMetrics {
-    pub fn register(&self, registry: &mut Registry) {
-        registry.register(
-            "gitlab_requests",
-            "Requests sent to GitLab, by host, method, endpoint and answer",
-            self.requests.clone(),
-        );
-        registry.register(
-            "gitlab_retries",
-            "Requests to GitLab sent again after a 5xx, 429 or transport error",
-            self.retries.clone(),
-        );
-        registry.register(
-            "gitlab_request_duration_seconds",
-            "Time GitLab took to answer one request",
-            self.latency.clone(),
-        );
     }
 }
 
@@ -426,14 +320,7 @@ impl GitLab {
                         error = %failure,
                         "retrying GitLab request"
                     );
-                    self.http
-                        .inner
-                        .metrics
-                        .retries
-                        .get_or_create(&HostLabels {
-                            host: self.host.clone(),
-                        })
-                        .inc();
+                    self.http.inner.metrics.retried(&self.host);
                     tokio::time::sleep(wait).await;
                     attempt += 1;
                 }
@@ -474,26 +361,13 @@ impl GitLab {
                 Err(error) => Err(error),
             }
         };
-        inner
-            .metrics
-            .latency
-            .get_or_create(&HostLabels {
-                host: self.host.clone(),
-            })
-            .observe(started.elapsed().as_secs_f64());
-        inner
-            .metrics
-            .requests
-            .get_or_create(&RequestLabels {
-                host: self.host.clone(),
-                method: endpoint.method().as_str().to_owned(),
-                endpoint: endpoint_class(url.path()),
-                status: outcome.as_ref().map_or_else(
-                    |_| "error".to_owned(),
-                    |(status, ..)| status.as_str().to_owned(),
-                ),
-            })
-            .inc();
+        inner.metrics.answered(
+            &self.host,
+            endpoint.method().as_str(),
+            url.path(),
+            outcome.as_ref().ok().map(|(status, ..)| *status),
+            started.elapsed(),
+        );
         let (status, headers, body) = match outcome {
             Ok((status, headers, Some(body))) => (status, headers, body),
             Ok((_, _, None)) => {

@@ -5,10 +5,12 @@
 mod body;
 pub mod client;
 pub mod error_body;
+pub mod metrics;
 pub mod projects;
 pub mod reporting;
 pub mod token;
 pub mod types;
 pub mod webhook;
 
-pub use client::{ClientConfig, ClientMetrics, GitLab, GitLabError, Http, Reply};
+pub use client::{ClientConfig, GitLab, GitLabError, Http, Reply};
+pub use metrics::ClientMetrics;

@@ -311,7 +311,7 @@ async fn requests_to_one_host_are_limited() {
 
 #[test]
 fn metrics_name_endpoints_by_their_class_never_their_ids() {
-    use gantry_gitlab::client::endpoint_class;
+    use gantry_gitlab::metrics::endpoint_class;
     let sha = "0b4bc9a49b562e85de7cc9e834518ea6828729b9";
     assert_eq!(
         endpoint_class(&format!("/api/v4/projects/42/statuses/{sha}")),
