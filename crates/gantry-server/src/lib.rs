@@ -21,6 +21,7 @@ mod source;
 mod startup;
 mod state;
 mod views;
+mod web;
 mod worker;
 
 pub use bootstrap::{INITIAL_ADMIN_TOKEN_FILE, MASTER_KEY_ENV, MASTER_KEY_FILE, load_master_key};

@@ -533,6 +533,7 @@ pub async fn prune(store: Store, retention: housekeeping::Retention) {
                 run_log_chunks = pruned.run_logs,
                 outbox_writes = pruned.outbox_writes,
                 jobs = pruned.jobs,
+                sessions = pruned.sessions,
                 "pruned records past their retention"
             ),
             Err(error) => tracing::warn!(%error, "pruning old records failed"),

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use axum::Json;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderName, Method, Request, Uri};
+use axum::http::{HeaderMap, HeaderName, Method, Request, Uri};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
@@ -85,6 +86,7 @@ pub fn router(state: AppState) -> Router {
         "/api/v1/openapi.json",
         get(move || async move { Json(openapi.as_ref().clone()) }),
     )
+    .merge(crate::web::routes())
     .fallback(not_found)
     .method_not_allowed_fallback(method_not_allowed)
     .layer(axum::middleware::from_fn_with_state(
@@ -112,8 +114,12 @@ pub fn router(state: AppState) -> Router {
     .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
 }
 
-async fn not_found(method: Method, uri: Uri) -> ApiError {
-    ApiError::not_found(format!("no route for {method} {}", uri.path()))
+/// A browser asking for a page gets the HTML error page; a program, JSON.
+async fn not_found(method: Method, uri: Uri, headers: HeaderMap) -> Response {
+    if crate::web::wants_html(&headers) {
+        return crate::web::not_found_page();
+    }
+    ApiError::not_found(format!("no route for {method} {}", uri.path())).into_response()
 }
 
 async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {

@@ -1,5 +1,6 @@
 //! What the database sheds as it ages: bodies of processed deliveries,
-//! logs of ended runs, writes already sent to GitLab and finished jobs.
+//! logs of ended runs, writes already sent to GitLab, finished jobs and
+//! idle web sessions.
 //! What a user may still act on stays: deliveries' summaries (replay needs
 //! the body, and says when it was pruned), runs and their transitions,
 //! pending writes, dead jobs, and what GitLab has for each key.
@@ -8,7 +9,7 @@ use std::time::Duration;
 
 use gantry_domain::run::STATES;
 
-use crate::{Millis, Store, StoreError, deliveries};
+use crate::{Millis, Store, StoreError, deliveries, sessions};
 
 /// How long each kind of record is kept.
 #[derive(Clone, Copy, Debug)]
@@ -27,6 +28,7 @@ pub struct Pruned {
     pub run_logs: u64,
     pub outbox_writes: u64,
     pub jobs: u64,
+    pub sessions: u64,
 }
 
 impl Pruned {
@@ -65,7 +67,10 @@ pub async fn prune(store: &Store, retention: Retention, now: Millis) -> Result<P
     .execute(store.pool())
     .await?
     .rows_affected();
+    let mut conn = store.conn().await?;
+    let sessions = sessions::prune(&mut conn, now).await?;
     Ok(Pruned {
+        sessions,
         delivery_bodies,
         run_logs,
         outbox_writes,

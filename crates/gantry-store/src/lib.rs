@@ -19,6 +19,7 @@ pub mod outbox;
 pub mod page;
 mod row;
 pub mod runs;
+pub mod sessions;
 pub mod spaces;
 pub mod stacks;
 mod store;

@@ -12,4 +12,5 @@ mod runs;
 mod spaces;
 mod stacks;
 mod startup;
+mod web;
 mod webhooks;

@@ -14,7 +14,7 @@ use crate::row::{Fields, to_json};
 use crate::{Conn, Cursor, Millis, Page, StoreError};
 
 mod logs;
-pub use logs::{append_log, log, log_since};
+pub use logs::{append_log, log, log_since, log_tail};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Run {
