@@ -2,6 +2,7 @@
 
 mod api_keys;
 mod bad_input;
+mod browser;
 mod execution;
 mod harness;
 mod integrations;
