@@ -107,40 +107,50 @@ pub async fn log(conn: &mut Conn, run_id: &str) -> Result<String, StoreError> {
 /// The end of a run's log, for a page that shows it: the newest chunks up
 /// to about `max_bytes`, the number of the last chunk (-1 for none; a
 /// follower goes on after it), and whether earlier output was left out.
-/// It reads at most 64 chunks, so a huge log costs what a small one does.
+/// Chunks are read newest first in growing batches (1, 4, 16, … at most
+/// 256), so a huge log costs about what its end does.
 pub async fn log_tail(
     conn: &mut Conn,
     run_id: &str,
     max_bytes: usize,
 ) -> Result<(String, i64, bool), StoreError> {
-    const CHUNKS: i64 = 64;
-    let newest: Vec<(i64, String)> = sqlx::query_as(
-        "SELECT seq, chunk FROM run_logs WHERE run_id = $1 ORDER BY seq DESC LIMIT $2",
-    )
-    .bind(run_id)
-    .bind(CHUNKS)
-    .fetch_all(conn)
-    .await?;
-    let last = newest.first().map_or(-1, |(seq, _)| *seq);
-    let mut kept = Vec::new();
-    let mut size = 0;
-    // Chunks are numbered from 0: a tail that does not reach chunk 0 leaves
-    // some out.
-    let mut cut = newest.last().is_some_and(|(seq, _)| *seq > 0);
-    for (_, chunk) in &newest {
-        if size + chunk.len() > max_bytes {
-            // The end of this chunk that still fits, from a char boundary.
-            let mut start = chunk.len() - (max_bytes - size);
-            while !chunk.is_char_boundary(start) {
-                start += 1;
+    let mut kept: Vec<String> = Vec::new();
+    let (mut size, mut last, mut before, mut batch) = (0, -1, i64::MAX, 1);
+    let cut = 'read: loop {
+        let newest: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT seq, chunk FROM run_logs WHERE run_id = $1 AND seq < $2 \
+             ORDER BY seq DESC LIMIT $3",
+        )
+        .bind(run_id)
+        .bind(before)
+        .bind(batch)
+        .fetch_all(&mut *conn)
+        .await?;
+        let exhausted = (newest.len() as i64) < batch;
+        for (seq, chunk) in newest {
+            if last < 0 {
+                last = seq;
             }
-            kept.push(&chunk[start..]);
-            cut = true;
-            break;
+            before = seq;
+            if size + chunk.len() > max_bytes {
+                // The end of this chunk that still fits, from a char boundary.
+                let mut start = chunk.len() - (max_bytes - size);
+                while !chunk.is_char_boundary(start) {
+                    start += 1;
+                }
+                kept.push(chunk[start..].to_owned());
+                break 'read true;
+            }
+            size += chunk.len();
+            kept.push(chunk);
         }
-        size += chunk.len();
-        kept.push(chunk.as_str());
-    }
+        if exhausted {
+            // Chunks are numbered from 0: a log that does not reach chunk
+            // 0 lost its beginning to retention.
+            break before > 0 && before != i64::MAX;
+        }
+        batch = (batch * 4).min(256);
+    };
     kept.reverse();
     Ok((kept.concat(), last, cut))
 }

@@ -22,6 +22,7 @@ on_both_databases!(
     a_bad_stored_value_is_an_error_that_names_its_row,
     a_run_held_back_keeps_the_runs_after_it_waiting,
     housekeeping_prunes_what_aged_and_keeps_what_is_live,
+    the_tail_of_a_log_is_its_end,
 );
 
 async fn setup(db: &TestStore) {
@@ -510,4 +511,31 @@ async fn housekeeping_prunes_what_aged_and_keeps_what_is_live(db: TestStore) {
         .await
         .expect("count");
     assert_eq!(dead, 1, "dead jobs stay for the operator");
+}
+
+async fn the_tail_of_a_log_is_its_end(db: TestStore) {
+    let db = &db;
+    setup(db).await;
+    let run = create(db, "net", Kind::Tracked, "a1").await;
+    next(db).await.expect("start");
+    let mut conn = db.store.conn().await.expect("conn");
+    let until = Millis::now().plus(std::time::Duration::from_secs(60));
+    runs::lease(&mut conn, &run, "w1", until).await.expect("lease");
+    assert_eq!(
+        runs::log_tail(&mut conn, &run, 100).await.expect("tail"),
+        (String::new(), -1, false)
+    );
+    let mut whole = String::new();
+    for n in 0..30 {
+        let chunk = format!("line {n:02} é\n");
+        runs::append_log(&mut conn, &run, "w1", &chunk, Millis::now())
+            .await
+            .expect("log");
+        whole.push_str(&chunk);
+    }
+    let (all, last, cut) = runs::log_tail(&mut conn, &run, 10_000).await.expect("tail");
+    assert_eq!((all.as_str(), last, cut), (whole.as_str(), 29, false));
+    let (end, last, cut) = runs::log_tail(&mut conn, &run, 25).await.expect("tail");
+    assert!(whole.ends_with(&end) && end.len() <= 25 && end.len() >= 22, "{end:?}");
+    assert_eq!((last, cut), (29, true));
 }
