@@ -239,6 +239,24 @@ async fn a_person_in_a_browser_signs_in_confirms_and_sets_up_an_integration() {
         .await
         .expect("goto");
     screenshot(&browser, "stack").await;
+    // On a phone's width the pages fit; wide tables scroll in their box.
+    browser.set_window_size(390, 844).await.expect("resize");
+    for page in [format!("/runs/{run}"), "/stacks/network".to_owned()] {
+        browser
+            .goto(&format!("{}{page}", app.base))
+            .await
+            .expect("goto");
+        let fits = browser
+            .execute(
+                "return document.documentElement.scrollWidth <= window.innerWidth",
+                vec![],
+            )
+            .await
+            .expect("js");
+        assert_eq!(fits, json!(true), "{page} is wider than a phone");
+    }
+    screenshot(&browser, "stack-phone").await;
+    browser.set_window_size(1200, 900).await.expect("resize");
 
     // A POST without the CSRF token is refused.
     let status: Value = browser

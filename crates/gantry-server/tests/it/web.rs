@@ -14,6 +14,7 @@ on_both_databases!(
     Db;
     signing_in_returns_to_the_page_and_forms_need_the_csrf_token,
     pages_show_what_the_roles_allow,
+    sessions_on_https_are_secure_and_end_with_their_key,
 );
 
 /// A browser without JavaScript: it keeps cookies and does not follow
@@ -377,5 +378,41 @@ async fn pages_show_what_the_roles_allow(db: Db) {
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
     assert!(missing.body.contains("<h1>404"), "{}", missing.body);
     let _ = repo;
+    app.stop().await;
+}
+
+async fn sessions_on_https_are_secure_and_end_with_their_key(db: Db) {
+    let app = TestApp::start_configured(&db, |config| {
+        config.public_url = "https://gantry.example.com".into();
+    })
+    .await;
+    let key = app
+        .key("operator", json!([{ "space": "root", "role": "read" }]))
+        .await;
+    let mut browser = Browser::new(&app);
+    let signed_in = browser.sign_in(&key, "/stacks").await;
+    let session = signed_in
+        .set_cookies
+        .iter()
+        .find(|c| c.starts_with("gantry_session="))
+        .expect("a session cookie");
+    assert!(session.contains("Secure"), "{session}");
+    assert_eq!(browser.get("/stacks").await.status, StatusCode::OK);
+
+    // Revoking the key ends its sessions at once.
+    let (_, keys) = app.get("/api/v1/api-keys", &app.admin).await;
+    let id = keys["items"]
+        .as_array()
+        .and_then(|items| items.iter().find(|k| k["name"] == "operator"))
+        .and_then(|k| k["id"].as_str())
+        .expect("the key")
+        .to_owned();
+    let (status, _) = app
+        .delete(&format!("/api/v1/api-keys/{id}"), &app.admin)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let after = browser.get("/stacks").await;
+    assert_eq!(after.status, StatusCode::SEE_OTHER);
+    assert_eq!(after.location.as_deref(), Some("/login?next=%2Fstacks"));
     app.stop().await;
 }

@@ -10,6 +10,7 @@ on_both_databases!(
     api_key_secrets_work_until_revoked,
     admins_see_the_keys_of_their_subtree,
     revoking_the_last_two_admin_keys_at_once_leaves_one,
+    a_web_session_lasts_while_used_and_ends_after_12_hours_idle,
 );
 
 fn grant(space: &str, role: Role) -> Grant {
@@ -168,4 +169,51 @@ async fn revoking_the_last_two_admin_keys_at_once_leaves_one(db: TestStore) {
         .expect("revoke");
     first.commit().await.expect("commit");
     assert_eq!(second.await.expect("second"), ["b"]);
+}
+
+async fn a_web_session_lasts_while_used_and_ends_after_12_hours_idle(db: TestStore) {
+    use gantry_store::sessions;
+    let db = &db;
+    let mut conn = db.store.conn().await.expect("conn");
+    spaces::insert(&mut conn, "root", "root", None, Millis::now())
+        .await
+        .expect("root");
+    api_keys::insert(
+        &mut conn,
+        "a",
+        "a",
+        &[grant("root", Role::Read)],
+        None,
+        Millis::now(),
+    )
+    .await
+    .expect("insert");
+    let start = Millis::now();
+    let secret = sessions::create(&mut conn, "a", start)
+        .await
+        .expect("session");
+    let secret = secret.expose_secret();
+    let hour = std::time::Duration::from_secs(3600);
+    let found = |at: Millis| {
+        let store = db.store.clone();
+        let secret = secret.to_owned();
+        async move {
+            let mut conn = store.conn().await.expect("conn");
+            sessions::authenticate(&mut conn, &secret, at)
+                .await
+                .expect("auth")
+                .map(|key| key.id)
+        }
+    };
+    // Used every 11 hours, it lives on; then 12 hours idle end it.
+    assert_eq!(found(start.plus(hour * 11)).await.as_deref(), Some("a"));
+    assert_eq!(found(start.plus(hour * 22)).await.as_deref(), Some("a"));
+    assert_eq!(found(start.plus(hour * 34)).await, None);
+    assert_eq!(
+        sessions::prune(&mut conn, start.plus(hour * 34))
+            .await
+            .expect("prune"),
+        1
+    );
+    assert_eq!(found(start.plus(hour * 11)).await, None, "pruned");
 }

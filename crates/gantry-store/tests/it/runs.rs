@@ -520,7 +520,9 @@ async fn the_tail_of_a_log_is_its_end(db: TestStore) {
     next(db).await.expect("start");
     let mut conn = db.store.conn().await.expect("conn");
     let until = Millis::now().plus(std::time::Duration::from_secs(60));
-    runs::lease(&mut conn, &run, "w1", until).await.expect("lease");
+    runs::lease(&mut conn, &run, "w1", until)
+        .await
+        .expect("lease");
     assert_eq!(
         runs::log_tail(&mut conn, &run, 100).await.expect("tail"),
         (String::new(), -1, false)
@@ -536,6 +538,9 @@ async fn the_tail_of_a_log_is_its_end(db: TestStore) {
     let (all, last, cut) = runs::log_tail(&mut conn, &run, 10_000).await.expect("tail");
     assert_eq!((all.as_str(), last, cut), (whole.as_str(), 29, false));
     let (end, last, cut) = runs::log_tail(&mut conn, &run, 25).await.expect("tail");
-    assert!(whole.ends_with(&end) && end.len() <= 25 && end.len() >= 22, "{end:?}");
+    assert!(
+        whole.ends_with(&end) && end.len() <= 25 && end.len() >= 22,
+        "{end:?}"
+    );
     assert_eq!((last, cut), (29, true));
 }
