@@ -11,9 +11,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use serde_json::{Value, json};
 
-use crate::state::AccessLevel::{Guest, Maintainer, Reporter};
+use crate::state::AccessLevel::{Guest, Reporter};
 use crate::state::{AccessLevel, LoggedRequest, now};
-use crate::{FaultKind, Shared, git, reporting, statuses};
+use crate::{FaultKind, Shared, git, project_hooks, reporting, statuses};
 
 pub(crate) type SimState = State<Arc<Shared>>;
 
@@ -25,7 +25,17 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v4/projects/{id}/members/all/{user_id}", get(member))
         .route(
             "/api/v4/projects/{id}/hooks",
-            get(list_hooks).post(create_hook),
+            get(project_hooks::list).post(project_hooks::create),
+        )
+        .route(
+            "/api/v4/projects/{id}/hooks/{hook_id}",
+            get(project_hooks::show)
+                .put(project_hooks::edit)
+                .delete(project_hooks::delete),
+        )
+        .route(
+            "/api/v4/personal_access_tokens/self/rotate",
+            post(project_hooks::rotate_token),
         )
         .route(
             "/api/v4/projects/{id}/statuses/{sha}",
@@ -155,6 +165,11 @@ async fn log_and_fault(State(shared): SimState, request: Request, next: Next) ->
         Some(FaultKind::Delay(wait)) => {
             tokio::time::sleep(wait).await;
             next.run(request).await
+        }
+        Some(FaultKind::DelayAnswer(wait)) => {
+            let response = next.run(request).await;
+            tokio::time::sleep(wait).await;
+            response
         }
         None => next.run(request).await,
     };
@@ -449,69 +464,6 @@ async fn member(
     user["access_level"] = json!(level as u8);
     user["expires_at"] = Value::Null;
     axum::Json(user).into_response()
-}
-
-fn hook_json(project_id: u64, hook: &crate::state::Hook) -> Value {
-    json!({
-        "id": hook.id,
-        "url": hook.url,
-        "project_id": project_id,
-        "push_events": hook.push_events,
-        "tag_push_events": hook.tag_push_events,
-        "merge_requests_events": hook.merge_requests_events,
-        "issues_events": false,
-        "note_events": false,
-        "job_events": false,
-        "pipeline_events": false,
-        "wiki_page_events": false,
-        "enable_ssl_verification": true,
-        "created_at": hook.created_at,
-    })
-}
-
-async fn list_hooks(
-    State(shared): SimState,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    let (_, project_id) = answer_on_err!(project_access(&shared, &headers, &id, read(Maintainer)));
-    let state = shared.lock();
-    let hooks: Vec<Value> = state
-        .project(project_id)
-        .map(|project| {
-            project
-                .hooks
-                .iter()
-                .map(|hook| hook_json(project_id, hook))
-                .collect()
-        })
-        .unwrap_or_default();
-    axum::Json(hooks).into_response()
-}
-
-async fn create_hook(State(shared): SimState, Path(id): Path<String>, call: Call) -> Response {
-    let (_, project_id) = answer_on_err!(call.access(&shared, &id, write(Maintainer)));
-    let params = call.params;
-    let Some(url) = params.get("url") else {
-        return bad_request("url is missing");
-    };
-    let mut state = shared.lock();
-    let Some(hook_id) = state.add_hook(project_id, url, params.get("token").map(String::as_str))
-    else {
-        return not_found("Project");
-    };
-    let Some(hook) = state
-        .project_mut(project_id)
-        .and_then(|project| project.hooks.iter_mut().find(|hook| hook.id == hook_id))
-    else {
-        return not_found("Hook");
-    };
-    hook.push_events = params
-        .get("push_events")
-        .is_none_or(|value| value == "true");
-    hook.tag_push_events = yes(params.get("tag_push_events"));
-    hook.merge_requests_events = yes(params.get("merge_requests_events"));
-    (StatusCode::CREATED, axum::Json(hook_json(project_id, hook))).into_response()
 }
 
 /// GitLab's offset pagination: `page`, `per_page` (default 20, at most

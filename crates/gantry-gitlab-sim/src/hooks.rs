@@ -96,9 +96,9 @@ pub(crate) async fn deliver_to_project(
             .hooks
             .iter()
             .filter(|hook| match event {
-                "Push Hook" => hook.push_events,
-                "Tag Push Hook" => hook.tag_push_events,
-                "Merge Request Hook" => hook.merge_requests_events,
+                "Push Hook" => hook.wants("push_events"),
+                "Tag Push Hook" => hook.wants("tag_push_events"),
+                "Merge Request Hook" => hook.wants("merge_requests_events"),
                 _ => false,
             })
             .map(|hook| Delivery::new(&hook.url, event, body, hook.token.as_deref(), &shared.url))

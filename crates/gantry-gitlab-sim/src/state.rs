@@ -79,6 +79,10 @@ pub(crate) struct Token {
     pub id: u64,
     pub spec: TokenSpec,
     pub revoked: bool,
+    /// The id of the first token of its rotation chain.
+    pub family: u64,
+    /// Revoked because it was rotated (its reuse revokes the family).
+    pub rotated: bool,
 }
 
 pub(crate) struct MergeRequest {
@@ -95,10 +99,33 @@ pub(crate) struct Hook {
     pub id: u64,
     pub url: String,
     pub token: Option<String>,
-    pub push_events: bool,
-    pub tag_push_events: bool,
-    pub merge_requests_events: bool,
+    /// Every event flag GitLab has (`push_events`, `issues_events`, …).
+    pub events: std::collections::BTreeMap<&'static str, bool>,
+    pub enable_ssl_verification: bool,
     pub created_at: String,
+}
+
+/// The event flags of a project hook, and GitLab's defaults for a new one
+/// (only `push_events` is on).
+pub(crate) const HOOK_EVENTS: [(&str, bool); 12] = [
+    ("push_events", true),
+    ("tag_push_events", false),
+    ("merge_requests_events", false),
+    ("issues_events", false),
+    ("confidential_issues_events", false),
+    ("note_events", false),
+    ("confidential_note_events", false),
+    ("job_events", false),
+    ("pipeline_events", false),
+    ("wiki_page_events", false),
+    ("deployment_events", false),
+    ("releases_events", false),
+];
+
+impl Hook {
+    pub fn wants(&self, event: &str) -> bool {
+        self.events.get(event).copied().unwrap_or(false)
+    }
 }
 
 pub(crate) struct Project {
@@ -183,6 +210,8 @@ impl State {
                 id,
                 spec,
                 revoked: false,
+                family: id,
+                rotated: false,
             },
         );
         secret
@@ -258,13 +287,18 @@ impl State {
     pub fn add_hook(&mut self, project_id: u64, url: &str, token: Option<&str>) -> Option<u64> {
         let id = self.next_id();
         let project = self.project_mut(project_id)?;
+        let mut events: std::collections::BTreeMap<&'static str, bool> =
+            HOOK_EVENTS.into_iter().collect();
+        // What a person ticks for Gantry.
+        for event in ["push_events", "tag_push_events", "merge_requests_events"] {
+            events.insert(event, true);
+        }
         project.hooks.push(Hook {
             id,
             url: url.to_owned(),
             token: token.map(str::to_owned),
-            push_events: true,
-            tag_push_events: true,
-            merge_requests_events: true,
+            events,
+            enable_ssl_verification: true,
             created_at: now(),
         });
         Some(id)

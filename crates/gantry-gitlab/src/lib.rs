@@ -5,6 +5,7 @@
 mod body;
 pub mod client;
 pub mod error_body;
+pub mod hooks;
 pub mod metrics;
 pub mod projects;
 pub mod reporting;

@@ -125,6 +125,28 @@ async fn find_in_pages<T: serde::de::DeserializeOwned>(
     Ok(None)
 }
 
+/// Every item of a paged list, at most 50 pages of 100.
+pub(crate) async fn all_pages<T: serde::de::DeserializeOwned>(
+    client: &GitLab,
+    path: String,
+) -> Result<Vec<T>, GitLabError> {
+    let mut all = Vec::new();
+    for page in 1..=50 {
+        let endpoint = Page {
+            path: path.clone(),
+            page,
+            extra: &[],
+        };
+        let items: Vec<T> = client.query(&endpoint).await?;
+        let full = items.len() == 100;
+        all.extend(items);
+        if !full {
+            break;
+        }
+    }
+    Ok(all)
+}
+
 /// Looks through a merge request's notes for one whose body holds
 /// `marker`; at most 20 pages of 100.
 pub async fn find_note(

@@ -166,6 +166,7 @@ mod tests {
             active: true,
             scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
             expires_at: expires_at.map(str::to_owned),
+            created_at: None,
             user_id: Some(7),
         }
     }

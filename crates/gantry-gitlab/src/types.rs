@@ -22,6 +22,9 @@ pub struct AccessTokenSelf {
     /// A date (`2026-12-31`) as GitLab gives it, or `null` for no expiry.
     #[serde(default)]
     pub expires_at: Option<String>,
+    /// When the token was made (RFC 3339).
+    #[serde(default)]
+    pub created_at: Option<String>,
     #[serde(default)]
     pub user_id: Option<u64>,
 }

@@ -20,6 +20,7 @@ mod routes;
 mod source;
 mod startup;
 mod state;
+mod upkeep;
 mod views;
 mod web;
 mod worker;

@@ -74,6 +74,8 @@ pub struct Metrics {
     latency: Family<RouteLabels, Histogram>,
     healthy: Family<IntegrationLabels, Gauge>,
     pending: Family<IntegrationLabels, Gauge>,
+    token_healthy: Family<IntegrationLabels, Gauge>,
+    token_expiry: Family<IntegrationLabels, Gauge>,
     failed_deliveries: Gauge,
     deliveries: Family<StatusLabels, Gauge>,
     jobs: Family<JobLabels, Gauge>,
@@ -112,6 +114,18 @@ impl Metrics {
             "Writes to GitLab waiting to be delivered, per integration",
             pending.clone(),
         );
+        let token_healthy = Family::<IntegrationLabels, Gauge>::default();
+        registry.register(
+            "integration_token_healthy",
+            "1 while the integration's token works (its last check was accepted and GitLab has not rejected it since)",
+            token_healthy.clone(),
+        );
+        let token_expiry = Family::<IntegrationLabels, Gauge>::default();
+        registry.register(
+            "integration_token_expiry_seconds",
+            "Seconds until the integration's token expires (negative once expired); absent for a token without expiry",
+            token_expiry.clone(),
+        );
         let failed_deliveries = Gauge::default();
         registry.register(
             "deliveries_failed",
@@ -146,6 +160,8 @@ impl Metrics {
             latency,
             healthy,
             pending,
+            token_healthy,
+            token_expiry,
             failed_deliveries,
             deliveries,
             jobs,
@@ -160,14 +176,16 @@ impl Metrics {
         let gauges = gantry_store::gauges::read(store, Millis::now()).await?;
         let mut conn = store.conn().await?;
         let health = outbox::all_health(&mut conn).await?;
+        let all = gantry_store::integrations::all(&mut conn).await?;
         drop(conn);
-        for (integration, health) in health {
+        for (integration, health) in &health {
             self.set_integration(
-                &integration,
+                integration,
                 health.unhealthy_since.is_none(),
                 health.pending,
             );
         }
+        self.set_tokens(&all, &health);
         self.failed_deliveries.set(gauges.deliveries_failed);
         // Every status and state is shown, 0 when there is none.
         for status in ["accepted", "duplicate", "ignored", "rejected"] {
@@ -201,6 +219,36 @@ impl Metrics {
         self.outbox_oldest_pending
             .set(gauges.outbox_oldest_pending_seconds);
         Ok(())
+    }
+
+    /// The tokens' health and time to expiry.
+    fn set_tokens(
+        &self,
+        all: &[gantry_store::integrations::Integration],
+        health: &[(String, outbox::Health)],
+    ) {
+        self.token_expiry.clear();
+        let now = time::OffsetDateTime::now_utc();
+        for integration in all {
+            let labels = IntegrationLabels {
+                integration: integration.id.clone(),
+            };
+            let rejected = health
+                .iter()
+                .any(|(id, h)| *id == integration.id && h.unhealthy_since.is_some());
+            self.token_healthy
+                .get_or_create(&labels)
+                .set(i64::from(!rejected));
+            let expires = integration.token.expires_at.as_deref().and_then(|raw| {
+                time::Date::parse(raw, &time::format_description::well_known::Iso8601::DATE).ok()
+            });
+            if let Some(date) = expires {
+                let at = date.midnight().assume_utc();
+                self.token_expiry
+                    .get_or_create(&labels)
+                    .set((at - now).whole_seconds());
+            }
+        }
     }
 
     /// Sets an integration's health and outbox backlog.

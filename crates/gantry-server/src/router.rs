@@ -61,6 +61,8 @@ pub fn router(state: AppState) -> Router {
             integrations::delete
         ))
         .routes(routes!(integrations::rotate_secret))
+        .routes(routes!(integrations::hooks::list))
+        .routes(routes!(integrations::hooks::sync))
         .routes(routes!(deliveries::list))
         .routes(routes!(deliveries::replay))
         .routes(routes!(webhooks::receive))

@@ -49,11 +49,13 @@ impl RunningServer {
         let lease = self.state.config.lease;
         loop {
             let taken = crate::process::run_due(&processor, &self.owner, lease).await?
+                + crate::upkeep::run_due(&self.state, &self.owner).await?
                 + crate::outbox::pass(&self.state, &self.owner).await?;
             if taken > 0 {
                 continue;
             }
             let left = crate::process::outstanding(&processor).await?
+                + crate::upkeep::outstanding(&self.state).await?
                 + crate::outbox::outstanding(&self.state).await?;
             if left == 0 {
                 return Ok(());
@@ -148,6 +150,8 @@ pub async fn start(
     ));
     let reporter_state = state.clone();
     let reporter_owner = owner.clone();
+    let upkeep = tokio::spawn(crate::upkeep::work(state.clone(), owner.clone()));
+    let scheduler = tokio::spawn(crate::upkeep::scheduler(state.clone()));
     let processing = tokio::spawn(crate::process::work(processor, owner, state.config.lease));
     let pruner = tokio::spawn(crate::process::prune(
         store.clone(),
@@ -184,6 +188,8 @@ pub async fn start(
         }
         reaper.abort();
         processing.abort();
+        upkeep.abort();
+        scheduler.abort();
         pruner.abort();
         sweeper.abort();
         // The reporter finishes the writes it is sending (GitLab calls have

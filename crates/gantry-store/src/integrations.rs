@@ -40,13 +40,22 @@ pub struct Integration {
     /// `previous_secret_expires_at`.
     pub previous_secret_sealed: Option<String>,
     pub previous_secret_expires_at: Option<i64>,
+    /// Whether Gantry keeps the project hooks for this integration.
+    pub manage_hooks: bool,
+    /// Rotate the token when it expires within this many days.
+    pub rotate_token_days_before_expiry: Option<i64>,
+    /// When GitLab last answered a check of the token.
+    pub token_checked_at: Option<i64>,
+    /// A rotation asked of GitLab and not finished (see [`begin_rotation`]).
+    pub token_rotation_started_at: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
 }
 
 const COLUMNS: &str = "id, name, space_id, is_default, api_host_url, user_facing_host_url, labels, \
     description, token_sealed, token_scopes, token_expires_at, token_user_id, token_username, warnings, \
-    webhook_secret_sealed, previous_secret_sealed, previous_secret_expires_at, created_at, updated_at";
+    webhook_secret_sealed, previous_secret_sealed, previous_secret_expires_at, manage_hooks, \
+    rotate_token_days_before_expiry, token_checked_at, token_rotation_started_at, created_at, updated_at";
 
 fn json(list: &[String]) -> String {
     to_json(&list)
@@ -80,6 +89,7 @@ impl FromRow<'_, AnyRow> for Integration {
                 username: row.try_get("token_username")?,
             },
             warnings: fields.json_in(row, "warnings")?,
+            manage_hooks: fields.flag_in(row, "manage_hooks")?,
             id,
             name: row.try_get("name")?,
             space_id: row.try_get("space_id")?,
@@ -90,6 +100,9 @@ impl FromRow<'_, AnyRow> for Integration {
             webhook_secret_sealed: row.try_get("webhook_secret_sealed")?,
             previous_secret_sealed: row.try_get("previous_secret_sealed")?,
             previous_secret_expires_at: row.try_get("previous_secret_expires_at")?,
+            rotate_token_days_before_expiry: row.try_get("rotate_token_days_before_expiry")?,
+            token_checked_at: row.try_get("token_checked_at")?,
+            token_rotation_started_at: row.try_get("token_rotation_started_at")?,
             created_at: row.try_get("created_at")?,
             updated_at: row.try_get("updated_at")?,
         })
@@ -180,6 +193,10 @@ fn bind<'q>(
         .bind(&i.webhook_secret_sealed)
         .bind(&i.previous_secret_sealed)
         .bind(i.previous_secret_expires_at)
+        .bind(i64::from(i.manage_hooks))
+        .bind(i.rotate_token_days_before_expiry)
+        .bind(i.token_checked_at)
+        .bind(i.token_rotation_started_at)
         .bind(i.created_at)
         .bind(i.updated_at)
 }
@@ -254,4 +271,94 @@ impl Integration {
         };
         std::iter::once(self.webhook_secret_sealed.as_str()).chain(previous)
     }
+}
+
+/// Every integration, oldest first (for the periodic checks).
+pub async fn all(conn: &mut Conn) -> Result<Vec<Integration>, StoreError> {
+    Ok(sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM integrations ORDER BY created_at, id"
+    ))
+    .fetch_all(conn)
+    .await?)
+}
+
+/// Records the intent to rotate the integration's token, before GitLab is
+/// asked; `false` when a rotation is already under way or was left
+/// unfinished, so the same token is never rotated twice.
+pub async fn begin_rotation(conn: &mut Conn, id: &str, now: Millis) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "UPDATE integrations SET token_rotation_started_at = $1 \
+         WHERE id = $2 AND token_rotation_started_at IS NULL",
+    )
+    .bind(now.0)
+    .bind(id)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Stores the token a rotation gave, sealed, with its facts, and ends the
+/// rotation.
+pub async fn finish_rotation(
+    conn: &mut Conn,
+    id: &str,
+    token_sealed: &str,
+    expires_at: Option<&str>,
+    now: Millis,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE integrations SET token_sealed = $1, token_expires_at = $2, \
+           token_rotation_started_at = NULL, token_checked_at = $3, updated_at = $3 WHERE id = $4",
+    )
+    .bind(token_sealed)
+    .bind(expires_at)
+    .bind(now.0)
+    .bind(id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Ends a rotation that GitLab refused (so nothing was rotated).
+pub async fn abandon_rotation(conn: &mut Conn, id: &str) -> Result<(), StoreError> {
+    sqlx::query("UPDATE integrations SET token_rotation_started_at = NULL WHERE id = $1")
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Records what a check of the token found: its facts and warnings (or,
+/// with `facts` `None`, only the warnings: GitLab refused the token or
+/// could not be asked).
+pub async fn record_check(
+    conn: &mut Conn,
+    id: &str,
+    facts: Option<&TokenFacts>,
+    warnings: &[String],
+    now: Millis,
+) -> Result<(), StoreError> {
+    match facts {
+        Some(facts) => sqlx::query(
+            "UPDATE integrations SET token_scopes = $1, token_expires_at = $2, token_user_id = $3, \
+                   token_username = $4, warnings = $5, token_checked_at = $6 WHERE id = $7",
+        )
+        .bind(json(&facts.scopes))
+        .bind(&facts.expires_at)
+        .bind(facts.user_id)
+        .bind(&facts.username)
+        .bind(json(warnings))
+        .bind(now.0)
+        .bind(id)
+        .execute(conn)
+        .await?,
+        None => {
+            sqlx::query("UPDATE integrations SET warnings = $1 WHERE id = $2")
+                .bind(json(warnings))
+                .bind(id)
+                .execute(conn)
+                .await?
+        }
+    };
+    Ok(())
 }

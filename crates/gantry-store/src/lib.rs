@@ -17,6 +17,7 @@ pub mod integrations;
 pub mod jobs;
 pub mod outbox;
 pub mod page;
+pub mod project_hooks;
 mod row;
 pub mod runs;
 pub mod sessions;

@@ -155,6 +155,8 @@ pub async fn create(State(state): State<AppState>, posted: Posted<SetUpForm>) ->
             .map(str::to_owned)
             .collect(),
         description: form.description.clone(),
+        manage_hooks: None,
+        rotate_token_days_before_expiry: None,
     };
     match integrations::create(State(state), viewer.principal.clone(), ApiJson(body)).await {
         Ok((_, created)) => see_other(&format!("/integrations/{}", created.0.id)),

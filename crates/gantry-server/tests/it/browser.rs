@@ -9,7 +9,6 @@
 //! Without chromedriver the test is skipped, except under `CI=true`.
 //! `GANTRY_SCREENSHOTS=1` writes the pages' screenshots to `docs/`.
 
-use std::net::TcpListener;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -17,20 +16,13 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 
 use crate::execution::{shell_run, wait_for};
-use crate::harness::{Db, TestApp, repo};
+use crate::harness::{Db, TestApp, free_port, repo};
 
 /// A chromedriver of this test, stopped when dropped.
 struct Driver {
     _child: tokio::process::Child,
     url: String,
     profile: tempfile::TempDir,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port()
 }
 
 impl Driver {
@@ -84,11 +76,20 @@ impl Driver {
         });
         let mut capabilities = serde_json::Map::new();
         capabilities.insert("goog:chromeOptions".into(), options);
-        ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-            .capabilities(capabilities)
-            .connect(&self.url)
-            .await
-            .expect("a browser session")
+        // Chromium may be slow to start while the other tests run.
+        let mut last = None;
+        for _ in 0..3 {
+            match ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+                .capabilities(capabilities.clone())
+                .connect(&self.url)
+                .await
+            {
+                Ok(client) => return client,
+                Err(error) => last = Some(error),
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        panic!("no browser session: {last:?}")
     }
 }
 
@@ -171,12 +172,7 @@ async fn a_person_in_a_browser_signs_in_confirms_and_sets_up_an_integration() {
     };
     let db = <Db as gantry_store::testing::Databases>::sqlite().await;
     let port = free_port();
-    let app = TestApp::start_configured(&db, |config| {
-        config.embedded_workers = 1;
-        config.listen = format!("127.0.0.1:{port}").parse().expect("addr");
-        config.public_url = format!("http://127.0.0.1:{port}");
-    })
-    .await;
+    let app = TestApp::start_reachable(&db, port, |config| config.embedded_workers = 1).await;
     let repo = repo(&app).await;
     let plan =
         "echo 'planning the network'; echo 'Plan: 2 to add, 1 to change, 0 to destroy.'; exit 2";

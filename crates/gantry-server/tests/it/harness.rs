@@ -130,6 +130,21 @@ impl TestApp {
         Self::start_configured(db, |config| config.embedded_workers = workers).await
     }
 
+    /// A server whose public URL is its own address, so that the hooks it
+    /// makes in GitLab deliver to it, even after a restart on the same data.
+    pub async fn start_reachable(
+        db: &Db,
+        port: u16,
+        change: impl FnOnce(&mut ServerConfig),
+    ) -> Self {
+        Self::start_configured(db, |config| {
+            config.listen = format!("127.0.0.1:{port}").parse().expect("addr");
+            config.public_url = format!("http://127.0.0.1:{port}");
+            change(config);
+        })
+        .await
+    }
+
     /// A server with the test configuration as `change` leaves it.
     pub async fn start_configured(db: &Db, change: impl FnOnce(&mut ServerConfig)) -> Self {
         log_buffer();
@@ -281,6 +296,14 @@ impl TestApp {
     }
 }
 
+/// A free local port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
+}
+
 /// A simulated GitLab with the repository `infra/network` and the default
 /// integration `main` on it.
 pub struct Repo {
@@ -295,12 +318,12 @@ pub async fn repo(app: &TestApp) -> Repo {
     let project = sim
         .add_maintained_project(&bot, "infra/network", "main")
         .expect("project");
+    // The tests add the hooks they deliver through themselves (`hook`);
+    // `hooks.rs` tests Gantry's own.
+    let mut body = sim.integration_body(&bot, "Main", true);
+    body["manage_hooks"] = serde_json::json!(false);
     let (status, created) = app
-        .post(
-            "/api/v1/integrations/gitlab",
-            &app.admin,
-            sim.integration_body(&bot, "Main", true),
-        )
+        .post("/api/v1/integrations/gitlab", &app.admin, body)
         .await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
     Repo {

@@ -5,6 +5,7 @@ mod bad_input;
 mod browser;
 mod execution;
 mod harness;
+mod hooks;
 mod integrations;
 mod isolation;
 mod reporting;

@@ -51,6 +51,10 @@ async fn setup(db: &TestStore) {
         webhook_secret_sealed: "v1:x:z".into(),
         previous_secret_sealed: None,
         previous_secret_expires_at: None,
+        manage_hooks: true,
+        rotate_token_days_before_expiry: None,
+        token_checked_at: None,
+        token_rotation_started_at: None,
         created_at: now.0,
         updated_at: now.0,
     };

@@ -41,6 +41,11 @@ pub struct CreateIntegration {
     /// Markdown.
     #[serde(default)]
     pub description: String,
+    /// Whether Gantry keeps each stack's project hook (default `true`).
+    pub manage_hooks: Option<bool>,
+    /// Rotate the token when it expires within this many days (1 to 365);
+    /// absent or 0: never.
+    pub rotate_token_days_before_expiry: Option<u32>,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -57,6 +62,20 @@ pub struct UpdateIntegration {
     pub api_token: Option<SecretString>,
     pub labels: Option<Vec<String>>,
     pub description: Option<String>,
+    pub manage_hooks: Option<bool>,
+    /// 1 to 365; 0 turns rotation off.
+    pub rotate_token_days_before_expiry: Option<u32>,
+}
+
+/// `rotate_token_days_before_expiry` as stored: `None` for never.
+pub fn rotation_days(days: u32) -> Result<Option<i64>, ApiError> {
+    match days {
+        0 => Ok(None),
+        1..=365 => Ok(Some(i64::from(days))),
+        _ => Err(ApiError::invalid(format!(
+            "`rotate_token_days_before_expiry` is {days}; it must be between 1 and 365, or 0 for never"
+        ))),
+    }
 }
 
 #[derive(Deserialize, IntoParams)]

@@ -2,6 +2,7 @@
 //! details for admins only, change, rotate the webhook secret, delete.
 //! Every change and every view of details is audited.
 
+pub mod hooks;
 mod input;
 mod view;
 
@@ -26,9 +27,11 @@ use crate::state::AppState;
 use crate::views::{List, ListParams};
 
 pub use input::{CreateIntegration, DeleteParams, RotateParams, UpdateIntegration};
-use input::{MAX_GRACE, api_token, check_token, description, facts, host_url, user_facing_url};
-pub use view::IntegrationView;
+use input::{
+    MAX_GRACE, api_token, check_token, description, facts, host_url, rotation_days, user_facing_url,
+};
 use view::{Details, view};
+pub use view::{IntegrationView, webhook_endpoint};
 
 async fn health(state: &AppState, id: &str) -> Result<outbox::Health, ApiError> {
     let mut conn = state.store.conn().await?;
@@ -118,6 +121,7 @@ pub async fn create(
     let labels = labels(body.labels)?;
     let description = description(body.description)?;
     let token = api_token(&body.api_token)?;
+    let rotate_days = rotation_days(body.rotate_token_days_before_expiry.unwrap_or(0))?;
 
     // Cheap refusals first, so a bad request never reaches GitLab.
     {
@@ -157,6 +161,10 @@ pub async fn create(
             .encrypt(&webhook_secret_context(id.as_str()), &secret),
         previous_secret_sealed: None,
         previous_secret_expires_at: None,
+        manage_hooks: body.manage_hooks.unwrap_or(true),
+        rotate_token_days_before_expiry: rotate_days,
+        token_checked_at: Some(now.0),
+        token_rotation_started_at: None,
         created_at: now.0,
         updated_at: now.0,
     };
@@ -289,10 +297,16 @@ pub async fn update(
             .encrypt(&integrations::api_token_context(&id), &token);
         next.token = token_facts;
         next.warnings = warnings;
+        // A new token ends any rotation left unfinished.
+        next.token_rotation_started_at = None;
+        next.token_checked_at = Some(Millis::now().0);
         changed.push("api_token");
     }
     next.updated_at = Millis::now().0;
     integrations::update(&mut tx, &next).await?;
+    if changed.contains(&"manage_hooks") {
+        crate::upkeep::queue_sync_all(&mut tx, &id, false, None).await?;
+    }
     if token_checked {
         // GitLab accepts the token again: its paused writes resume.
         outbox::mark_healthy(&mut tx, &id).await?;
@@ -374,6 +388,16 @@ async fn changes(
     if let Some(raw) = &body.description {
         next.description = description(raw.clone())?;
         changed.push("description");
+    }
+    if let Some(manage) = body.manage_hooks
+        && manage != next.manage_hooks
+    {
+        next.manage_hooks = manage;
+        changed.push("manage_hooks");
+    }
+    if let Some(days) = body.rotate_token_days_before_expiry {
+        next.rotate_token_days_before_expiry = rotation_days(days)?;
+        changed.push("rotate_token_days_before_expiry");
     }
     if next.is_default
         && let Some(existing) = integrations::default(conn).await?
@@ -460,6 +484,8 @@ pub async fn rotate_secret(
     integration.previous_secret_expires_at = Some(now.plus(grace).0);
     integration.updated_at = now.0;
     integrations::update(&mut tx, &integration).await?;
+    // Every managed hook gets the new secret as its token.
+    crate::upkeep::queue_sync_all(&mut tx, &id, true, None).await?;
     let detail = json!({ "grace_seconds": grace.as_secs() });
     principal
         .audit(

@@ -51,6 +51,9 @@ pub struct TokenView {
     /// A date as GitLab gives it, or `null` for none.
     pub expires_at: Option<String>,
     pub user: TokenUserView,
+    /// When GitLab last answered a check of the token (daily, and at
+    /// every start of a server).
+    pub checked_at: Option<String>,
 }
 
 /// An integration. `webhook_endpoint` and `webhook_secret` are present only
@@ -74,6 +77,10 @@ pub struct IntegrationView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub previous_webhook_secret_valid_until: Option<String>,
     pub token: TokenView,
+    /// Whether Gantry keeps the project hooks of the stacks.
+    pub manage_hooks: bool,
+    /// Gantry rotates the token when it expires within this many days.
+    pub rotate_token_days_before_expiry: Option<i64>,
     pub warnings: Vec<String>,
     pub health: HealthView,
     pub created_at: String,
@@ -122,7 +129,10 @@ pub fn view(
                 id: integration.token.user_id,
                 username: integration.token.username,
             },
+            checked_at: integration.token_checked_at.map(timestamp),
         },
+        manage_hooks: integration.manage_hooks,
+        rotate_token_days_before_expiry: integration.rotate_token_days_before_expiry,
         warnings: integration.warnings,
         health: health_view(health),
         created_at: timestamp(integration.created_at),

@@ -204,6 +204,7 @@ pub async fn create(
     };
     let mut tx = state.store.begin().await?;
     stacks::insert(&mut tx, &stack).await?;
+    sync_hook(&mut tx, &stack).await?;
     let detail = json!({ "integration": integration.id, "repository": stack.repository, "project_id": project_id });
     principal
         .audit(&mut tx, "stack.create", target(&stack), detail)
@@ -267,7 +268,31 @@ pub async fn show(
 ) -> Result<Json<StackView>, ApiError> {
     let mut conn = state.store.conn().await?;
     let stack = authorized(&mut conn, &principal, &id, Role::Read).await?;
-    Ok(Json(view(stack, Vec::new())))
+    let warnings = hook_warnings(&mut conn, &state, &stack).await?;
+    Ok(Json(view(stack, warnings)))
+}
+
+/// What a user must do by hand about the stack's project hook: add it,
+/// when the integration's token may not manage hooks on the project.
+async fn hook_warnings(
+    conn: &mut Conn,
+    state: &AppState,
+    stack: &Stack,
+) -> Result<Vec<String>, ApiError> {
+    let Some(integration) = &stack.integration_id else {
+        return Ok(Vec::new());
+    };
+    let found = gantry_store::project_hooks::get(conn, integration, stack.project_id).await?;
+    Ok(match found {
+        Some(hook) if hook.state == "forbidden" => vec![format!(
+            "Gantry cannot manage the webhook of {}: the integration's token is not a Maintainer of the project. \
+             Add it by hand in GitLab (Settings → Webhooks): URL {}, the integration's webhook secret as Secret token, \
+             and the triggers Push events, Tag push events and Merge request events",
+            stack.repository,
+            crate::routes::integrations::webhook_endpoint(state, integration)
+        )],
+        _ => Vec::new(),
+    })
 }
 
 /// Changes a stack. A new repository or integration is resolved with
@@ -342,6 +367,11 @@ pub async fn update(
     fresh.updated_at = Millis::now().0;
     let next = fresh;
     stacks::update(&mut tx, &next).await?;
+    if (&next.integration_id, next.project_id) != (&current.integration_id, current.project_id) {
+        // Moved: the new project gets its hook, the old one may lose it.
+        sync_hook(&mut tx, &next).await?;
+        sync_hook(&mut tx, &current).await?;
+    }
     principal
         .audit(&mut tx, "stack.update", target(&next), json!({}))
         .await?;
@@ -410,6 +440,23 @@ fn apply_fields(
     Ok(())
 }
 
+/// Queues the check of the hook of the stack's project, in the stack's
+/// transaction: the project gets its hook, or loses it with its last stack.
+async fn sync_hook(tx: &mut gantry_store::Tx, stack: &Stack) -> Result<(), ApiError> {
+    if let Some(integration) = &stack.integration_id {
+        crate::upkeep::queue_sync(
+            tx,
+            integration,
+            stack.project_id,
+            &stack.repository,
+            false,
+            None,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 /// Deletes a stack. Needs `admin` on its space.
 #[utoipa::path(delete, path = "/api/v1/stacks/{id}", tag = "stacks", security(("bearer" = [])),
     responses((status = 200, body = StackView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
@@ -421,6 +468,7 @@ pub async fn delete(
     let mut tx = state.store.begin().await?;
     let stack = authorized(&mut tx, &principal, &id, Role::Admin).await?;
     stacks::delete(&mut tx, &id).await?;
+    sync_hook(&mut tx, &stack).await?;
     principal
         .audit(&mut tx, "stack.delete", target(&stack), json!({}))
         .await?;
