@@ -189,6 +189,12 @@ pub enum IntegrationCommand {
         labels: Vec<String>,
         #[arg(long)]
         description: Option<String>,
+        /// Leave the project hooks to people (Gantry keeps them by default).
+        #[arg(long)]
+        no_manage_hooks: bool,
+        /// Rotate the token when it expires within this many days.
+        #[arg(long, value_name = "DAYS")]
+        rotate_token_days_before_expiry: Option<u32>,
     },
     /// List the integrations you can see.
     List {
@@ -219,6 +225,12 @@ pub enum IntegrationCommand {
         clear_labels: bool,
         #[arg(long)]
         description: Option<String>,
+        /// Whether Gantry keeps the project hooks.
+        #[arg(long)]
+        manage_hooks: Option<bool>,
+        /// Rotate the token when it expires within this many days; 0: never.
+        #[arg(long, value_name = "DAYS")]
+        rotate_token_days_before_expiry: Option<u32>,
     },
     /// Delete an integration.
     Delete {
@@ -248,11 +260,26 @@ pub enum IntegrationCommand {
     },
     /// Process a stored delivery again.
     Replay { id: String, delivery: String },
+    /// The project hooks Gantry keeps for the integration, per project.
+    Hooks {
+        id: String,
+        /// Check and repair every hook now (admins).
+        #[arg(long)]
+        sync: bool,
+    },
 }
+
+const HOOK_COLUMNS: [Column; 5] = [
+    Column::Field("project", "/path"),
+    Column::Field("state", "/state"),
+    Column::Field("hook", "/hook_id"),
+    Column::Field("checked", "/checked_at"),
+    Column::Field("error", "/error"),
+];
 
 const INTEGRATION_COLUMNS: [&str; 6] = ["id", "name", "space", "default", "api host", "health"];
 
-const INTEGRATION_FIELDS: [Column; 16] = [
+const INTEGRATION_FIELDS: [Column; 19] = [
     ID,
     NAME,
     SPACE,
@@ -269,6 +296,9 @@ const INTEGRATION_FIELDS: [Column; 16] = [
     Column::Field("pending writes", "/health/pending_writes"),
     Column::Field("webhook endpoint", "/webhook_endpoint"),
     Column::Field("webhook secret", "/webhook_secret"),
+    Column::Field("manage hooks", "/manage_hooks"),
+    Column::Field("rotate token", "/rotate_token_days_before_expiry"),
+    Column::Field("token checked", "/token/checked_at"),
 ];
 
 const DELIVERY_COLUMNS: [Column; 5] = [
@@ -300,9 +330,17 @@ pub async fn integration(client: &Client, command: IntegrationCommand) -> Outcom
             api_token_file,
             labels,
             description,
+            no_manage_hooks,
+            rotate_token_days_before_expiry,
         } => {
             let mut body = Map::new();
             body.insert("name".into(), json!(name));
+            body.insert("manage_hooks".into(), json!(!no_manage_hooks));
+            insert_some(
+                &mut body,
+                "rotate_token_days_before_expiry",
+                rotate_token_days_before_expiry,
+            );
             body.insert("default".into(), json!(default));
             body.insert("api_host_url".into(), json!(api_host_url));
             body.insert("api_token".into(), token(&api_token_file)?);
@@ -332,8 +370,16 @@ pub async fn integration(client: &Client, command: IntegrationCommand) -> Outcom
             labels,
             clear_labels,
             description,
+            manage_hooks,
+            rotate_token_days_before_expiry,
         } => {
             let mut body = Map::new();
+            insert_some(&mut body, "manage_hooks", manage_hooks);
+            insert_some(
+                &mut body,
+                "rotate_token_days_before_expiry",
+                rotate_token_days_before_expiry,
+            );
             insert_some(&mut body, "space", space);
             insert_some(&mut body, "default", default);
             insert_some(&mut body, "api_host_url", api_host_url);
@@ -381,6 +427,19 @@ pub async fn integration(client: &Client, command: IntegrationCommand) -> Outcom
             let mut columns = DELIVERY_COLUMNS.to_vec();
             columns.push(Column::Field("runs", "/runs"));
             print_one(client.json, &answer, &columns);
+            return Ok(());
+        }
+        IntegrationCommand::Hooks { id, sync } => {
+            let path = format!("{INTEGRATIONS}/{id}/hooks");
+            let answer = if sync {
+                client.call(Method::POST, &format!("{path}/sync"), None).await?
+            } else {
+                client.get(&path).await?
+            };
+            print_list(client.json, &answer, &HOOK_COLUMNS);
+            if sync && !client.json {
+                println!("a check and repair of every hook is queued; run without --sync to see its outcome");
+            }
             return Ok(());
         }
     };
