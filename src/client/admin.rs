@@ -432,13 +432,17 @@ pub async fn integration(client: &Client, command: IntegrationCommand) -> Outcom
         IntegrationCommand::Hooks { id, sync } => {
             let path = format!("{INTEGRATIONS}/{id}/hooks");
             let answer = if sync {
-                client.call(Method::POST, &format!("{path}/sync"), None).await?
+                client
+                    .call(Method::POST, &format!("{path}/sync"), None)
+                    .await?
             } else {
                 client.get(&path).await?
             };
             print_list(client.json, &answer, &HOOK_COLUMNS);
             if sync && !client.json {
-                println!("a check and repair of every hook is queued; run without --sync to see its outcome");
+                println!(
+                    "a check and repair of every hook is queued; run without --sync to see its outcome"
+                );
             }
             return Ok(());
         }

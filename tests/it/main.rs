@@ -8,4 +8,5 @@ mod demo;
 mod external_worker;
 mod outbox_crash;
 mod process;
+mod rotation_crash;
 mod worker_lost;
