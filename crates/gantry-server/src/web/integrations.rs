@@ -15,6 +15,7 @@ use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiQuery};
 use crate::routes::deliveries::{self, DeliveryListParams, DeliveryView};
+use crate::routes::integrations::hooks::{self, HookView};
 use crate::routes::integrations::{self, CreateIntegration, IntegrationView, RotateParams};
 use crate::state::AppState;
 use crate::views::ListParams;
@@ -186,6 +187,7 @@ struct DetailsPage {
     layout: Layout,
     integration: IntegrationView,
     description: String,
+    hooks: Vec<HookView>,
     deliveries: Vec<DeliveryView>,
 }
 
@@ -208,15 +210,29 @@ pub async fn show(
     // Only callers with `read` on its space see the delivery log (the
     // default integration is listed to everyone).
     let deliveries =
-        match deliveries::list(State(state), principal.clone(), Path(id), ApiQuery(params)).await {
+        match deliveries::list(State(state.clone()), principal.clone(), Path(id), ApiQuery(params)).await {
             Ok(list) => list.0.items,
             Err(error) if error.status() == StatusCode::FORBIDDEN => Vec::new(),
             Err(error) => return Err(failure(Some(&viewer), error).into()),
         };
+    // Admins see the project hooks Gantry keeps, beside the secret.
+    let hooks = if integration.webhook_secret.is_some() {
+        let listed = hooks::list(
+            State(state.clone()),
+            principal.clone(),
+            Path(integration.id.clone()),
+        )
+        .await
+        .or_page(&viewer)?;
+        listed.0.items
+    } else {
+        Vec::new()
+    };
     let page = DetailsPage {
         layout: Layout::new(integration.name.clone(), Some(&viewer)),
         description: markdown::render(&integration.description),
         integration,
+        hooks,
         deliveries,
     };
     Ok(render(StatusCode::OK, &page))
