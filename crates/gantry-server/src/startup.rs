@@ -66,6 +66,29 @@ impl RunningServer {
     }
 }
 
+/// What the canary seals: every server of a deployment must open it.
+const CANARY_TEXT: &str = "gantry master key canary";
+
+/// Refuses to start with a master key other than the deployment's: the
+/// first server seals a known value into the database, every later one
+/// must open it (else it would write secrets the others cannot read).
+async fn check_master_key(store: &gantry_store::Store, keyring: &Keyring) -> anyhow::Result<()> {
+    let context = "cluster:master_key_canary";
+    let sealed = keyring.encrypt(context, &CANARY_TEXT.to_owned().into());
+    let mut conn = store.conn().await?;
+    let stored =
+        gantry_store::cluster::setting_or_insert(&mut conn, gantry_store::cluster::CANARY, &sealed)
+            .await?;
+    match keyring.decrypt(context, &stored) {
+        Ok(opened) if secrecy::ExposeSecret::expose_secret(&opened) == CANARY_TEXT => Ok(()),
+        _ => anyhow::bail!(
+            "the master key (GANTRY_MASTER_KEY or <data-dir>/master.key) is not the one this database's \
+             secrets were sealed with: every server of a deployment needs the same master key; start with \
+             the key the other servers use"
+        ),
+    }
+}
+
 /// Opens the data directory and database, applies migrations, loads the
 /// master key, runs the first start if the database is empty, binds
 /// `config.listen`, and serves until `shutdown` completes.
@@ -108,6 +131,7 @@ pub async fn start(
     let gitlab = gantry_gitlab::Http::new(config.gitlab.clone(), gitlab_metrics.clone())?;
     let config_data_dir = config.data_dir.clone();
     let keyring = Arc::new(Keyring::new(master_key));
+    check_master_key(&store, &keyring).await?;
     let (stopping, shutting_down) = tokio::sync::watch::channel(false);
     let state = AppState {
         shutting_down,

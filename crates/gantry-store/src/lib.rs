@@ -9,6 +9,7 @@
 
 pub mod api_keys;
 pub mod audit;
+pub mod cluster;
 pub mod crypto;
 pub mod deliveries;
 pub mod gauges;

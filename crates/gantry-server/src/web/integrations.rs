@@ -209,12 +209,18 @@ pub async fn show(
     };
     // Only callers with `read` on its space see the delivery log (the
     // default integration is listed to everyone).
-    let deliveries =
-        match deliveries::list(State(state.clone()), principal.clone(), Path(id), ApiQuery(params)).await {
-            Ok(list) => list.0.items,
-            Err(error) if error.status() == StatusCode::FORBIDDEN => Vec::new(),
-            Err(error) => return Err(failure(Some(&viewer), error).into()),
-        };
+    let deliveries = match deliveries::list(
+        State(state.clone()),
+        principal.clone(),
+        Path(id),
+        ApiQuery(params),
+    )
+    .await
+    {
+        Ok(list) => list.0.items,
+        Err(error) if error.status() == StatusCode::FORBIDDEN => Vec::new(),
+        Err(error) => return Err(failure(Some(&viewer), error).into()),
+    };
     // Admins see the project hooks Gantry keeps, beside the secret.
     let hooks = if integration.webhook_secret.is_some() {
         let listed = hooks::list(

@@ -201,7 +201,11 @@ async fn gantry_keeps_exactly_one_hook_per_project(db: Db) {
     let mut browser = crate::web::Browser::new(&app);
     browser.sign_in(&app.admin, "/").await;
     let page = browser.get("/integrations/main").await;
-    assert!(page.body.contains("Project hooks") && page.body.contains("forbidden"), "{}", page.body);
+    assert!(
+        page.body.contains("Project hooks") && page.body.contains("forbidden"),
+        "{}",
+        page.body
+    );
 
     // The last stack of a project takes its hook along.
     app.delete("/api/v1/stacks/net", &app.admin).await;

@@ -7,7 +7,52 @@ use serde_json::json;
 use crate::harness::{Db, TestApp};
 use gantry_store::on_both_databases;
 
-on_both_databases!(Db; first_start_writes_private_files_and_a_restart_keeps_everything);
+on_both_databases!(
+    Db;
+    first_start_writes_private_files_and_a_restart_keeps_everything,
+    a_server_with_another_master_key_refuses_to_start,
+    servers_starting_together_on_an_empty_database_all_start,
+);
+
+async fn a_server_with_another_master_key_refuses_to_start(db: Db) {
+    TestApp::start(&db).await.stop().await;
+    let other = gantry_store::crypto::MasterKey::generate();
+    let refused = gantry_server::start(db.config(), Some(other.to_base64()), async {})
+        .await
+        .err()
+        .expect("refused");
+    let message = format!("{refused:#}");
+    assert!(
+        message.contains("master key") && message.contains("same master key"),
+        "{message}"
+    );
+    // The right key still starts.
+    TestApp::start(&db).await.stop().await;
+}
+
+/// Three servers with the deployment's key start at once on an empty
+/// database: the migrations and the first start happen once, and all
+/// three serve.
+async fn servers_starting_together_on_an_empty_database_all_start(db: Db) {
+    let key = gantry_store::crypto::MasterKey::generate();
+    let starts = (0..3).map(|_| {
+        let config = db.config();
+        let key = key.to_base64();
+        async move { gantry_server::start(config, Some(key), async {}).await }
+    });
+    for started in futures_util::future::join_all(starts).await {
+        let server = started.expect("every server starts");
+        server.wait().await.expect("stops");
+    }
+    let store = gantry_store::Store::connect(&db.config().database_url())
+        .await
+        .expect("open");
+    let (admins,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM api_keys")
+        .fetch_one(store.pool())
+        .await
+        .expect("count");
+    assert_eq!(admins, 1, "one first start");
+}
 
 fn mode(path: std::path::PathBuf) -> u32 {
     std::fs::metadata(path).expect("file").permissions().mode() & 0o777
