@@ -119,6 +119,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         sandbox: args.sandbox.mode(),
         prepare_patience: gantry_server::DEFAULT_PREPARE_PATIENCE,
         run_log_retention: gantry_server::DEFAULT_RUN_LOG_RETENTION,
+        blob_store: None,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = gantry_server::start(config, None, async {

@@ -151,6 +151,11 @@ struct ServeArgs {
     /// Days to keep the logs of ended runs (the runs themselves stay).
     #[arg(long, env = "GANTRY_RUN_LOG_RETENTION_DAYS", default_value_t = 90, value_parser = clap::value_parser!(u64).range(1..))]
     run_log_retention_days: u64,
+    /// Where planned workspaces and sources are kept: `file://<dir>` or
+    /// `s3://<bucket>/<prefix>` (endpoint, region and credentials from the
+    /// `AWS_*` variables); default: `<data-dir>/blobs`.
+    #[arg(long, env = "GANTRY_BLOB_STORE")]
+    blob_store: Option<String>,
     #[command(flatten)]
     sandbox: SandboxArgs,
 }
@@ -267,6 +272,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         sandbox: args.sandbox.mode(),
         prepare_patience: Duration::from_secs(args.prepare_retry_seconds),
         run_log_retention: Duration::from_secs(args.run_log_retention_days * 24 * 3600),
+        blob_store: args.blob_store,
         ..server_config_for(&args.database)
     };
     let master_key = std::env::var(MASTER_KEY_ENV).ok().map(Into::into);
@@ -292,6 +298,7 @@ fn server_config_for(args: &DatabaseArgs) -> ServerConfig {
         sandbox: gantry_runner::sandbox::Mode::Bwrap,
         prepare_patience: gantry_server::DEFAULT_PREPARE_PATIENCE,
         run_log_retention: gantry_server::DEFAULT_RUN_LOG_RETENTION,
+        blob_store: None,
     }
 }
 

@@ -22,9 +22,12 @@ pub trait Blobs: Send + Sync {
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, io::Result<Option<ByteStream>>>;
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, io::Result<()>>;
     fn keys(&self) -> BoxFuture<'_, io::Result<Vec<String>>>;
+    /// Whether the store answers (for `/readyz`).
+    fn ping(&self) -> BoxFuture<'_, io::Result<()>>;
 }
 
-/// Blobs as files in one directory.
+/// Blobs as files in one directory (`--blob-store file://<dir>`, by
+/// default `<data-dir>/blobs`).
 pub struct DirBlobs {
     dir: PathBuf,
     max_bytes: u64,
@@ -129,6 +132,37 @@ impl Blobs for DirBlobs {
             Ok(keys)
         })
     }
+
+    fn ping(&self) -> BoxFuture<'_, io::Result<()>> {
+        Box::pin(async move { tokio::fs::metadata(&self.dir).await.map(|_| ()) })
+    }
+}
+
+/// The blob store `--blob-store` names: `file://<dir>` or
+/// `s3://<bucket>/<prefix>`; `None` is `<data-dir>/blobs`.
+pub fn open_store(
+    url: Option<&str>,
+    data_dir: &std::path::Path,
+    max_bytes: u64,
+) -> Result<Box<dyn Blobs>, String> {
+    match url {
+        None => DirBlobs::new(data_dir.join("blobs"), max_bytes)
+            .map(|blobs| Box::new(blobs) as Box<dyn Blobs>)
+            .map_err(|error| format!("cannot open the blob directory: {error}")),
+        Some(url) if url.starts_with("file://") => {
+            let dir = PathBuf::from(&url["file://".len()..]);
+            DirBlobs::new(dir, max_bytes)
+                .map(|blobs| Box::new(blobs) as Box<dyn Blobs>)
+                .map_err(|error| format!("cannot open the blob directory of {url:?}: {error}"))
+        }
+        Some(url) if url.starts_with("s3://") => {
+            crate::object_blobs::ObjectBlobs::s3(url, max_bytes)
+                .map(|b| Box::new(b) as Box<dyn Blobs>)
+        }
+        Some(url) => Err(format!(
+            "--blob-store {url:?} is neither file://<dir> nor s3://<bucket>/<prefix>"
+        )),
+    }
 }
 
 /// The key of a run's planned workspace.
@@ -192,6 +226,10 @@ impl Blobs for SealedBlobs {
 
     fn keys(&self) -> BoxFuture<'_, io::Result<Vec<String>>> {
         self.inner.keys()
+    }
+
+    fn ping(&self) -> BoxFuture<'_, io::Result<()>> {
+        self.inner.ping()
     }
 }
 
@@ -311,7 +349,7 @@ fn open(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::Arc;
 
     use gantry_store::crypto::{BLOB_SEGMENT, Keyring, MasterKey};
@@ -334,21 +372,26 @@ mod tests {
         Ok(out)
     }
 
-    #[tokio::test]
-    async fn sealed_blobs_round_trip_and_refuse_what_was_changed() {
-        let dir = tempfile::tempdir().expect("dir");
+    async fn raw(blobs: &dyn Blobs, key: &str) -> Vec<u8> {
+        read_all(blobs.get(key).await.expect("get").expect("there"))
+            .await
+            .expect("raw")
+    }
+
+    /// Round trips of every size through sealing; a tampered, truncated or
+    /// moved object, or another master key, is an error. `open` gives a
+    /// new handle on the same storage each time (the raw one tampers).
+    pub(crate) async fn round_trips_and_refusals(open: impl Fn() -> Box<dyn Blobs>) {
         let keyring = Arc::new(Keyring::new(MasterKey::generate()));
-        let blobs = SealedBlobs::new(
-            Box::new(DirBlobs::new(dir.path().to_owned(), u64::MAX).expect("dir blobs")),
-            keyring,
-        );
+        let blobs = SealedBlobs::new(open(), keyring);
+        let raw_store = open();
         for size in [0, 1, BLOB_SEGMENT, BLOB_SEGMENT + 1, 3 * BLOB_SEGMENT + 5] {
             let data: Vec<u8> = (0..size).map(|n| (n % 251) as u8).collect();
             blobs
                 .put("a.bin", stream_of(&data, 10_000))
                 .await
                 .expect("put");
-            let stored = std::fs::read(dir.path().join("a.bin")).expect("file");
+            let stored = raw(raw_store.as_ref(), "a.bin").await;
             if size > 64 {
                 assert!(
                     !stored
@@ -363,32 +406,56 @@ mod tests {
             assert_eq!(back, data, "size {size}");
         }
         // Tampered, cut short, or moved to another key: an error.
-        let good = std::fs::read(dir.path().join("a.bin")).expect("file");
+        let good = raw(raw_store.as_ref(), "a.bin").await;
         let mut tampered = good.clone();
         tampered[good.len() / 2] ^= 1;
-        std::fs::write(dir.path().join("b.bin"), &tampered).expect("write");
-        assert!(
-            read_all(blobs.get("b.bin").await.expect("get").expect("there"))
-                .await
-                .is_err()
-        );
-        std::fs::write(dir.path().join("c.bin"), &good[..good.len() - 20]).expect("write");
-        assert!(
-            read_all(blobs.get("c.bin").await.expect("get").expect("there"))
-                .await
-                .is_err()
-        );
-        std::fs::write(dir.path().join("d.bin"), &good).expect("write");
+        let put_raw = |key: &'static str, bytes: Vec<u8>| {
+            let store = &raw_store;
+            async move {
+                store
+                    .put(key, stream_of(&bytes, 4096))
+                    .await
+                    .expect("raw put");
+            }
+        };
+        put_raw("b.bin", tampered).await;
+        put_raw("c.bin", good[..good.len() - 20].to_vec()).await;
+        put_raw("d.bin", good.clone()).await;
+        for key in ["b.bin", "c.bin"] {
+            assert!(
+                read_all(blobs.get(key).await.expect("get").expect("there"))
+                    .await
+                    .is_err(),
+                "{key}"
+            );
+        }
         let moved = read_all(blobs.get("d.bin").await.expect("get").expect("there")).await;
         assert!(moved.is_err(), "a blob only opens under its own key");
         // Another server's key: an error naming the master key.
-        let other = SealedBlobs::new(
-            Box::new(DirBlobs::new(dir.path().to_owned(), u64::MAX).expect("dir blobs")),
-            Arc::new(Keyring::new(MasterKey::generate())),
-        );
+        let other = SealedBlobs::new(open(), Arc::new(Keyring::new(MasterKey::generate())));
         let error = read_all(other.get("a.bin").await.expect("get").expect("there"))
             .await
             .expect_err("another key");
         assert!(error.to_string().contains("master key"), "{error}");
+        // Listed, deleted, gone; the store answers.
+        let mut keys = blobs.keys().await.expect("keys");
+        keys.sort();
+        assert_eq!(keys, ["a.bin", "b.bin", "c.bin", "d.bin"]);
+        for key in &keys {
+            blobs.delete(key).await.expect("delete");
+        }
+        assert!(blobs.get("a.bin").await.expect("get").is_none());
+        assert!(blobs.keys().await.expect("keys").is_empty());
+        blobs.ping().await.expect("ping");
+    }
+
+    #[tokio::test]
+    async fn sealed_blobs_round_trip_and_refuse_what_was_changed() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().to_owned();
+        round_trips_and_refusals(|| {
+            Box::new(DirBlobs::new(path.clone(), u64::MAX).expect("dir blobs"))
+        })
+        .await;
     }
 }

@@ -34,6 +34,9 @@ pub struct ServerConfig {
     pub prepare_patience: Duration,
     /// Logs of runs that ended longer ago than this are deleted.
     pub run_log_retention: Duration,
+    /// `file://<dir>` or `s3://<bucket>/<prefix>`; `None` is
+    /// `<data-dir>/blobs`.
+    pub blob_store: Option<String>,
 }
 
 /// The default grace period of a rotated webhook secret: a day to update

@@ -13,6 +13,7 @@ mod extract;
 mod follow;
 mod gitlab;
 mod metrics;
+mod object_blobs;
 mod outbox;
 mod process;
 mod router;

@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 
 use gantry_runner::sandbox::Sandbox;
 
-use crate::blobs::{DirBlobs, SealedBlobs};
+use crate::blobs::SealedBlobs;
 use crate::bootstrap::{first_start, load_master_key};
 use crate::config::{MAX_WORKSPACE_BYTES, ServerConfig};
 use crate::gitlab::GitLabAccess;
@@ -132,6 +132,12 @@ pub async fn start(
     let config_data_dir = config.data_dir.clone();
     let keyring = Arc::new(Keyring::new(master_key));
     check_master_key(&store, &keyring).await?;
+    let blobs = crate::blobs::open_store(
+        config.blob_store.as_deref(),
+        &config_data_dir,
+        MAX_WORKSPACE_BYTES,
+    )
+    .map_err(anyhow::Error::msg)?;
     let (stopping, shutting_down) = tokio::sync::watch::channel(false);
     let state = AppState {
         shutting_down,
@@ -142,13 +148,7 @@ pub async fn start(
         inbox: gantry_store::deliveries::Inbox::spawn(store.clone()),
         runs_signal: Arc::new(tokio::sync::Notify::new()),
         logs_signal: Arc::new(tokio::sync::Notify::new()),
-        blobs: Arc::new(SealedBlobs::new(
-            Box::new(
-                DirBlobs::new(config_data_dir.join("blobs"), MAX_WORKSPACE_BYTES)
-                    .context("cannot open the blob directory")?,
-            ),
-            keyring.clone(),
-        )),
+        blobs: Arc::new(SealedBlobs::new(blobs, keyring.clone())),
         gitlab: GitLabAccess::new(keyring, gitlab),
         note_throttle: Arc::default(),
         fetching: Arc::default(),

@@ -300,3 +300,82 @@ macro_rules! on_both_databases {
         }
     )*};
 }
+
+/// A throwaway S3-compatible server (moto's `moto_server`, from
+/// `$GANTRY_TEST_MOTO` or `PATH`) with an empty bucket `gantry`, stopped
+/// when dropped.
+pub struct S3Server {
+    child: std::process::Child,
+    /// `http://127.0.0.1:<port>`.
+    pub endpoint: String,
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl S3Server {
+    /// The `AWS_*` variables that point a client at this server.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT", self.endpoint.clone()),
+            ("AWS_ALLOW_HTTP", "true".into()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ACCESS_KEY_ID", "testing".into()),
+            ("AWS_SECRET_ACCESS_KEY", "testing".into()),
+        ]
+    }
+}
+
+/// Starts an S3 server, or `None` (after saying why) when there is none
+/// outside CI.
+pub fn s3_server() -> Option<S3Server> {
+    let binary = std::env::var("GANTRY_TEST_MOTO").unwrap_or_else(|_| "moto_server".into());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let child = Command::new(&binary)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    let child = match child {
+        Ok(child) => child,
+        Err(error) => {
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("S3 tests must run in CI, but {binary} did not start: {error}");
+            }
+            eprintln!(
+                "SKIPPED: S3 test ({binary} did not start: {error}); set GANTRY_TEST_MOTO, or CI=true to fail instead"
+            );
+            return None;
+        }
+    };
+    let server = S3Server {
+        child,
+        endpoint: format!("http://127.0.0.1:{port}"),
+    };
+    // Create the bucket (path style, as moto accepts without signatures).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let created = (|| -> std::io::Result<String> {
+            use std::io::Write;
+            let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+            stream.write_all(
+                b"PUT /gantry HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            )?;
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer)?;
+            Ok(answer)
+        })();
+        match created {
+            Ok(answer) if answer.starts_with("HTTP/1.1 200") => return Some(server),
+            _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            other => panic!("the S3 server did not create the bucket: {other:?}"),
+        }
+    }
+}

@@ -13,21 +13,27 @@ pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// The database answers.
+/// The database and the blob store answer.
 #[utoipa::path(get, path = "/readyz", tag = "health",
     responses((status = 200), (status = 503, body = ErrorBody)))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    match state.store.ping().await {
-        Ok(()) => Ok(Json(json!({ "status": "ready" }))),
-        Err(err) => {
-            tracing::warn!(error = %err, "readiness check failed");
-            Err(ApiError::new(
-                axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "the database does not answer",
-            ))
-        }
+    let unavailable = |what: &str| {
+        ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("{what} does not answer"),
+        )
+    };
+    if let Err(err) = state.store.ping().await {
+        tracing::warn!(error = %err, "readiness check failed: the database");
+        return Err(unavailable("the database"));
     }
+    let blobs = tokio::time::timeout(std::time::Duration::from_secs(5), state.blobs.ping()).await;
+    if !matches!(blobs, Ok(Ok(()))) {
+        tracing::warn!(error = ?blobs, "readiness check failed: the blob store");
+        return Err(unavailable("the blob store"));
+    }
+    Ok(Json(json!({ "status": "ready" })))
 }
 
 /// Prometheus metrics in the text exposition format.

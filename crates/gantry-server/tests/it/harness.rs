@@ -66,6 +66,7 @@ impl Db {
             sandbox: gantry_runner::sandbox::Mode::Bwrap,
             prepare_patience: gantry_server::DEFAULT_PREPARE_PATIENCE,
             run_log_retention: gantry_server::DEFAULT_RUN_LOG_RETENTION,
+            blob_store: None,
         }
     }
 }
