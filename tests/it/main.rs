@@ -9,4 +9,5 @@ mod external_worker;
 mod outbox_crash;
 mod process;
 mod rotation_crash;
+mod scale;
 mod worker_lost;

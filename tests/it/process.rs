@@ -53,12 +53,23 @@ pub fn free_port() -> u16 {
 
 /// Starts `gantry serve` on `data_dir` and waits until `/healthz` answers.
 pub async fn serve(data_dir: &Path, port: u16, extra: &[&str]) -> Server {
+    serve_with(data_dir, port, extra, &[]).await
+}
+
+/// [`serve`] with these environment variables set.
+pub async fn serve_with(
+    data_dir: &Path,
+    port: u16,
+    extra: &[&str],
+    env: &[(&str, String)],
+) -> Server {
     let child = Command::new(env!("CARGO_BIN_EXE_gantry"))
         .arg("serve")
         .arg("--data-dir")
         .arg(data_dir)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(extra)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .env("GANTRY_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
