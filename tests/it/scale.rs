@@ -4,8 +4,6 @@
 //! killed with `kill -9`, and its apply runs from the workspace in S3; a
 //! third server with another master key refuses to start.
 
-use std::time::Duration;
-
 use gantry_gitlab_sim::Sim;
 use serde_json::json;
 

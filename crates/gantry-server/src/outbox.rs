@@ -3,9 +3,7 @@
 //! loop; writes are leased, so servers share the work, and per key only
 //! the newest pending write is sent (`gantry_store::outbox::claim`).
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use gantry_domain::report::{self, CommitStatus, NoteView, Write};
@@ -27,33 +25,29 @@ const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// GitLab.com's limit on notes created per minute, per integration.
 pub const NOTES_PER_MINUTE: usize = 60;
 
-/// Note creations per integration in the last minute.
-#[derive(Default)]
+/// Note creations per integration in the last minute, counted in the
+/// database, so the limit holds for all servers together.
 pub struct NoteThrottle {
-    created: Mutex<HashMap<String, VecDeque<Instant>>>,
+    store: gantry_store::Store,
 }
 
 impl NoteThrottle {
+    pub fn new(store: gantry_store::Store) -> Self {
+        Self { store }
+    }
+
     /// Takes a slot for `integration`, or says when one frees up.
-    fn take(&self, integration: &str) -> Result<(), Duration> {
-        let mut created = self
-            .created
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let recent = created.entry(integration.to_owned()).or_default();
-        let now = Instant::now();
-        while recent
-            .front()
-            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60))
-        {
-            recent.pop_front();
-        }
-        if recent.len() >= NOTES_PER_MINUTE {
-            let oldest = recent.front().copied().unwrap_or(now);
-            return Err(Duration::from_secs(60).saturating_sub(now.duration_since(oldest)));
-        }
-        recent.push_back(now);
-        Ok(())
+    async fn take(&self, integration: &str) -> Result<(), Failure> {
+        let scope = format!("notes:{integration}");
+        let taken = gantry_store::cluster::take_rate_slot(
+            &self.store,
+            &scope,
+            NOTES_PER_MINUTE,
+            Duration::from_secs(60),
+            Millis::now(),
+        )
+        .await?;
+        taken.map_err(Failure::Throttled)
     }
 }
 
@@ -399,8 +393,6 @@ async fn note(
             Err(error) => return Err(error.into()),
         }
     }
-    throttle
-        .take(&entry.integration_id)
-        .map_err(Failure::Throttled)?;
+    throttle.take(&entry.integration_id).await?;
     Ok(reporting::create_note(client, project_id, iid, body).await?)
 }

@@ -150,7 +150,7 @@ pub async fn start(
         logs_signal: Arc::new(tokio::sync::Notify::new()),
         blobs: Arc::new(SealedBlobs::new(blobs, keyring.clone())),
         gitlab: GitLabAccess::new(keyring, gitlab),
-        note_throttle: Arc::default(),
+        note_throttle: Arc::new(crate::outbox::NoteThrottle::new(store.clone())),
         fetching: Arc::default(),
     };
     let reaper = tokio::spawn(reap_lapsed_leases(store.clone(), state.config.lease));

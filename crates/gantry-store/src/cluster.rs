@@ -25,3 +25,52 @@ pub async fn setting_or_insert(
         .await?;
     Ok(stored)
 }
+
+/// Takes one of `limit` slots per `window` for `scope`, shared by every
+/// server of the deployment: `Ok(Ok(()))`, or `Ok(Err(wait))` until a
+/// slot frees up. The scope's row is locked while it is counted, so two
+/// servers never both take the last slot.
+pub async fn take_rate_slot(
+    store: &crate::Store,
+    scope: &str,
+    limit: usize,
+    window: std::time::Duration,
+    now: crate::Millis,
+) -> Result<Result<(), std::time::Duration>, StoreError> {
+    let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+    let mut tx = store.begin().await?;
+    sqlx::query("INSERT INTO rate_scopes (scope) VALUES ($1) ON CONFLICT (scope) DO NOTHING")
+        .bind(scope)
+        .execute(&mut *tx)
+        .await?;
+    if tx.backend() == crate::Backend::Postgres {
+        sqlx::query("SELECT scope FROM rate_scopes WHERE scope = $1 FOR UPDATE")
+            .bind(scope)
+            .execute(&mut *tx)
+            .await?;
+    }
+    sqlx::query("DELETE FROM rate_events WHERE scope = $1 AND at <= $2")
+        .bind(scope)
+        .bind(now.0 - window_ms)
+        .execute(&mut *tx)
+        .await?;
+    let (count, oldest): (i64, Option<i64>) =
+        sqlx::query_as("SELECT COUNT(*), MIN(at) FROM rate_events WHERE scope = $1")
+            .bind(scope)
+            .fetch_one(&mut *tx)
+            .await?;
+    if usize::try_from(count).unwrap_or(usize::MAX) >= limit {
+        let frees = oldest.unwrap_or(now.0) + window_ms - now.0;
+        tx.commit().await?;
+        return Ok(Err(std::time::Duration::from_millis(
+            u64::try_from(frees.max(1)).unwrap_or(1),
+        )));
+    }
+    sqlx::query("INSERT INTO rate_events (scope, at) VALUES ($1, $2)")
+        .bind(scope)
+        .bind(now.0)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(Ok(()))
+}

@@ -5,3 +5,14 @@ CREATE TABLE cluster_settings (
     name  TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+
+-- Rate limits shared by every server (the MR-note throttle): one row per
+-- scope serialises takers; one row per event within the window.
+CREATE TABLE rate_scopes (
+    scope TEXT PRIMARY KEY
+);
+CREATE TABLE rate_events (
+    scope TEXT NOT NULL,
+    at    BIGINT NOT NULL
+);
+CREATE INDEX rate_events_by_scope ON rate_events (scope, at);

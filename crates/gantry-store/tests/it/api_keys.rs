@@ -11,6 +11,7 @@ on_both_databases!(
     admins_see_the_keys_of_their_subtree,
     revoking_the_last_two_admin_keys_at_once_leaves_one,
     a_web_session_lasts_while_used_and_ends_after_12_hours_idle,
+    rate_slots_are_shared_and_never_overbooked,
 );
 
 fn grant(space: &str, role: Role) -> Grant {
@@ -216,4 +217,57 @@ async fn a_web_session_lasts_while_used_and_ends_after_12_hours_idle(db: TestSto
         1
     );
     assert_eq!(found(start.plus(hour * 11)).await, None, "pruned");
+}
+
+/// The MR-note throttle's slots are counted in the database: a limit of
+/// one, taken by many at once (as several servers do), is given once.
+async fn rate_slots_are_shared_and_never_overbooked(db: TestStore) {
+    use gantry_store::cluster::take_rate_slot;
+    let db = &db;
+    let minute = std::time::Duration::from_secs(60);
+    let now = Millis::now();
+    for _ in 0..3 {
+        assert_eq!(
+            take_rate_slot(&db.store, "notes:a", 3, minute, now)
+                .await
+                .expect("take"),
+            Ok(())
+        );
+    }
+    let wait = take_rate_slot(&db.store, "notes:a", 3, minute, now)
+        .await
+        .expect("take")
+        .expect_err("full");
+    assert!(
+        wait <= minute && wait > std::time::Duration::ZERO,
+        "{wait:?}"
+    );
+    assert_eq!(
+        take_rate_slot(&db.store, "notes:b", 3, minute, now)
+            .await
+            .expect("take"),
+        Ok(()),
+        "scopes are separate"
+    );
+    let later = now.plus(minute + std::time::Duration::from_secs(1));
+    assert_eq!(
+        take_rate_slot(&db.store, "notes:a", 3, minute, later)
+            .await
+            .expect("take"),
+        Ok(())
+    );
+
+    let takers = (0..8).map(|_| {
+        let store = db.store.clone();
+        tokio::spawn(
+            async move { take_rate_slot(&store, "notes:c", 1, minute, Millis::now()).await },
+        )
+    });
+    let mut given = 0;
+    for taker in takers {
+        if taker.await.expect("task").expect("take").is_ok() {
+            given += 1;
+        }
+    }
+    assert_eq!(given, 1);
 }
