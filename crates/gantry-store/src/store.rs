@@ -147,8 +147,21 @@ impl Store {
             Backend::Sqlite => &SQLITE_MIGRATIONS,
             Backend::Postgres => &POSTGRES_MIGRATIONS,
         };
-        migrator.run(&self.inner.pool).await?;
-        Ok(())
+        // PostgreSQL serialises migrators with an advisory lock. SQLite has
+        // none: a second process that started the same migration at the
+        // same moment fails it (its transaction rolls back) and, asked
+        // again, finds it applied.
+        let mut attempt = 0;
+        loop {
+            match migrator.run(&self.inner.pool).await {
+                Ok(()) => return Ok(()),
+                Err(_) if self.backend() == Backend::Sqlite && attempt < 10 => {
+                    attempt += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(50 * attempt)).await;
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
     }
 
     pub fn backend(&self) -> Backend {
