@@ -77,6 +77,12 @@ impl Api {
         answer
     }
 
+    pub async fn patch(&self, path: &str, body: Value) -> Value {
+        let (status, answer) = self.send(reqwest::Method::PATCH, path, body).await;
+        assert!(status.is_success(), "PATCH {path}: {status} {answer}");
+        answer
+    }
+
     /// Polls the run until `wanted` holds of it.
     pub async fn wait_for(&self, run: &str, wanted: impl Fn(&Value) -> bool) -> Value {
         let mut last = Value::Null;

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use crate::process::{Db, free_port, serve};
 
-fn push(n: usize) -> Vec<u8> {
+pub(crate) fn push(n: usize) -> Vec<u8> {
     json!({
         "object_kind": "push", "project_id": 42, "ref": "refs/heads/main",
         "before": "1111111111111111111111111111111111111111", "after": format!("{n:040x}"),
