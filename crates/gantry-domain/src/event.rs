@@ -101,12 +101,21 @@ pub struct TagPush {
     pub git_ref: String,
     pub tag: String,
     pub before: String,
+    /// The tag's new object: the commit of a lightweight tag, the tag
+    /// object of an annotated one.
     pub after: String,
+    /// The commit the tag points at (GitLab's `checkout_sha`), when it says.
+    pub checkout_sha: Option<String>,
 }
 
 impl TagPush {
     pub fn deletes_tag(&self) -> bool {
         self.after == NO_COMMIT
+    }
+
+    /// The commit the tag points at.
+    pub fn commit(&self) -> &str {
+        self.checkout_sha.as_deref().unwrap_or(&self.after)
     }
 }
 

@@ -5,6 +5,7 @@
 //! such as "does this role grant that one".
 
 pub mod event;
+pub mod module;
 mod name;
 pub mod report;
 mod role;

@@ -273,6 +273,7 @@ mod tests {
             tag: "v1".to_owned(),
             before: NO_COMMIT.to_owned(),
             after: "b".to_owned(),
+            checkout_sha: None,
         });
         assert!(matches!(one(&tag, &files, false), Decision::Nothing { .. }));
         for event in [

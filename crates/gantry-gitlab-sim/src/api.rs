@@ -46,6 +46,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             get(statuses::list_statuses),
         )
         .route("/api/v4/projects/{id}/repository/compare", get(compare))
+        .route("/api/v4/projects/{id}/repository/tree", get(git::tree))
         .route(
             "/api/v4/projects/{id}/repository/commits/{sha}",
             get(commit),

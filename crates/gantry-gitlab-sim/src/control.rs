@@ -97,4 +97,42 @@ impl Sim {
     pub fn end_outages(&self) {
         self.shared.lock().outages.clear();
     }
+
+    /// Points tag `name` at `sha` (`None` deletes it), as a `git push` of
+    /// the tag does; `(before, after)` for [`Sim::tag_push_payload`].
+    pub fn set_tag(
+        &self,
+        project_id: u64,
+        name: &str,
+        sha: Option<&str>,
+    ) -> Result<(String, String), crate::SimError> {
+        let (path, _) = self.project_path(project_id)?;
+        let before = crate::git::set_tag(&self.shared.root, &path, name, sha)?;
+        Ok((before, sha.unwrap_or(crate::git::ZEROS).to_owned()))
+    }
+
+    /// The `Tag Push Hook` payload GitLab sends for tag `name` moving from
+    /// `before` to `after`.
+    pub fn tag_push_payload(
+        &self,
+        project_id: u64,
+        name: &str,
+        before: &str,
+        after: &str,
+    ) -> Result<Value, crate::SimError> {
+        let (path, default_branch) = self.project_path(project_id)?;
+        let deleted = after == crate::git::ZEROS;
+        Ok(serde_json::json!({
+            "object_kind": "tag_push", "event_name": "tag_push",
+            "before": before, "after": after, "ref": format!("refs/tags/{name}"),
+            "checkout_sha": if deleted { Value::Null } else { Value::from(after) },
+            "user_id": 1, "user_name": "Sim User", "user_username": "sim",
+            "project_id": project_id,
+            "project": {
+                "id": project_id, "path_with_namespace": path, "default_branch": default_branch,
+                "web_url": format!("{}/{path}", self.shared.url),
+            },
+            "commits": [], "total_commits_count": 0,
+        }))
+    }
 }

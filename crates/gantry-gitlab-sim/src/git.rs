@@ -523,3 +523,70 @@ pub(crate) fn commits_between(
     let out = git(&bare_dir(root, path), &["rev-list", &range])?;
     Ok(out.lines().map(str::to_owned).collect())
 }
+
+/// `GET /projects/:id/repository/tree?path=&ref=`: the entries of a
+/// directory at a ref; GitLab's 404 "Tree Not Found" when there is none.
+pub(crate) async fn tree(
+    axum::extract::State(shared): crate::api::SimState,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    call: crate::api::Call,
+) -> Response {
+    use axum::response::IntoResponse;
+    let (_, project_id) = answer_on_err!(call.access(
+        &shared,
+        &id,
+        crate::api::read(crate::state::AccessLevel::Reporter)
+    ));
+    let path = match project_path(&shared, project_id) {
+        Ok(path) => path,
+        Err(response) => return response,
+    };
+    let dir = call.params.get("path").cloned().unwrap_or_default();
+    let dir = dir.trim_matches('/');
+    let reference = call
+        .params
+        .get("ref")
+        .cloned()
+        .unwrap_or_else(|| "HEAD".into());
+    let spec = if dir.is_empty() {
+        format!("{reference}^{{tree}}")
+    } else {
+        format!("{reference}:{dir}")
+    };
+    let bare = bare_dir(&shared.root, &path);
+    if git(&bare, &["cat-file", "-t", &spec]).is_ok_and(|kind| kind.trim() == "tree") {
+        let listing = git(&bare, &["ls-tree", &spec]).unwrap_or_default();
+        let entries: Vec<serde_json::Value> = listing
+            .lines()
+            .filter_map(|line| {
+                let (meta, name) = line.split_once('\t')?;
+                let mut parts = meta.split_whitespace();
+                let (mode, kind, sha) = (parts.next()?, parts.next()?, parts.next()?);
+                let full = if dir.is_empty() { name.to_owned() } else { format!("{dir}/{name}") };
+                Some(serde_json::json!({ "id": sha, "name": name, "type": kind, "path": full, "mode": mode }))
+            })
+            .collect();
+        axum::Json(entries).into_response()
+    } else {
+        error(StatusCode::NOT_FOUND, "404 Tree Not Found")
+    }
+}
+
+/// Points tag `name` at `sha`, or deletes it (`None`); the commit it
+/// pointed at before (zeros for none).
+pub(crate) fn set_tag(
+    root: &Path,
+    path: &str,
+    name: &str,
+    sha: Option<&str>,
+) -> Result<String, SimError> {
+    let bare = bare_dir(root, path);
+    let reference = format!("refs/tags/{name}");
+    let before = git(&bare, &["rev-parse", "--verify", "-q", &reference])
+        .unwrap_or_else(|_| ZEROS.to_owned());
+    match sha {
+        Some(sha) => git(&bare, &["update-ref", &reference, sha])?,
+        None => git(&bare, &["update-ref", "-d", &reference])?,
+    };
+    Ok(before.trim().to_owned())
+}

@@ -104,3 +104,27 @@ pub async fn branch_head(
     let found: Branch = client.query(&endpoint).await?;
     Ok(found.commit.id)
 }
+
+/// Whether directory `path` (`network/`, or empty for the root) exists at
+/// commit `sha` of the project.
+pub async fn directory_exists(
+    client: &GitLab,
+    project_id: u64,
+    path: &str,
+    sha: &str,
+) -> Result<bool, GitLabError> {
+    let path = path.trim_end_matches('/');
+    let mut builder = gitlab::api::projects::repository::Tree::builder();
+    builder.project(project_id).ref_(sha);
+    if !path.is_empty() {
+        builder.path(path);
+    }
+    let endpoint = builder
+        .build()
+        .map_err(|e| GitLabError::Request(e.to_string()))?;
+    match client.query::<Vec<serde_json::Value>, _>(&endpoint).await {
+        Ok(entries) => Ok(!entries.is_empty()),
+        Err(GitLabError::NotFound { .. }) => Ok(false),
+        Err(error) => Err(error),
+    }
+}

@@ -145,6 +145,7 @@ pub fn parse(kind: Kind, body: &[u8]) -> Result<Event, PayloadError> {
                 git_ref: payload.git_ref,
                 before: payload.before,
                 after: payload.after,
+                checkout_sha: payload.checkout_sha,
             }))
         }
         Kind::MergeRequest => {
@@ -204,6 +205,8 @@ struct RefPayload {
     git_ref: String,
     before: String,
     after: String,
+    #[serde(default)]
+    checkout_sha: Option<String>,
     commits: Option<Vec<CommitPayload>>,
     total_commits_count: Option<u64>,
 }

@@ -16,6 +16,7 @@ mod metrics;
 mod object_blobs;
 mod outbox;
 mod process;
+mod publish;
 mod router;
 mod routes;
 mod source;

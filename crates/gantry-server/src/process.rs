@@ -61,6 +61,11 @@ struct Decided {
     outcome: String,
     error: Option<String>,
     decisions: Vec<Decision>,
+    /// What a tag push does to the project's modules.
+    modules: Vec<crate::publish::ModuleDecision>,
+    /// The integration and project, for the modules' commit statuses.
+    integration_id: String,
+    project_id: i64,
     trigger: String,
 }
 
@@ -90,6 +95,9 @@ impl Processor {
             outcome,
             error,
             decisions: Vec::new(),
+            modules: Vec::new(),
+            integration_id: delivery.integration_id.clone(),
+            project_id: 0,
             trigger: trigger.clone(),
         };
         if delivery.status == Status::Duplicate {
@@ -134,6 +142,33 @@ impl Processor {
         } else {
             format!(" ({})", project.path)
         };
+        let module_decisions = match &event {
+            Event::TagPush(tag) => {
+                match crate::publish::decide(&self.gitlab, &mut conn, &delivery.integration_id, tag)
+                    .await
+                {
+                    Ok(decisions) => decisions,
+                    Err(crate::publish::DecideError::GitLab(error)) => {
+                        return Err(ProcessError::GitLab(error));
+                    }
+                    Err(crate::publish::DecideError::Store(error)) => return Err(error.into()),
+                    Err(crate::publish::DecideError::Other(why)) => {
+                        let outcome =
+                            format!("{}: modules could not be published", event.describe());
+                        return Ok(Some(simple(Status::Accepted, outcome, Some(why))));
+                    }
+                }
+            }
+            _ => Vec::new(),
+        };
+        let project_id = i64::try_from(project.id).unwrap_or(0);
+        if !module_decisions.is_empty() {
+            return Ok(Some(Decided {
+                modules: module_decisions,
+                project_id,
+                ..simple(Status::Accepted, event.describe(), None)
+            }));
+        }
         if found.is_empty() {
             let outcome = format!(
                 "{}: no stack uses project {}{path}",
@@ -189,12 +224,9 @@ impl Processor {
             .collect();
         let decisions = rules::decide(&event, &facts, &files);
         Ok(Some(Decided {
-            delivery: id.to_owned(),
-            status: Status::Accepted,
-            outcome: event.describe(),
-            error: None,
             decisions,
-            trigger,
+            project_id,
+            ..simple(Status::Accepted, event.describe(), None)
         }))
     }
 
@@ -308,6 +340,17 @@ async fn enact(
         }
     }
     let mut outcome = decided.outcome.clone();
+    let published = crate::publish::enact(
+        tx,
+        &decided.integration_id,
+        decided.project_id,
+        &decided.modules,
+        now,
+    )
+    .await?;
+    if !published.is_empty() {
+        outcome = format!("{outcome}: {}", published.join("; "));
+    }
     if !decided.decisions.is_empty() {
         let mut parts = Vec::new();
         if !created.is_empty() {

@@ -19,7 +19,8 @@ use crate::API_BODY_LIMIT;
 use crate::error::ApiError;
 use crate::metrics;
 use crate::routes::{
-    api_keys, audit, deliveries, health, integrations, me, runs, spaces, stacks, webhooks, worker,
+    api_keys, audit, deliveries, health, integrations, me, modules, registry, runs, spaces, stacks,
+    webhooks, worker,
 };
 use crate::state::AppState;
 
@@ -68,6 +69,9 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(webhooks::receive))
         .routes(routes!(stacks::create, stacks::list))
         .routes(routes!(stacks::show, stacks::update, stacks::delete))
+        .routes(routes!(modules::create, modules::list))
+        .routes(routes!(modules::show, modules::update, modules::delete))
+        .routes(routes!(modules::versions))
         .routes(routes!(runs::list, runs::trigger))
         .routes(routes!(runs::show))
         .routes(routes!(runs::confirm))
@@ -88,6 +92,16 @@ pub fn router(state: AppState) -> Router {
         "/api/v1/openapi.json",
         get(move || async move { Json(openapi.as_ref().clone()) }),
     )
+    .route("/.well-known/terraform.json", get(registry::discovery))
+    .route(
+        "/registry/modules/v1/{space}/{name}/{provider}/versions",
+        get(registry::versions),
+    )
+    .route(
+        "/registry/modules/v1/{space}/{name}/{provider}/{version}/download",
+        get(registry::download),
+    )
+    .route("/registry/archives/{module}/{file}", get(registry::archive))
     .merge(crate::web::routes())
     .fallback(not_found)
     .method_not_allowed_fallback(method_not_allowed)

@@ -33,6 +33,61 @@ use crate::state::AppState;
 
 pub const SYNC_HOOKS: &str = "sync_hooks";
 pub const CHECK_TOKEN: &str = "check_token";
+pub const MODULE_STATUS: &str = "module_status";
+
+/// Queues the commit status `gantry/module/<id>` of a published version.
+pub async fn queue_module_status(
+    tx: &mut Tx,
+    payload: serde_json::Value,
+) -> Result<(), StoreError> {
+    enqueue(tx, &NewJob::new(MODULE_STATUS, payload)).await
+}
+
+/// Writes the commit status of a published module version.
+async fn module_status(state: &AppState, job: &ClaimedJob) -> Result<(), Failure> {
+    let p = &job.payload;
+    let (
+        Some(integration_id),
+        Some(project_id),
+        Some(commit),
+        Some(tag),
+        Some(module),
+        Some(version),
+    ) = (
+        p["integration"].as_str(),
+        p["project_id"].as_u64(),
+        p["commit"].as_str(),
+        p["tag"].as_str(),
+        p["module"].as_str(),
+        p["version"].as_str(),
+    )
+    else {
+        return Err(Failure::BadJob(MODULE_STATUS));
+    };
+    let mut conn = state.store.conn().await?;
+    let Some(integration) = integrations::get(&mut conn, integration_id).await? else {
+        return Ok(());
+    };
+    drop(conn);
+    let client = state.gitlab.client(&integration)?;
+    let name = format!("gantry/module/{module}");
+    let target = format!(
+        "{}/modules/{module}",
+        state.config.public_url.trim_end_matches('/')
+    );
+    let description = format!("published {version}");
+    let status = gantry_gitlab::reporting::Status {
+        project_id,
+        sha: commit,
+        state: "success",
+        name: &name,
+        git_ref: tag,
+        target_url: &target,
+        description: &description,
+    };
+    gantry_gitlab::reporting::set_status(&client, &status).await?;
+    Ok(())
+}
 
 /// Queues a check of the hook of `project_id` in `tx`; with `rotated`, the
 /// hook's token is set again (the webhook secret changed). `key`, when
@@ -131,7 +186,7 @@ pub async fn work(state: AppState, owner: String) {
     loop {
         let claimed = jobs::claim_many_or_wait(
             &state.store,
-            &[SYNC_HOOKS, CHECK_TOKEN],
+            &[SYNC_HOOKS, CHECK_TOKEN, MODULE_STATUS],
             &owner,
             lease,
             Duration::from_secs(60),
@@ -156,7 +211,7 @@ pub async fn work(state: AppState, owner: String) {
 pub async fn run_due(state: &AppState, owner: &str) -> Result<usize, StoreError> {
     let batch = jobs::claim_many(
         &state.store,
-        &[SYNC_HOOKS, CHECK_TOKEN],
+        &[SYNC_HOOKS, CHECK_TOKEN, MODULE_STATUS],
         owner,
         state.config.lease,
         Millis::now(),
@@ -171,7 +226,12 @@ pub async fn run_due(state: &AppState, owner: &str) -> Result<usize, StoreError>
 
 /// Upkeep jobs due or under way, on any server.
 pub async fn outstanding(state: &AppState) -> Result<i64, StoreError> {
-    jobs::outstanding(&state.store, &[SYNC_HOOKS, CHECK_TOKEN], Millis::now()).await
+    jobs::outstanding(
+        &state.store,
+        &[SYNC_HOOKS, CHECK_TOKEN, MODULE_STATUS],
+        Millis::now(),
+    )
+    .await
 }
 
 /// Why an upkeep job failed; it is retried with backoff.
@@ -203,6 +263,7 @@ async fn run_one(state: &AppState, job: &ClaimedJob) {
     let work = async {
         match job.kind.as_str() {
             SYNC_HOOKS => sync(state, job).await,
+            MODULE_STATUS => module_status(state, job).await,
             _ => check_token(state, job).await,
         }
     };

@@ -16,6 +16,7 @@ pub mod gauges;
 pub mod housekeeping;
 pub mod integrations;
 pub mod jobs;
+pub mod modules;
 pub mod outbox;
 pub mod page;
 pub mod project_hooks;

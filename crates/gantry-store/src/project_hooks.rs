@@ -100,31 +100,33 @@ pub async fn list(conn: &mut Conn, integration_id: &str) -> Result<Vec<ProjectHo
 }
 
 /// The projects whose hook an integration must see to: those of its
-/// stacks, and those it has a hook on (to remove it when no stack is
-/// left), with their paths.
+/// stacks and modules, and those it has a hook on (to remove it when none
+/// is left), with their paths.
 pub async fn projects(
     conn: &mut Conn,
     integration_id: &str,
 ) -> Result<Vec<(i64, String)>, StoreError> {
     Ok(sqlx::query_as(
-        "SELECT project_id, MIN(repository) FROM stacks WHERE integration_id = $1 GROUP BY project_id \
-         UNION SELECT project_id, path FROM project_hooks WHERE integration_id = $1 \
-           AND project_id NOT IN (SELECT project_id FROM stacks WHERE integration_id = $1) \
-         ORDER BY 1",
+        "SELECT project_id, MIN(repository) FROM ( \
+           SELECT project_id, repository FROM stacks WHERE integration_id = $1 \
+           UNION ALL SELECT project_id, repository FROM modules WHERE integration_id = $1 \
+           UNION ALL SELECT project_id, path FROM project_hooks WHERE integration_id = $1 \
+         ) used GROUP BY project_id ORDER BY 1",
     )
     .bind(integration_id)
     .fetch_all(conn)
     .await?)
 }
 
-/// Whether any stack of the integration is on the project.
+/// Whether any stack or module of the integration is on the project.
 pub async fn in_use(
     conn: &mut Conn,
     integration_id: &str,
     project_id: i64,
 ) -> Result<bool, StoreError> {
     let found: Option<(i64,)> = sqlx::query_as(
-        "SELECT 1 FROM stacks WHERE integration_id = $1 AND project_id = $2 LIMIT 1",
+        "SELECT 1 FROM stacks WHERE integration_id = $1 AND project_id = $2 \
+         UNION ALL SELECT 1 FROM modules WHERE integration_id = $1 AND project_id = $2 LIMIT 1",
     )
     .bind(integration_id)
     .bind(project_id)

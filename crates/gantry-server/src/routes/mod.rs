@@ -7,6 +7,8 @@ pub mod fields;
 pub mod health;
 pub mod integrations;
 pub mod me;
+pub mod modules;
+pub mod registry;
 pub mod runs;
 pub mod spaces;
 pub mod stacks;

@@ -97,6 +97,13 @@ async fn path_of(browser: &Client) -> String {
     browser.current_url().await.expect("url").path().to_owned()
 }
 
+/// The text of `css` now, or `None` while the page has no such element
+/// (or is being replaced: the live log reloads the page when the run ends).
+async fn try_text(browser: &Client, css: &str) -> Option<String> {
+    let element = browser.find(Locator::Css(css)).await.ok()?;
+    element.text().await.ok()
+}
+
 async fn text_of(browser: &Client, css: &str) -> String {
     browser
         .find(Locator::Css(css))
@@ -215,7 +222,7 @@ async fn a_person_in_a_browser_signs_in_confirms_and_sets_up_an_integration() {
     submit(&browser, &format!("form[action='/runs/{run}/confirm']")).await;
     let mut state = String::new();
     for _ in 0..300 {
-        state = text_of(&browser, "#run-state").await;
+        state = try_text(&browser, "#run-state").await.unwrap_or_default();
         if state == "finished" {
             break;
         }

@@ -8,6 +8,7 @@ mod harness;
 mod hooks;
 mod integrations;
 mod isolation;
+mod modules;
 mod reporting;
 mod roles;
 mod runs;

@@ -23,17 +23,17 @@ use crate::routes::fields::{labels, named, space_or_root};
 use crate::state::AppState;
 use crate::views::{List, ListParams};
 
-pub use input::{CreateStack, UpdateStack};
+pub use input::{CreateStack, UpdateStack, repository};
 use input::{
-    DEFAULT_NO_OUTPUT_TIMEOUT, DEFAULT_RUN_TIMEOUT, Secrets, environment, log_limit, repository,
-    seal_secrets, seconds,
+    DEFAULT_NO_OUTPUT_TIMEOUT, DEFAULT_RUN_TIMEOUT, Secrets, environment, log_limit, seal_secrets,
+    seconds,
 };
 pub use view::StackView;
 use view::view;
 
 /// The integration a stack in `space` may use: the one named, or the
 /// default. A space-level integration serves its space and the spaces below.
-async fn usable_integration(
+pub(crate) async fn usable_integration(
     conn: &mut Conn,
     space: &str,
     named: Option<&str>,
@@ -62,7 +62,7 @@ async fn usable_integration(
 
 /// Resolves the repository to its GitLab project with the integration's
 /// token, and warns when the token's user cannot manage the project.
-async fn resolve(
+pub(crate) async fn resolve(
     state: &AppState,
     integration: &Integration,
     repository: &str,
