@@ -85,6 +85,13 @@ enum Command {
         #[command(subcommand)]
         command: Box<client::StackCommand>,
     },
+    /// Manage modules of the registry and list their versions.
+    Module {
+        #[command(flatten)]
+        options: client::Options,
+        #[command(subcommand)]
+        command: client::ModuleCommand,
+    },
     /// Show, confirm, discard and cancel runs, and read their logs.
     Run {
         #[command(flatten)]
@@ -244,6 +251,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Stack { options, command } => {
             Ok(client::stack(&client::Client::new(&options)?, *command).await?)
+        }
+        Command::Module { options, command } => {
+            Ok(client::module(&client::Client::new(&options)?, command).await?)
         }
         Command::Run { options, command } => {
             Ok(client::run(&client::Client::new(&options)?, command).await?)

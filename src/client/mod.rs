@@ -10,6 +10,7 @@
 //! 413, 422), 6 the server cannot be reached.
 
 mod admin;
+mod modules;
 pub mod output;
 mod stacks;
 
@@ -25,6 +26,7 @@ pub use admin::{
     ApiKeyCommand, AuditCommand, IntegrationCommand, SpaceCommand, api_key, audit, integration, me,
     space,
 };
+pub use modules::{ModuleCommand, module};
 pub use stacks::{RunCommand, StackCommand, changes, run, stack};
 
 pub const DEFAULT_URL: &str = "http://127.0.0.1:8080";

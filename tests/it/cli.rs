@@ -513,6 +513,51 @@ async fn every_client_command_against_a_running_server() {
             .is_empty()
     );
 
+    // Modules, their versions, and the hooks Gantry keeps.
+    let created = gantry
+        .ok(&[
+            "module",
+            "create",
+            "VPC",
+            "--repository",
+            "infra/network",
+            "--project-root",
+            "vpc",
+            "--provider",
+            "aws",
+        ])
+        .await;
+    assert!(
+        created.contains("registry address") && created.contains("/root/vpc/aws"),
+        "{created}"
+    );
+    let modules = gantry.ok(&["module", "list"]).await;
+    assert!(row(&modules, "vpc").contains("aws"), "{modules}");
+    let updated = gantry
+        .json(&["module", "update", "vpc", "--label", "net"])
+        .await;
+    assert_eq!(updated["labels"], serde_json::json!(["net"]));
+    let versions = gantry.json(&["module", "versions", "vpc"]).await;
+    assert_eq!(versions["items"], serde_json::json!([]));
+    gantry
+        .fails(
+            &[
+                "module",
+                "create",
+                "Bad",
+                "--repository",
+                "infra/network",
+                "--provider",
+                "AWS",
+            ],
+            5,
+            "provider",
+        )
+        .await;
+    let hooks = gantry.json(&["integration", "hooks", "main"]).await;
+    assert!(hooks["items"].is_array(), "{hooks}");
+    assert_eq!(gantry.json(&["module", "delete", "vpc"]).await["id"], "vpc");
+
     // Deleting what is in use needs --force.
     gantry
         .fails(&["integration", "delete", "main"], 5, "refused (409)")
