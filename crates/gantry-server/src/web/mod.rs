@@ -10,6 +10,7 @@
 mod assets;
 mod integrations;
 mod markdown;
+mod modules;
 mod page;
 mod runs;
 mod session;
@@ -48,6 +49,8 @@ pub fn routes() -> Router<AppState> {
             "/integrations/{id}/deliveries/{delivery}/replay",
             post(integrations::replay),
         )
+        .route("/modules", get(modules::list))
+        .route("/modules/{id}", get(modules::show))
         .route("/stacks", get(stacks::list))
         .route("/stacks/{id}", get(stacks::show))
         .route("/runs/{id}", get(runs::show))

@@ -206,6 +206,17 @@ async fn tags_publish_versions_that_the_registry_serves(db: Db) {
         .expect("forged");
     assert_eq!(forged.status(), StatusCode::UNAUTHORIZED);
 
+    // The web UI lists the module and its versions.
+    let mut browser = crate::web::Browser::new(&app);
+    browser.sign_in(&reader, "/").await;
+    let page = browser.get("/modules/vpc").await;
+    assert!(
+        page.body.contains("gantry.test/root/vpc/aws") && page.body.contains("2.0.0-rc.1"),
+        "{}",
+        page.body
+    );
+    assert!(browser.get("/modules").await.body.contains("/modules/vpc"));
+
     // A deleted tag yanks its version: kept in the API, gone from the registry.
     let deleted = tag(&app, &repo, "v2.0.0-rc.1", None).await;
     assert!(outcome(&deleted).contains("yanked"), "{deleted}");
