@@ -215,7 +215,19 @@ async fn gantry_keeps_exactly_one_hook_per_project(db: Db) {
         1,
         "Net Two still uses it"
     );
+    // A module of the project keeps the hook too, until it goes.
+    let (status, module) = app
+        .post(
+            "/api/v1/modules",
+            &app.admin,
+            json!({ "name": "VPC", "repository": "infra/network", "provider": "aws" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{module}");
     app.delete("/api/v1/stacks/net-two", &app.admin).await;
+    app.settle().await;
+    assert_eq!(ours(sim, network, &endpoint).len(), 1, "the module uses it");
+    app.delete("/api/v1/modules/vpc", &app.admin).await;
     app.settle().await;
     assert!(ours(sim, network, &endpoint).is_empty());
 
