@@ -59,6 +59,12 @@ pub async fn work(
     mut stopping: tokio::sync::watch::Receiver<bool>,
 ) {
     while !*stopping.borrow() {
+        // Registered before the pass: a write committed meanwhile wakes the
+        // next wait at once. Other servers' writes, and retries that fall
+        // due, are found by the poll.
+        let recorded = state.store.outbox_signal().notified();
+        tokio::pin!(recorded);
+        recorded.as_mut().enable();
         let delivered = pass(&state, &owner).await;
         let pause = match delivered {
             Ok(0) => Duration::from_millis(250),
@@ -70,6 +76,7 @@ pub async fn work(
         };
         tokio::select! {
             () = tokio::time::sleep(pause) => {}
+            () = &mut recorded, if pause < Duration::from_secs(1) => {}
             // The server is gone when the signal's sender is.
             changed = stopping.changed() => if changed.is_err() { break },
         }

@@ -77,6 +77,8 @@ struct Inner {
     /// in order, instead of meeting SQLite's busy handler, which sleeps.
     write_lock: Arc<tokio::sync::Mutex<()>>,
     jobs_signal: Arc<Notify>,
+    /// Woken when a commit in this process recorded writes to GitLab.
+    outbox_signal: Arc<Notify>,
     listener: Option<AbortHandle>,
 }
 
@@ -136,6 +138,7 @@ impl Store {
                 backend,
                 write_lock: Arc::new(tokio::sync::Mutex::new(())),
                 jobs_signal,
+                outbox_signal: Arc::new(Notify::new()),
                 listener,
             }),
         })
@@ -197,7 +200,15 @@ impl Store {
             backend: self.backend(),
             jobs_signal: self.inner.jobs_signal.clone(),
             enqueued: false,
+            outbox_signal: self.inner.outbox_signal.clone(),
+            wrote_outbox: false,
         })
+    }
+
+    /// Woken by every commit in this process that recorded writes to
+    /// GitLab (the outbox waits on it rather than polling).
+    pub fn outbox_signal(&self) -> &Notify {
+        &self.inner.outbox_signal
     }
 
     /// Whether the database answers.
@@ -224,6 +235,8 @@ pub struct Tx {
     backend: Backend,
     jobs_signal: Arc<Notify>,
     pub(crate) enqueued: bool,
+    outbox_signal: Arc<Notify>,
+    pub(crate) wrote_outbox: bool,
 }
 
 impl Tx {
@@ -237,6 +250,9 @@ impl Tx {
             // Claimers in this process; PostgreSQL's NOTIFY, sent inside the
             // transaction, reaches the other processes.
             self.jobs_signal.notify_waiters();
+        }
+        if self.wrote_outbox {
+            self.outbox_signal.notify_waiters();
         }
         Ok(())
     }

@@ -117,6 +117,16 @@ pub enum Created {
 /// names one and it has none. A new proposed run cancels the older queued
 /// proposed runs of its stack and branch ("superseded by run …").
 pub async fn create(
+    tx: &mut crate::Tx,
+    new: &NewRun<'_>,
+    now: Millis,
+) -> Result<(Run, Created, Vec<String>), StoreError> {
+    // Its writes to GitLab wake the outbox when the transaction commits.
+    tx.wrote_outbox = true;
+    create_in(tx, new, now).await
+}
+
+async fn create_in(
     conn: &mut Conn,
     new: &NewRun<'_>,
     now: Millis,
@@ -185,7 +195,7 @@ pub async fn create(
         .await?;
         for (older,) in older {
             let cause = format!("superseded by run {id}");
-            if advance(conn, &older, Command::Cancel, &cause, false, now)
+            if advance_in(conn, &older, Command::Cancel, &cause, false, now)
                 .await?
                 .is_ok()
             {
@@ -222,6 +232,19 @@ async fn record(
 /// stored, or the state machine's refusal is returned and nothing changes.
 /// Failed and canceled runs keep `cause` as their reason.
 pub async fn advance(
+    tx: &mut crate::Tx,
+    run_id: &str,
+    command: Command,
+    cause: &str,
+    autodeploy: bool,
+    now: Millis,
+) -> Result<Result<Run, IllegalTransition>, StoreError> {
+    // Its writes to GitLab wake the outbox when the transaction commits.
+    tx.wrote_outbox = true;
+    advance_in(tx, run_id, command, cause, autodeploy, now).await
+}
+
+async fn advance_in(
     conn: &mut Conn,
     run_id: &str,
     command: Command,
@@ -266,13 +289,15 @@ pub async fn advance(
 /// Cancels a stack's queued proposed runs of a branch, or of a merge
 /// request; returns their ids.
 pub async fn cancel_queued_proposed(
-    conn: &mut Conn,
+    tx: &mut crate::Tx,
     stack_id: &str,
     branch: Option<&str>,
     merge_request_iid: Option<u64>,
     cause: &str,
     now: Millis,
 ) -> Result<Vec<String>, StoreError> {
+    tx.wrote_outbox = true;
+    let conn: &mut Conn = tx;
     let iid = merge_request_iid.map(iid_column).transpose()?;
     let ids: Vec<(String,)> = sqlx::query_as(
         "SELECT id FROM runs WHERE stack_id = $1 AND kind = 'proposed' AND state = 'queued' \
@@ -285,7 +310,7 @@ pub async fn cancel_queued_proposed(
     .await?;
     let mut canceled = Vec::new();
     for (id,) in ids {
-        if advance(conn, &id, Command::Cancel, cause, false, now)
+        if advance_in(conn, &id, Command::Cancel, cause, false, now)
             .await?
             .is_ok()
         {
