@@ -97,11 +97,17 @@ pub fn set_cookie(
 
 /// The sign-in page for a request without a session, returning to it.
 fn to_login(parts: &Parts) -> Response {
-    let wanted = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
+    // A form posted without a session cannot be sent again after the
+    // sign-in: back to the start instead.
+    let wanted = if parts.method == axum::http::Method::GET {
+        parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned()
+    } else {
+        "/".to_owned()
+    };
     let next = url::form_urlencoded::byte_serialize(wanted.as_bytes()).collect::<String>();
     Redirect::to(&format!("/login?next={next}")).into_response()
 }
