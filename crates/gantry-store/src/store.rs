@@ -11,6 +11,9 @@ use tokio::task::AbortHandle;
 
 /// The PostgreSQL channel on which committed enqueues wake workers.
 pub(crate) const JOBS_CHANNEL: &str = "gantry_jobs";
+/// Notified by a commit that recorded writes to GitLab, for every server's
+/// outbox.
+pub(crate) const OUTBOX_CHANNEL: &str = "gantry_outbox";
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -126,10 +129,11 @@ impl Store {
             .connect_with(options)
             .await?;
         let jobs_signal = Arc::new(Notify::new());
+        let outbox_signal = Arc::new(Notify::new());
         let listener = match backend {
-            Backend::Postgres => {
-                Some(spawn_jobs_listener(url.to_owned(), jobs_signal.clone()).await?)
-            }
+            Backend::Postgres => Some(
+                spawn_listener(url.to_owned(), jobs_signal.clone(), outbox_signal.clone()).await?,
+            ),
             Backend::Sqlite => None,
         };
         Ok(Self {
@@ -138,7 +142,7 @@ impl Store {
                 backend,
                 write_lock: Arc::new(tokio::sync::Mutex::new(())),
                 jobs_signal,
-                outbox_signal: Arc::new(Notify::new()),
+                outbox_signal,
                 listener,
             }),
         })
@@ -272,24 +276,33 @@ impl DerefMut for Tx {
     }
 }
 
-/// Listens on [`JOBS_CHANNEL`] and turns each notification into a local
+/// Listens on [`JOBS_CHANNEL`] and [`OUTBOX_CHANNEL`] and turns each notification into a local
 /// wake-up. After a reconnect it wakes everyone once, since notifications
 /// sent while disconnected are lost.
-async fn spawn_jobs_listener(url: String, signal: Arc<Notify>) -> Result<AbortHandle, StoreError> {
+async fn spawn_listener(
+    url: String,
+    jobs: Arc<Notify>,
+    outbox: Arc<Notify>,
+) -> Result<AbortHandle, StoreError> {
     let mut listener = sqlx::postgres::PgListener::connect(&url).await?;
-    listener.listen(JOBS_CHANNEL).await?;
+    listener.listen_all([JOBS_CHANNEL, OUTBOX_CHANNEL]).await?;
     let task = tokio::spawn(async move {
+        let both = || {
+            jobs.notify_waiters();
+            outbox.notify_waiters();
+        };
         loop {
             match listener.try_recv().await {
-                Ok(Some(_)) => signal.notify_waiters(),
+                Ok(Some(note)) if note.channel() == OUTBOX_CHANNEL => outbox.notify_waiters(),
+                Ok(Some(_)) => jobs.notify_waiters(),
                 Ok(None) => {
-                    tracing::warn!("job wake-up listener lost its connection; reconnecting");
-                    signal.notify_waiters();
+                    tracing::warn!("wake-up listener lost its connection; reconnecting");
+                    both();
                 }
                 Err(err) => {
-                    tracing::warn!(error = %err, "job wake-up listener failed; retrying in 1 s");
+                    tracing::warn!(error = %err, "wake-up listener failed; retrying in 1 s");
                     tokio::time::sleep(Duration::from_secs(1)).await;
-                    signal.notify_waiters();
+                    both();
                 }
             }
         }

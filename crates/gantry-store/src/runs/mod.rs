@@ -112,6 +112,21 @@ pub enum Created {
     Existing,
 }
 
+/// Makes the transaction wake every server's outbox when it commits: the
+/// writes to GitLab it records go out at once (in this process through
+/// the store's signal, on PostgreSQL also by `NOTIFY` to the others).
+async fn wakes_outbox(tx: &mut crate::Tx) -> Result<(), StoreError> {
+    if !tx.wrote_outbox && tx.backend() == crate::Backend::Postgres {
+        sqlx::Executor::execute(
+            &mut **tx,
+            format!("NOTIFY {}", crate::store::OUTBOX_CHANNEL).as_str(),
+        )
+        .await?;
+    }
+    tx.wrote_outbox = true;
+    Ok(())
+}
+
 /// Creates a queued run, or returns the existing run for the same
 /// (stack, commit, kind), linking it to the merge request when this event
 /// names one and it has none. A new proposed run cancels the older queued
@@ -121,8 +136,7 @@ pub async fn create(
     new: &NewRun<'_>,
     now: Millis,
 ) -> Result<(Run, Created, Vec<String>), StoreError> {
-    // Its writes to GitLab wake the outbox when the transaction commits.
-    tx.wrote_outbox = true;
+    wakes_outbox(tx).await?;
     create_in(tx, new, now).await
 }
 
@@ -239,8 +253,7 @@ pub async fn advance(
     autodeploy: bool,
     now: Millis,
 ) -> Result<Result<Run, IllegalTransition>, StoreError> {
-    // Its writes to GitLab wake the outbox when the transaction commits.
-    tx.wrote_outbox = true;
+    wakes_outbox(tx).await?;
     advance_in(tx, run_id, command, cause, autodeploy, now).await
 }
 
@@ -296,7 +309,7 @@ pub async fn cancel_queued_proposed(
     cause: &str,
     now: Millis,
 ) -> Result<Vec<String>, StoreError> {
-    tx.wrote_outbox = true;
+    wakes_outbox(tx).await?;
     let conn: &mut Conn = tx;
     let iid = merge_request_iid.map(iid_column).transpose()?;
     let ids: Vec<(String,)> = sqlx::query_as(

@@ -23,6 +23,7 @@ on_both_databases!(
     a_run_held_back_keeps_the_runs_after_it_waiting,
     housekeeping_prunes_what_aged_and_keeps_what_is_live,
     the_tail_of_a_log_is_its_end,
+    a_commit_that_records_writes_wakes_every_outbox,
 );
 
 async fn setup(db: &TestStore) {
@@ -547,4 +548,30 @@ async fn the_tail_of_a_log_is_its_end(db: TestStore) {
         "{end:?}"
     );
     assert_eq!((last, cut), (29, true));
+}
+
+/// A run's writes to GitLab wake the outbox of this process and, on
+/// PostgreSQL, of every other process on the database.
+async fn a_commit_that_records_writes_wakes_every_outbox(db: TestStore) {
+    let db = &db;
+    setup(db).await;
+    let other = gantry_store::Store::connect(&db.url)
+        .await
+        .expect("second store");
+    let stores = if db.store.backend() == gantry_store::Backend::Postgres {
+        vec![&db.store, &other]
+    } else {
+        vec![&db.store]
+    };
+    for woken in stores {
+        let notified = woken.outbox_signal().notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        // Let the other store's listener settle before the commit.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        create(db, "net", Kind::Proposed, &format!("{:p}", woken)).await;
+        tokio::time::timeout(std::time::Duration::from_secs(5), notified)
+            .await
+            .expect("the outbox is woken");
+    }
 }
