@@ -26,6 +26,24 @@ pub trait Blobs: Send + Sync {
     fn ping(&self) -> BoxFuture<'_, io::Result<()>>;
 }
 
+/// Refuses a key that is not a plain name (letters, digits, `-_.`, not
+/// starting with a dot): every backend stores keys as they are.
+pub fn check_key(key: &str) -> io::Result<()> {
+    let plain = !key.is_empty()
+        && !key.starts_with('.')
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if plain {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{key:?} is not a blob key"),
+        ))
+    }
+}
+
 /// Blobs as files in one directory (`--blob-store file://<dir>`, by
 /// default `<data-dir>/blobs`).
 pub struct DirBlobs {
@@ -48,19 +66,8 @@ impl DirBlobs {
     }
 
     fn path(&self, key: &str) -> io::Result<PathBuf> {
-        let plain = !key.is_empty()
-            && !key.starts_with('.')
-            && key
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-        if plain {
-            Ok(self.dir.join(key))
-        } else {
-            Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{key:?} is not a blob key"),
-            ))
-        }
+        check_key(key)?;
+        Ok(self.dir.join(key))
     }
 }
 

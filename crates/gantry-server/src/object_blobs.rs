@@ -61,17 +61,7 @@ impl ObjectBlobs {
     }
 
     fn path(&self, key: &str) -> io::Result<Path> {
-        let plain = !key.is_empty()
-            && !key.starts_with('.')
-            && key
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-        if !plain {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{key:?} is not a blob key"),
-            ));
-        }
+        crate::blobs::check_key(key)?;
         Ok(self.prefix.clone().join(key))
     }
 }

@@ -37,7 +37,6 @@ pub async fn take_rate_slot(
     window: std::time::Duration,
     now: crate::Millis,
 ) -> Result<Result<(), std::time::Duration>, StoreError> {
-    let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
     let mut tx = store.begin().await?;
     sqlx::query("INSERT INTO rate_scopes (scope) VALUES ($1) ON CONFLICT (scope) DO NOTHING")
         .bind(scope)
@@ -51,7 +50,7 @@ pub async fn take_rate_slot(
     }
     sqlx::query("DELETE FROM rate_events WHERE scope = $1 AND at <= $2")
         .bind(scope)
-        .bind(now.0 - window_ms)
+        .bind(now.minus(window).0)
         .execute(&mut *tx)
         .await?;
     let (count, oldest): (i64, Option<i64>) =
@@ -60,11 +59,11 @@ pub async fn take_rate_slot(
             .fetch_one(&mut *tx)
             .await?;
     if usize::try_from(count).unwrap_or(usize::MAX) >= limit {
-        let frees = oldest.unwrap_or(now.0) + window_ms - now.0;
+        let frees = crate::Millis(oldest.unwrap_or(now.0)).plus(window);
         tx.commit().await?;
-        return Ok(Err(std::time::Duration::from_millis(
-            u64::try_from(frees.max(1)).unwrap_or(1),
-        )));
+        return Ok(Err(now
+            .until(frees)
+            .max(std::time::Duration::from_millis(1))));
     }
     sqlx::query("INSERT INTO rate_events (scope, at) VALUES ($1, $2)")
         .bind(scope)

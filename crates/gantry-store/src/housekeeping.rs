@@ -39,8 +39,7 @@ impl Pruned {
 
 /// One pass of pruning at `now`.
 pub async fn prune(store: &Store, retention: Retention, now: Millis) -> Result<Pruned, StoreError> {
-    let before = |age: Duration| Millis(now.0.saturating_sub(millis(age)));
-    let cutoff = before(retention.deliveries);
+    let cutoff = now.minus(retention.deliveries);
     let delivery_bodies = deliveries::prune_bodies(store, cutoff).await?;
     let outbox_writes =
         sqlx::query("DELETE FROM outbox WHERE status <> 'pending' AND created_at < $1")
@@ -63,7 +62,7 @@ pub async fn prune(store: &Store, retention: Retention, now: Millis) -> Result<P
            WHERE state IN ({}) AND updated_at < $1)",
         ended.join(", ")
     ))
-    .bind(before(retention.run_logs).0)
+    .bind(now.minus(retention.run_logs).0)
     .execute(store.pool())
     .await?
     .rows_affected();
@@ -76,8 +75,4 @@ pub async fn prune(store: &Store, retention: Retention, now: Millis) -> Result<P
         outbox_writes,
         jobs,
     })
-}
-
-fn millis(age: Duration) -> i64 {
-    i64::try_from(age.as_millis()).unwrap_or(i64::MAX)
 }

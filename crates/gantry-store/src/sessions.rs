@@ -44,7 +44,7 @@ pub async fn authenticate(
     now: Millis,
 ) -> Result<Option<ApiKey>, StoreError> {
     let id = hash_secret(secret);
-    let idle_since = now.0 - millis(IDLE);
+    let idle_since = now.minus(IDLE).0;
     let found: Option<(String, i64)> = sqlx::query_as(
         "SELECT api_key_id, last_seen_at FROM web_sessions WHERE id = $1 AND last_seen_at > $2",
     )
@@ -61,7 +61,7 @@ pub async fn authenticate(
     if key.revoked_at.is_some() {
         return Ok(None);
     }
-    if now.0 - last_seen >= millis(TOUCH_EVERY) {
+    if Millis(last_seen).until(now) >= TOUCH_EVERY {
         sqlx::query("UPDATE web_sessions SET last_seen_at = $1 WHERE id = $2")
             .bind(now.0)
             .bind(&id)
@@ -87,12 +87,8 @@ pub async fn prune(conn: &mut Conn, now: Millis) -> Result<u64, StoreError> {
         "DELETE FROM web_sessions WHERE last_seen_at <= $1 \
            OR api_key_id IN (SELECT id FROM api_keys WHERE revoked_at IS NOT NULL)",
     )
-    .bind(now.0 - millis(IDLE))
+    .bind(now.minus(IDLE).0)
     .execute(conn)
     .await?;
     Ok(done.rows_affected())
-}
-
-fn millis(age: Duration) -> i64 {
-    i64::try_from(age.as_millis()).unwrap_or(i64::MAX)
 }

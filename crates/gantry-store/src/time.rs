@@ -17,6 +17,12 @@ impl Millis {
         Self(self.0.saturating_add(millis))
     }
 
+    /// `duration` before `self`.
+    pub fn minus(self, duration: Duration) -> Self {
+        let millis = i64::try_from(duration.as_millis()).unwrap_or(i64::MAX);
+        Self(self.0.saturating_sub(millis))
+    }
+
     /// How long from `self` until `later`; zero if `later` is not later.
     pub fn until(self, later: Millis) -> Duration {
         Duration::from_millis(u64::try_from(later.0.saturating_sub(self.0)).unwrap_or(0))
