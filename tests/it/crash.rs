@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use crate::process::{Db, free_port, serve};
 
-pub(crate) fn push(n: usize) -> Vec<u8> {
+fn push(n: usize) -> Vec<u8> {
     json!({
         "object_kind": "push", "project_id": 42, "ref": "refs/heads/main",
         "before": "1111111111111111111111111111111111111111", "after": format!("{n:040x}"),
@@ -19,6 +19,52 @@ pub(crate) fn push(n: usize) -> Vec<u8> {
     })
     .to_string()
     .into_bytes()
+}
+
+/// `count` senders post unique push deliveries to `urls` in turn until a
+/// server stops answering 200; the ids of those acknowledged go into
+/// `acknowledged`.
+pub(crate) fn burst(
+    count: usize,
+    urls: Vec<String>,
+    secret: String,
+    acknowledged: Arc<Mutex<Vec<String>>>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let http = reqwest::Client::new();
+    (0..count)
+        .map(|sender| {
+            let (http, urls, secret, acknowledged) = (
+                http.clone(),
+                urls.clone(),
+                secret.clone(),
+                acknowledged.clone(),
+            );
+            tokio::spawn(async move {
+                for i in 0.. {
+                    let n = sender * 1_000_000 + i;
+                    let answer = http
+                        .post(&urls[i % urls.len()])
+                        .header("Content-Type", "application/json")
+                        .header("X-Gitlab-Event", "Push Hook")
+                        .header("X-Gitlab-Token", &secret)
+                        .header("Idempotency-Key", format!("key-{n}"))
+                        .body(push(n))
+                        .send()
+                        .await;
+                    let Ok(response) = answer else { return };
+                    if response.status() != 200 {
+                        return;
+                    }
+                    let Ok(body) = response.json::<Value>().await else {
+                        return;
+                    };
+                    if let Some(id) = body["delivery"].as_str() {
+                        acknowledged.lock().expect("lock").push(id.to_owned());
+                    }
+                }
+            })
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -63,39 +109,7 @@ async fn acknowledged_deliveries_survive_kill_9(db: Db) {
 
     // Eight senders post until the server dies under them.
     let acknowledged: Arc<Mutex<Vec<String>>> = Arc::default();
-    let mut senders = Vec::new();
-    for sender in 0..8 {
-        let (http, url, secret, acknowledged) = (
-            http.clone(),
-            url.clone(),
-            secret.clone(),
-            acknowledged.clone(),
-        );
-        senders.push(tokio::spawn(async move {
-            for i in 0.. {
-                let n = sender * 1_000_000 + i;
-                let answer = http
-                    .post(&url)
-                    .header("Content-Type", "application/json")
-                    .header("X-Gitlab-Event", "Push Hook")
-                    .header("X-Gitlab-Token", &secret)
-                    .header("Idempotency-Key", format!("key-{n}"))
-                    .body(push(n))
-                    .send()
-                    .await;
-                let Ok(response) = answer else { return };
-                if response.status() != 200 {
-                    return;
-                }
-                let Ok(body) = response.json::<Value>().await else {
-                    return;
-                };
-                if let Some(id) = body["delivery"].as_str() {
-                    acknowledged.lock().expect("lock").push(id.to_owned());
-                }
-            }
-        }));
-    }
+    let senders = burst(8, vec![url], secret, acknowledged.clone());
     while acknowledged.lock().expect("lock").len() < 300 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }

@@ -12,10 +12,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use gantry_gitlab_sim::Sim;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::api::{Api, admin_token};
-use crate::crash::push;
+use crate::crash::burst;
 use crate::process::{free_port, serve_with, terminate, worker};
 
 /// The keys under `prefix` in the S3 server's bucket `gantry`.
@@ -30,46 +30,6 @@ async fn s3_keys(endpoint: &str, prefix: &str) -> Vec<String> {
         .split("<Key>")
         .skip(1)
         .filter_map(|part| part.split("</Key>").next().map(str::to_owned))
-        .collect()
-}
-
-/// Posts deliveries to `urls` in turn until a server stops answering 200;
-/// the ids of those acknowledged.
-fn burst(
-    urls: Vec<String>,
-    secret: String,
-    acknowledged: Arc<Mutex<Vec<String>>>,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    (0..4)
-        .map(|sender| {
-            let (urls, secret, acknowledged) = (urls.clone(), secret.clone(), acknowledged.clone());
-            tokio::spawn(async move {
-                let http = reqwest::Client::new();
-                for i in 0.. {
-                    let n = 7_000_000 + sender * 1_000_000 + i;
-                    let url = &urls[i % urls.len()];
-                    let answer = http
-                        .post(url)
-                        .header("Content-Type", "application/json")
-                        .header("X-Gitlab-Event", "Push Hook")
-                        .header("X-Gitlab-Token", &secret)
-                        .header("Idempotency-Key", format!("burst-{n}"))
-                        .body(push(n))
-                        .send()
-                        .await;
-                    let Ok(response) = answer else { return };
-                    if response.status() != 200 {
-                        return;
-                    }
-                    let Ok(body) = response.json::<Value>().await else {
-                        return;
-                    };
-                    if let Some(id) = body["delivery"].as_str() {
-                        acknowledged.lock().expect("lock").push(id.to_owned());
-                    }
-                }
-            })
-        })
         .collect()
 }
 
@@ -170,7 +130,7 @@ async fn two_servers_two_workers_one_database_one_blob_store() {
         format!("{}/webhooks/gitlab/main", b.base),
     ];
     let acknowledged: Arc<Mutex<Vec<String>>> = Arc::default();
-    let senders = burst(urls, secret.clone(), acknowledged.clone());
+    let senders = burst(4, urls, secret.clone(), acknowledged.clone());
     while acknowledged.lock().expect("lock").len() < 100 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
