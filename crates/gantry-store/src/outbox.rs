@@ -132,9 +132,13 @@ pub async fn claim(
     .bind(limit)
     .fetch_all(&mut *tx)
     .await?;
+    // Keys are locked in one global order (by key), so that two servers
+    // claiming overlapping keys at once never wait on each other in a
+    // circle: candidates picked a moment apart differ in their ids.
+    let mut candidates = candidates;
+    candidates.sort_by(|a, b| a.key.cmp(&b.key));
     let mut claimed = Vec::new();
-    for row in candidates {
-        let entry = row;
+    for entry in candidates {
         if tx.backend() == Backend::Postgres {
             // Servers claiming the same key queue here, then see the lease.
             sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))")
