@@ -7,6 +7,7 @@ use std::time::Duration;
 
 mod client;
 mod demo;
+mod vcs_agent;
 mod worker;
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
@@ -40,6 +41,9 @@ enum Command {
     /// Execute runs for a server, on this machine (an API key with the
     /// `worker` role on `root`).
     Worker(worker::WorkerArgs),
+    /// Forward GitLab traffic for a VCS agent pool: run inside the network
+    /// where GitLab is; dials out to the servers.
+    VcsAgent(vcs_agent::VcsAgentArgs),
     /// Apply database migrations and exit.
     Migrate(DatabaseArgs),
     /// Try Gantry offline: a server and a simulated GitLab with a sample
@@ -91,6 +95,13 @@ enum Command {
         options: client::Options,
         #[command(subcommand)]
         command: client::ModuleCommand,
+    },
+    /// Manage pools of VCS agents (GitLab in a private network).
+    VcsAgentPool {
+        #[command(flatten)]
+        options: client::Options,
+        #[command(subcommand)]
+        command: client::PoolCommand,
     },
     /// Show, confirm, discard and cancel runs, and read their logs.
     Run {
@@ -198,7 +209,7 @@ fn main() -> ExitCode {
     // shows warnings only there, unless GANTRY_LOG says otherwise.
     let quiet = !matches!(
         cli.command,
-        Command::Serve(_) | Command::Worker(_) | Command::Migrate(_)
+        Command::Serve(_) | Command::Worker(_) | Command::VcsAgent(_) | Command::Migrate(_)
     );
     init_logging(
         cli.log_format,
@@ -230,6 +241,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => serve(args).await,
         Command::Worker(args) => worker::run(args).await,
+        Command::VcsAgent(args) => vcs_agent::run(args).await,
         Command::Migrate(args) => {
             gantry_server::open_database(&server_config_for(&args)).await?;
             println!("The database is up to date.");
@@ -254,6 +266,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Module { options, command } => {
             Ok(client::module(&client::Client::new(&options)?, command).await?)
+        }
+        Command::VcsAgentPool { options, command } => {
+            Ok(client::pool(&client::Client::new(&options)?, command).await?)
         }
         Command::Run { options, command } => {
             Ok(client::run(&client::Client::new(&options)?, command).await?)

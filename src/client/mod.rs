@@ -11,6 +11,7 @@
 
 mod admin;
 mod modules;
+mod pools;
 pub mod output;
 mod stacks;
 
@@ -27,6 +28,7 @@ pub use admin::{
     space,
 };
 pub use modules::{ModuleCommand, module};
+pub use pools::{PoolCommand, pool};
 pub use stacks::{RunCommand, StackCommand, changes, run, stack};
 
 pub const DEFAULT_URL: &str = "http://127.0.0.1:8080";

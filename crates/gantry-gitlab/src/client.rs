@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http_body_util::BodyExt;
 use gitlab::api::{Endpoint, UrlBase};
 use rand::Rng;
 use reqwest::StatusCode;
@@ -27,6 +28,7 @@ use url::Url;
 use crate::body::{MAX_BODY, MAX_MESSAGE_CHARS, cut, read_capped};
 use crate::error_body;
 use crate::metrics::ClientMetrics;
+use crate::tunnel::{self, Tunnel, TunnelError};
 
 /// How the client waits, retries and shares hosts.
 #[derive(Clone, Debug)]
@@ -116,6 +118,13 @@ pub enum GitLabError {
         request: String,
         message: String,
     },
+    #[error("{message}, so GitLab at {host} cannot be asked {request}")]
+    NoAgent {
+        host: String,
+        request: String,
+        /// Names the pool: "no agent of VCS agent pool … is connected".
+        message: String,
+    },
     #[error("invalid GitLab request: {0}")]
     Request(String),
 }
@@ -132,7 +141,10 @@ impl GitLabError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            Self::RateLimited { .. } | Self::Server { .. } | Self::Transport { .. }
+            Self::RateLimited { .. }
+                | Self::Server { .. }
+                | Self::Transport { .. }
+                | Self::NoAgent { .. }
         )
     }
 
@@ -222,6 +234,7 @@ impl Http {
             host,
             limit,
             token_header,
+            tunnel: None,
         })
     }
 }
@@ -236,6 +249,8 @@ pub struct GitLab {
     limit: Arc<Semaphore>,
     /// Marked sensitive, so it never prints.
     token_header: HeaderValue,
+    /// When set, requests go through it instead of to the host directly.
+    tunnel: Option<Arc<dyn Tunnel>>,
 }
 
 impl std::fmt::Debug for GitLab {
@@ -254,6 +269,12 @@ pub struct Reply {
     pub body: Bytes,
 }
 
+/// Why one exchange with GitLab got no answer.
+enum NoAnswer {
+    Transport(String),
+    NoAgent(String),
+}
+
 enum Attempt {
     Done(Reply),
     Retry {
@@ -267,6 +288,13 @@ impl GitLab {
     /// `host` or `host:port`, as metrics and messages name it.
     pub fn host(&self) -> &str {
         &self.host
+    }
+
+    /// The same client, sending every request through `tunnel` (a VCS
+    /// agent pool) instead of dialling the host.
+    pub fn through(mut self, tunnel: Arc<dyn Tunnel>) -> Self {
+        self.tunnel = Some(tunnel);
+        self
     }
 
     /// Sends `endpoint` and parses a JSON answer into `T`.
@@ -337,29 +365,11 @@ impl GitLab {
         attempt: u32,
     ) -> Attempt {
         let inner = &self.http.inner;
-        let mut builder = inner
-            .http
-            .request(endpoint.method(), url.clone())
-            .header("PRIVATE-TOKEN", self.token_header.clone());
-        if let Some((content_type, bytes)) = body {
-            builder = builder
-                .header(CONTENT_TYPE, *content_type)
-                .body(bytes.clone());
-        }
         let started = Instant::now();
         let outcome = {
             // Closed never: the semaphore lives as long as the client.
             let _permit = self.limit.acquire().await;
-            match builder.send().await {
-                Ok(response) => {
-                    let status = response.status();
-                    let headers = response.headers().clone();
-                    read_capped(response)
-                        .await
-                        .map(|body| (status, headers, body))
-                }
-                Err(error) => Err(error),
-            }
+            self.exchange(endpoint.method(), url, body).await
         };
         inner.metrics.answered(
             &self.host,
@@ -379,14 +389,24 @@ impl GitLab {
                     ),
                 });
             }
-            Err(error) => {
+            Err(NoAnswer::Transport(message)) => {
                 return Attempt::Retry {
                     wait: self.backoff(attempt),
                     failure: GitLabError::Transport {
                         host: self.host.clone(),
                         request: request.to_owned(),
                         attempts: attempt,
-                        message: transport_message(&error),
+                        message,
+                    },
+                };
+            }
+            Err(NoAnswer::NoAgent(message)) => {
+                return Attempt::Retry {
+                    wait: self.backoff(attempt),
+                    failure: GitLabError::NoAgent {
+                        host: self.host.clone(),
+                        request: request.to_owned(),
+                        message,
                     },
                 };
             }
@@ -452,6 +472,96 @@ impl GitLab {
                 message,
             }),
         }
+    }
+
+    /// One request and its answer, read within [`MAX_BODY`] (`None` past
+    /// it), directly or through the tunnel.
+    async fn exchange(
+        &self,
+        method: reqwest::Method,
+        url: &Url,
+        body: Option<&(&'static str, Vec<u8>)>,
+    ) -> Result<(StatusCode, HeaderMap, Option<Bytes>), NoAnswer> {
+        let Some(tunnel) = &self.tunnel else {
+            let mut builder = self
+                .http
+                .inner
+                .http
+                .request(method, url.clone())
+                .header("PRIVATE-TOKEN", self.token_header.clone());
+            if let Some((content_type, bytes)) = body {
+                builder = builder
+                    .header(CONTENT_TYPE, *content_type)
+                    .body(bytes.clone());
+            }
+            let response = builder
+                .send()
+                .await
+                .map_err(|error| NoAnswer::Transport(transport_message(&error)))?;
+            let status = response.status();
+            let headers = response.headers().clone();
+            let body = read_capped(response)
+                .await
+                .map_err(|error| NoAnswer::Transport(transport_message(&error)))?;
+            return Ok((status, headers, body));
+        };
+        // The path as the GitLab base URL sees it, under the host's own
+        // name: the agent sends it on to its target.
+        let relative = url
+            .path()
+            .strip_prefix(self.root.path().trim_end_matches('/'))
+            .unwrap_or(url.path());
+        let uri = match url.query() {
+            Some(query) => format!("{}://{}{relative}?{query}", url.scheme(), self.host),
+            None => format!("{}://{}{relative}", url.scheme(), self.host),
+        };
+        let mut request = http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("PRIVATE-TOKEN", self.token_header.clone())
+            .header(
+                reqwest::header::USER_AGENT,
+                concat!("gantry/", env!("CARGO_PKG_VERSION")),
+            );
+        let payload = match body {
+            Some((content_type, bytes)) => {
+                request = request.header(CONTENT_TYPE, *content_type);
+                tunnel::full(bytes.clone())
+            }
+            None => tunnel::full(Bytes::new()),
+        };
+        let request = request
+            .body(payload)
+            .map_err(|error| NoAnswer::Transport(format!("cannot build the request: {error}")))?;
+        let exchange = async {
+            let response = tunnel.send(request).await.map_err(|error| match error {
+                TunnelError::NoAgent(_) => NoAnswer::NoAgent(error.to_string()),
+                TunnelError::Broken { .. } => NoAnswer::Transport(error.to_string()),
+            })?;
+            let (parts, mut body) = response.into_parts();
+            let mut bytes = Vec::new();
+            let mut too_large = false;
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|error| {
+                    NoAnswer::Transport(format!(
+                        "the answer broke off through VCS agent pool {:?}: {error}",
+                        tunnel.pool()
+                    ))
+                })?;
+                if let Ok(data) = frame.into_data() {
+                    if bytes.len() + data.len() > MAX_BODY {
+                        too_large = true;
+                        break;
+                    }
+                    bytes.extend_from_slice(&data);
+                }
+            }
+            let body = (!too_large).then(|| Bytes::from(bytes));
+            Ok((parts.status, parts.headers, body))
+        };
+        tokio::time::timeout(self.http.inner.config.request_timeout, exchange)
+            .await
+            .unwrap_or_else(|_| Err(NoAnswer::Transport("timed out".to_owned())))
     }
 
     /// `initial_backoff · 2^(attempt-1)`, capped, with up to 25 % jitter so

@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod projects;
 pub mod reporting;
 pub mod token;
+pub mod tunnel;
 pub mod types;
 pub mod webhook;
 

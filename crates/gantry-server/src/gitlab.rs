@@ -6,16 +6,21 @@
 
 use std::sync::Arc;
 
+use gantry_gitlab::tunnel::Tunnel;
 use gantry_gitlab::{GitLab, GitLabError, Http};
 use gantry_store::crypto::Keyring;
 use gantry_store::integrations::{Integration, api_token_context};
 use secrecy::SecretString;
 
-/// The keyring and the process's one GitLab HTTP client.
+use crate::vcs_agents::{Hub, pool_of};
+
+/// The keyring, the process's one GitLab HTTP client, and the VCS agents
+/// that `private://<pool>` integrations go through.
 #[derive(Clone)]
 pub struct GitLabAccess {
     keyring: Arc<Keyring>,
     http: Http,
+    agents: Arc<Hub>,
 }
 
 /// Why an integration's GitLab cannot be reached. Not a GitLab error:
@@ -32,8 +37,18 @@ pub enum AccessError {
 }
 
 impl GitLabAccess {
-    pub fn new(keyring: Arc<Keyring>, http: Http) -> Self {
-        Self { keyring, http }
+    pub fn new(keyring: Arc<Keyring>, http: Http, agents: Arc<Hub>) -> Self {
+        Self {
+            keyring,
+            http,
+            agents,
+        }
+    }
+
+    /// The pool an integration's GitLab is reached through, when it is
+    /// behind a private network.
+    pub fn tunnel(&self, user_facing_host_url: &str) -> Option<Arc<dyn Tunnel>> {
+        pool_of(user_facing_host_url).map(|pool| self.agents.tunnel(pool))
     }
 
     /// The integration's API token, opened.
@@ -49,16 +64,28 @@ impl GitLabAccess {
     /// A client for the integration's GitLab, with its token.
     pub fn client(&self, integration: &Integration) -> Result<GitLab, AccessError> {
         let token = self.token(integration)?;
-        self.http
-            .client(&integration.api_host_url, token)
-            .map_err(|error| AccessError::Client {
-                id: integration.id.clone(),
-                error,
-            })
+        self.unsaved(
+            &integration.api_host_url,
+            &integration.user_facing_host_url,
+            token,
+        )
+        .map_err(|error| AccessError::Client {
+            id: integration.id.clone(),
+            error,
+        })
     }
 
     /// A client for a token that is not stored yet (the token check).
-    pub fn unsaved(&self, api_host_url: &str, token: SecretString) -> Result<GitLab, GitLabError> {
-        self.http.client(api_host_url, token)
+    pub fn unsaved(
+        &self,
+        api_host_url: &str,
+        user_facing_host_url: &str,
+        token: SecretString,
+    ) -> Result<GitLab, GitLabError> {
+        let client = self.http.client(api_host_url, token)?;
+        Ok(match self.tunnel(user_facing_host_url) {
+            Some(tunnel) => client.through(tunnel),
+            None => client,
+        })
     }
 }

@@ -23,6 +23,7 @@ mod source;
 mod startup;
 mod state;
 mod upkeep;
+pub mod vcs_agents;
 mod views;
 mod web;
 mod worker;

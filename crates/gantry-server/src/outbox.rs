@@ -198,18 +198,28 @@ async fn deliver(state: &AppState, entry: &Entry, throttle: &NoteThrottle) -> Ou
             }
         }
     };
+    let pause = |reason: String| async move {
+        let marked = async {
+            let mut conn = state.store.conn().await?;
+            outbox::mark_unhealthy(&mut conn, &entry.integration_id, &reason, now).await
+        };
+        match marked.await {
+            Ok(()) => Outcome::Paused,
+            Err(store) => retry(backoff(entry.attempts), store.to_string()),
+        }
+    };
     match failure {
         Failure::GitLab(error @ GitLabError::Unauthorized { .. }) => {
             let reason = format!("GitLab rejected the token: {error}");
             tracing::warn!(integration.id = %entry.integration_id, %reason, "pausing the integration's writes until its token is fixed");
-            let marked = async {
-                let mut conn = state.store.conn().await?;
-                outbox::mark_unhealthy(&mut conn, &entry.integration_id, &reason, now).await
-            };
-            match marked.await {
-                Ok(()) => Outcome::Paused,
-                Err(store) => retry(backoff(entry.attempts), store.to_string()),
-            }
+            pause(reason).await
+        }
+        Failure::GitLab(error @ GitLabError::NoAgent { .. }) => {
+            // Resumed when an agent of the pool connects (`vcs_agents`).
+            tracing::warn!(integration.id = %entry.integration_id, %error, "pausing the integration's writes until a VCS agent connects");
+            let outcome = pause(error.to_string()).await;
+            resume_if_connected(state, &entry.integration_id).await;
+            outcome
         }
         Failure::GitLab(error) if error.is_transient() => {
             let wait = error
@@ -226,6 +236,27 @@ async fn deliver(state: &AppState, entry: &Entry, throttle: &NoteThrottle) -> Ou
             at: now.plus(wait),
             error: format!("waiting: at most {NOTES_PER_MINUTE} comments a minute per integration"),
         },
+    }
+}
+
+/// An agent that connected while the pause was being recorded found
+/// nothing to resume: resume now.
+async fn resume_if_connected(state: &AppState, integration_id: &str) {
+    let resumed = async {
+        let mut conn = state.store.conn().await?;
+        let Some(integration) = integrations::get(&mut conn, integration_id).await? else {
+            return Ok(());
+        };
+        let url = integration.user_facing_host_url;
+        match crate::vcs_agents::pool_of(&url) {
+            Some(pool) if state.vcs_agents.connected(pool) > 0 => {
+                outbox::resume_private(&mut conn, &url).await
+            }
+            _ => Ok(()),
+        }
+    };
+    if let Err(error) = resumed.await {
+        tracing::warn!(%error, "cannot resume an integration's writes");
     }
 }
 

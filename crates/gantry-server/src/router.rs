@@ -20,7 +20,7 @@ use crate::error::ApiError;
 use crate::metrics;
 use crate::routes::{
     api_keys, audit, deliveries, health, integrations, me, modules, registry, runs, spaces, stacks,
-    webhooks, worker,
+    vcs_agent_pools, webhooks, worker,
 };
 use crate::state::AppState;
 
@@ -72,6 +72,8 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(modules::create, modules::list))
         .routes(routes!(modules::show, modules::update, modules::delete))
         .routes(routes!(modules::versions))
+        .routes(routes!(vcs_agent_pools::create, vcs_agent_pools::list))
+        .routes(routes!(vcs_agent_pools::show, vcs_agent_pools::delete))
         .routes(routes!(runs::list, runs::trigger))
         .routes(routes!(runs::show))
         .routes(routes!(runs::confirm))
@@ -91,6 +93,10 @@ pub fn router(state: AppState) -> Router {
     api.route(
         "/api/v1/openapi.json",
         get(move || async move { Json(openapi.as_ref().clone()) }),
+    )
+    .route(
+        "/api/v1/vcs-agents/connect",
+        get(crate::vcs_agents::connect::connect),
     )
     .route("/.well-known/terraform.json", get(registry::discovery))
     .route(

@@ -15,6 +15,7 @@ use gantry_store::integrations::Integration;
 
 use crate::blobs::ByteStream;
 use crate::gitlab::AccessError;
+use crate::vcs_agents::git_proxy::GitProxy;
 use crate::state::AppState;
 
 /// The blob key of a commit's source: one per integration, project and
@@ -133,8 +134,18 @@ async fn fetch(
         .prefix("source-")
         .tempdir_in(&scratch)?;
     let tree = dir.path().join("tree");
+    // Behind a private network git fetches through the pool, for as long
+    // as this fetch takes.
+    let proxy = match state.gitlab.tunnel(&integration.user_facing_host_url) {
+        Some(tunnel) => Some(GitProxy::start(tunnel).await?),
+        None => None,
+    };
+    let fetch_url = match &proxy {
+        Some(proxy) => proxy.url(&relative_path(&clone_url, &integration.api_host_url)),
+        None => clone_url.clone(),
+    };
     let source = Source {
-        clone_url: &clone_url,
+        clone_url: &fetch_url,
         token: &token,
         commit,
     };
@@ -152,6 +163,18 @@ async fn fetch(
         "fetched a commit's source from GitLab"
     );
     Ok(())
+}
+
+/// The path of `url` below `api_host_url` (GitLab may live under a path).
+fn relative_path(url: &str, api_host_url: &str) -> String {
+    let path = url::Url::parse(url).map(|url| url.path().to_owned()).unwrap_or_default();
+    let base = url::Url::parse(api_host_url)
+        .map(|api| api.path().trim_end_matches('/').to_owned())
+        .unwrap_or_default();
+    match path.strip_prefix(base.as_str()) {
+        Some(rest) if rest.starts_with('/') => rest.to_owned(),
+        _ => path,
+    }
 }
 
 /// Whether `url` is on the host (scheme, host and port) of `api_host_url`.

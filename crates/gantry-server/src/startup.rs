@@ -139,6 +139,7 @@ pub async fn start(
     )
     .map_err(anyhow::Error::msg)?;
     let (stopping, shutting_down) = tokio::sync::watch::channel(false);
+    let vcs_agents = Arc::new(crate::vcs_agents::Hub::default());
     let state = AppState {
         shutting_down,
         store: store.clone(),
@@ -149,7 +150,8 @@ pub async fn start(
         runs_signal: Arc::new(tokio::sync::Notify::new()),
         logs_signal: Arc::new(tokio::sync::Notify::new()),
         blobs: Arc::new(SealedBlobs::new(blobs, keyring.clone())),
-        gitlab: GitLabAccess::new(keyring, gitlab),
+        gitlab: GitLabAccess::new(keyring, gitlab, vcs_agents.clone()),
+        vcs_agents,
         note_throttle: Arc::new(crate::outbox::NoteThrottle::new(store.clone())),
         fetching: Arc::default(),
     };

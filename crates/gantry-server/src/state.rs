@@ -31,6 +31,8 @@ pub struct AppState {
     pub fetching: Arc<crate::source::Fetching>,
     /// How to reach an integration's GitLab.
     pub gitlab: crate::gitlab::GitLabAccess,
+    /// The VCS agents connected to this server.
+    pub vcs_agents: Arc<crate::vcs_agents::Hub>,
 }
 
 impl AppState {

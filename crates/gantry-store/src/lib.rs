@@ -25,6 +25,7 @@ pub mod runs;
 pub mod sessions;
 pub mod spaces;
 pub mod stacks;
+pub mod vcs_agent_pools;
 mod store;
 #[cfg(feature = "testing")]
 pub mod testing;

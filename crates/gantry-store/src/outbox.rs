@@ -410,3 +410,17 @@ pub async fn mark_healthy(conn: &mut Conn, integration_id: &str) -> Result<(), S
     .await?;
     Ok(())
 }
+
+/// Resumes the outbox of every integration reached through this
+/// `private://<pool>` URL: an agent connected. One whose token GitLab
+/// rejects pauses again at its next write.
+pub async fn resume_private(conn: &mut Conn, user_facing_host_url: &str) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE integrations SET unhealthy_since = NULL, unhealthy_reason = NULL \
+         WHERE user_facing_host_url = $1 AND unhealthy_since IS NOT NULL",
+    )
+    .bind(user_facing_host_url)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

@@ -12,5 +12,6 @@ pub mod registry;
 pub mod runs;
 pub mod spaces;
 pub mod stacks;
+pub mod vcs_agent_pools;
 pub mod webhooks;
 pub mod worker;

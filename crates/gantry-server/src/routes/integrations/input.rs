@@ -186,11 +186,13 @@ pub fn api_token(raw: &SecretString) -> Result<SecretString, ApiError> {
 pub async fn check_token(
     state: &AppState,
     api_host_url: &str,
+    user_facing_host_url: &str,
     token: SecretString,
 ) -> Result<gantry_gitlab::token::TokenFacts, ApiError> {
+    known_pool(state, user_facing_host_url).await?;
     let client = state
         .gitlab
-        .unsaved(api_host_url, token)
+        .unsaved(api_host_url, user_facing_host_url, token)
         .map_err(|e| ApiError::invalid(format!("`api_host_url`: {e}")))?;
     let today = time::OffsetDateTime::now_utc().date();
     token::check(&client, today)
@@ -211,6 +213,21 @@ pub async fn check_token(
                 ApiError::bad_gateway(format!("{error}; check `api_host_url` and try again"))
             }
         })
+}
+
+/// A `private://<pool>` URL must name a VCS agent pool that exists.
+pub async fn known_pool(state: &AppState, user_facing_host_url: &str) -> Result<(), ApiError> {
+    let Some(pool) = crate::vcs_agents::pool_of(user_facing_host_url) else {
+        return Ok(());
+    };
+    let mut conn = state.store.conn().await?;
+    if gantry_store::vcs_agent_pools::get(&mut conn, pool).await?.is_none() {
+        return Err(ApiError::invalid(format!(
+            "`user_facing_host_url` {user_facing_host_url:?}: there is no VCS agent pool {pool:?}; \
+             create it first (POST /api/v1/vcs-agent-pools)"
+        )));
+    }
+    Ok(())
 }
 
 pub fn facts(

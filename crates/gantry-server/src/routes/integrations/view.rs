@@ -20,8 +20,10 @@ pub struct TokenUserView {
 /// to be delivered.
 #[derive(Serialize, ToSchema)]
 pub struct HealthView {
-    /// `ok`, or `token_rejected` once GitLab answered 401: the
-    /// integration's writes to GitLab are paused until a new token is set.
+    /// `ok`; `token_rejected` once GitLab answered 401: the integration's
+    /// writes to GitLab are paused until a new token is set; `no_agent`
+    /// when its GitLab is behind a private network and no agent of its
+    /// pool is connected: writes wait until one connects.
     pub status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -31,14 +33,21 @@ pub struct HealthView {
     pub pending_writes: i64,
 }
 
-fn health_view(health: &outbox::Health) -> HealthView {
+fn health_view(state: &AppState, integration: &Integration, health: &outbox::Health) -> HealthView {
+    let no_agent = crate::vcs_agents::pool_of(&integration.user_facing_host_url)
+        .filter(|pool| state.vcs_agents.connected(pool) == 0);
     HealthView {
-        status: if health.unhealthy_since.is_some() {
-            "token_rejected"
-        } else {
-            "ok"
+        status: match (no_agent, health.unhealthy_since) {
+            (Some(_), _) => "no_agent",
+            (None, Some(_)) => "token_rejected",
+            (None, None) => "ok",
         },
-        reason: health.reason.clone(),
+        reason: match no_agent {
+            Some(pool) => Some(format!(
+                "no agent connected: no agent of VCS agent pool {pool:?} is connected; GitLab writes wait until one connects"
+            )),
+            None => health.reason.clone(),
+        },
         since: health.unhealthy_since.map(timestamp),
         pending_writes: health.pending,
     }
@@ -106,6 +115,7 @@ pub fn view(
         ),
         Details::Hidden => (None, None),
     };
+    let health = health_view(state, &integration, health);
     let previous_valid_until = match (&webhook_secret, integration.previous_secret_expires_at) {
         (Some(_), Some(until)) if Millis::now().0 < until => Some(timestamp(until)),
         _ => None,
@@ -134,7 +144,7 @@ pub fn view(
         manage_hooks: integration.manage_hooks,
         rotate_token_days_before_expiry: integration.rotate_token_days_before_expiry,
         warnings: integration.warnings,
-        health: health_view(health),
+        health,
         created_at: timestamp(integration.created_at),
         updated_at: timestamp(integration.updated_at),
     }
