@@ -117,6 +117,11 @@ async fn log_and_fault(State(shared): SimState, request: Request, next: Next) ->
     let path = request.uri().path().to_owned();
     let query = request.uri().query().map(str::to_owned);
     let auth = auth_kind(request.headers());
+    let via = request
+        .headers()
+        .get("via")
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned);
     shared.enter();
     let fault = {
         let mut state = shared.lock();
@@ -181,6 +186,7 @@ async fn log_and_fault(State(shared): SimState, request: Request, next: Next) ->
         query,
         auth,
         status: response.status().as_u16(),
+        via,
     });
     response
 }

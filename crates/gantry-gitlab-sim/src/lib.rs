@@ -96,7 +96,11 @@ pub enum SimError {
 pub(crate) struct Shared {
     state: Mutex<State>,
     root: PathBuf,
+    /// GitLab's own URL, in every URL it answers with.
     url: String,
+    /// Where it listens; the same as `url` unless started with
+    /// [`Sim::start_as`].
+    listen_url: String,
     http: reqwest::Client,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
@@ -142,6 +146,18 @@ mod tempdir {
 impl Sim {
     /// Starts the simulator. Panics only if no local port can be bound.
     pub async fn start() -> Result<Self, SimError> {
+        Self::start_at(None).await
+    }
+
+    /// A GitLab whose external URL is `url`, such as
+    /// `http://gitlab.internal` inside a private network: the URLs it
+    /// answers with (clone URLs, web URLs) name that host, while it listens
+    /// on [`Sim::listen_url`].
+    pub async fn start_as(url: &str) -> Result<Self, SimError> {
+        Self::start_at(Some(url.trim_end_matches('/').to_owned())).await
+    }
+
+    async fn start_at(external: Option<String>) -> Result<Self, SimError> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr: SocketAddr = listener.local_addr()?;
         let root = std::env::temp_dir().join(format!(
@@ -151,11 +167,12 @@ impl Sim {
         ));
         std::fs::create_dir_all(root.join("repos"))?;
         std::fs::create_dir_all(root.join("work"))?;
-        let url = format!("http://{addr}");
+        let listen_url = format!("http://{addr}");
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             root: root.clone(),
-            url,
+            url: external.unwrap_or_else(|| listen_url.clone()),
+            listen_url,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(15))
                 .build()
@@ -174,9 +191,15 @@ impl Sim {
         })
     }
 
-    /// `http://127.0.0.1:<port>`: both the API host URL and the web URL.
+    /// `http://127.0.0.1:<port>`: both the API host URL and the web URL
+    /// (or the URL given to [`Sim::start_as`]).
     pub fn url(&self) -> &str {
         &self.shared.url
+    }
+
+    /// Where the simulator listens.
+    pub fn listen_url(&self) -> &str {
+        &self.shared.listen_url
     }
 
     /// Adds an active user and returns its id.

@@ -57,6 +57,8 @@ pub struct LoggedRequest {
     /// `private-token`, `bearer`, `basic` or `none`: how a token came.
     pub auth: &'static str,
     pub status: u16,
+    /// The `Via` header: which proxies the request came through.
+    pub via: Option<String>,
 }
 
 /// A merge request note.

@@ -38,6 +38,11 @@ impl RunningServer {
         self.task.await.context("server task panicked")?
     }
 
+    /// The VCS agents connected to this server.
+    pub fn vcs_agents(&self) -> Arc<crate::vcs_agents::Hub> {
+        self.state.vcs_agents.clone()
+    }
+
     /// Processes, in this task, every delivery job and GitLab write that
     /// is due, and waits for those that another task or server holds,
     /// until none is left (a write waiting for its retry time is not due).

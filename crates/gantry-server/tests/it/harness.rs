@@ -168,6 +168,11 @@ impl TestApp {
         }
     }
 
+    /// The VCS agents connected to this server.
+    pub fn vcs_agents(&self) -> std::sync::Arc<gantry_server::vcs_agents::Hub> {
+        self.server.as_ref().expect("running").vcs_agents()
+    }
+
     /// Runs every delivery job and GitLab write that is due until none is
     /// left, so a test asserts on their outcome instead of polling for it.
     pub async fn settle(&self) {

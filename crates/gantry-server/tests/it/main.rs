@@ -14,6 +14,7 @@ mod roles;
 mod runs;
 mod spaces;
 mod stacks;
+mod vcs_agents;
 mod startup;
 mod web;
 mod webhooks;
