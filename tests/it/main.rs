@@ -10,4 +10,5 @@ mod outbox_crash;
 mod process;
 mod rotation_crash;
 mod scale;
+mod vcs_agent;
 mod worker_lost;
