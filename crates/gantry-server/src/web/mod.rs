@@ -15,6 +15,7 @@ mod page;
 mod runs;
 mod session;
 mod stacks;
+mod vcs_agent_pools;
 
 use askama::Template;
 use axum::Router;
@@ -51,6 +52,7 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/modules", get(modules::list))
         .route("/modules/{id}", get(modules::show))
+        .route("/vcs-agent-pools", get(vcs_agent_pools::list))
         .route("/stacks", get(stacks::list))
         .route("/stacks/{id}", get(stacks::show))
         .route("/runs/{id}", get(runs::show))

@@ -109,6 +109,15 @@ async fn pools_show_their_agents_refuse_what_is_not_gitlab_and_revoke(db: Db) {
     let (_, list) = app.get("/api/v1/vcs-agent-pools", &app.admin).await;
     assert_eq!(list["items"][0]["agents"][0]["name"], "agent-1");
 
+    // The web UI lists the pool with its agent.
+    let mut browser = crate::web::Browser::new(&app);
+    let signed_in = browser.sign_in(&app.admin, "/vcs-agent-pools").await;
+    assert_eq!(signed_in.location.as_deref(), Some("/vcs-agent-pools"));
+    let page = browser.get("/vcs-agent-pools").await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(page.body.contains("Corp") && page.body.contains("agent-1"), "{}", page.body);
+    assert!(!page.body.contains(&token), "the token is never shown again");
+
     // Only the GitLab API and git fetches go through.
     let (status, body) = through(&app, "GET", "/users/sign_in").await;
     assert_eq!(status, 403, "{body}");
@@ -129,5 +138,7 @@ async fn pools_show_their_agents_refuse_what_is_not_gitlab_and_revoke(db: Db) {
         .expect("joined");
     assert!(matches!(ended, Err(AgentError::Refused { .. })), "{ended:?}");
     assert_eq!(app.vcs_agents().connected("corp"), 0);
+    let page = browser.get("/vcs-agent-pools").await;
+    assert!(!page.body.contains("Corp"), "{}", page.body);
     drop(stop);
 }
