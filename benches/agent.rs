@@ -39,8 +39,17 @@ async fn main() {
         .await
         .expect("json");
     let _agent = tokio::process::Command::new(env!("CARGO_BIN_EXE_gantry"))
-        .args(["vcs-agent", "--server", &bench.base, "--target", bench.sim.url()])
-        .env("GANTRY_VCS_AGENT_TOKEN", pool["token"].as_str().expect("token"))
+        .args([
+            "vcs-agent",
+            "--server",
+            &bench.base,
+            "--target",
+            bench.sim.url(),
+        ])
+        .env(
+            "GANTRY_VCS_AGENT_TOKEN",
+            pool["token"].as_str().expect("token"),
+        )
         .env("GANTRY_LOG", "warn")
         .stdout(Stdio::null())
         .kill_on_drop(true)
@@ -60,7 +69,10 @@ async fn main() {
         if shown["agents"].as_array().is_some_and(|a| !a.is_empty()) {
             break;
         }
-        assert!(connected.elapsed() < Duration::from_secs(30), "the agent never connected");
+        assert!(
+            connected.elapsed() < Duration::from_secs(30),
+            "the agent never connected"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let created = http
@@ -71,12 +83,19 @@ async fn main() {
         .send()
         .await
         .expect("create");
-    assert!(created.status().is_success(), "{}", created.text().await.unwrap_or_default());
+    assert!(
+        created.status().is_success(),
+        "{}",
+        created.text().await.unwrap_or_default()
+    );
 
     let patch = async |integration: &str| {
         let started = Instant::now();
         let answer = http
-            .patch(format!("{}/api/v1/integrations/gitlab/{integration}", bench.base))
+            .patch(format!(
+                "{}/api/v1/integrations/gitlab/{integration}",
+                bench.base
+            ))
             .bearer_auth(&bench.admin)
             .json(&json!({ "api_token": bench.token }))
             .send()
@@ -99,9 +118,14 @@ async fn main() {
     }
     let (direct, private) = (median(&mut direct), median(&mut private));
     let per_call = private.saturating_sub(direct) / u32::try_from(calls.max(1)).unwrap_or(1);
-    println!("token check of an integration PATCH ({calls} GitLab calls), {rounds} rounds each, medians:");
+    println!(
+        "token check of an integration PATCH ({calls} GitLab calls), {rounds} rounds each, medians:"
+    );
     println!("  direct:           {:>8.2} ms", direct.as_secs_f64() * 1e3);
-    println!("  through an agent: {:>8.2} ms", private.as_secs_f64() * 1e3);
+    println!(
+        "  through an agent: {:>8.2} ms",
+        private.as_secs_f64() * 1e3
+    );
     println!(
         "  ratio {:.2}; overhead per GitLab call {:.3} ms",
         private.as_secs_f64() / direct.as_secs_f64(),

@@ -10,7 +10,12 @@ use gantry_server::vcs_agents::agent::{AgentConfig, run as run_agent};
 pub struct VcsAgentArgs {
     /// A server's URL; repeat (or separate with commas) for every server of
     /// the deployment: the agent keeps a connection to each.
-    #[arg(long = "server", env = "GANTRY_URL", value_delimiter = ',', required = true)]
+    #[arg(
+        long = "server",
+        env = "GANTRY_URL",
+        value_delimiter = ',',
+        required = true
+    )]
     servers: Vec<url::Url>,
     /// The pool's token, shown once when the pool was created.
     #[arg(long, env = "GANTRY_VCS_AGENT_TOKEN", hide_env_values = true)]

@@ -11,8 +11,8 @@
 
 mod admin;
 mod modules;
-mod pools;
 pub mod output;
+mod pools;
 mod stacks;
 
 use std::io::Read;

@@ -16,7 +16,15 @@ use crate::process::{free_port, serve};
 
 fn agent(base: &str, token: &str, target: &str, log: &std::path::Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_gantry"))
-        .args(["vcs-agent", "--server", base, "--target", target, "--name", "corp-1"])
+        .args([
+            "vcs-agent",
+            "--server",
+            base,
+            "--target",
+            target,
+            "--name",
+            "corp-1",
+        ])
         .env("GANTRY_VCS_AGENT_TOKEN", token)
         .env("GANTRY_LOG", "info")
         .stdout(Stdio::null())
@@ -62,7 +70,12 @@ async fn a_private_gitlab_is_reached_through_one_agent() {
 
     // A wrong token: the agent says so and exits.
     let wrong_log = dir.path().join("wrong.log");
-    let mut wrong = agent(&server.base, "gantry_pool_wrong", sim.listen_url(), &wrong_log);
+    let mut wrong = agent(
+        &server.base,
+        "gantry_pool_wrong",
+        sim.listen_url(),
+        &wrong_log,
+    );
     let exited = tokio::time::timeout(Duration::from_secs(20), wrong.wait())
         .await
         .expect("exits")
@@ -73,7 +86,10 @@ async fn a_private_gitlab_is_reached_through_one_agent() {
 
     let log = dir.path().join("agent.log");
     let mut running = agent(&server.base, &token, sim.listen_url(), &log);
-    until("the agent is listed", async || (agents(&api).await == 1).then_some(())).await;
+    until("the agent is listed", async || {
+        (agents(&api).await == 1).then_some(())
+    })
+    .await;
 
     // The token check, the project lookup and the hook all go through it.
     let mut body = sim.integration_body(&bot, "Main", true);
@@ -88,7 +104,10 @@ async fn a_private_gitlab_is_reached_through_one_agent() {
                             "apply": "echo applied" } }),
     )
     .await;
-    until("the hook is made", async || (!sim.hooks(project).is_empty()).then_some(())).await;
+    until("the hook is made", async || {
+        (!sim.hooks(project).is_empty()).then_some(())
+    })
+    .await;
 
     // A push: the run fetches its source through the agent and reports.
     let push = async |content: &str| {
@@ -120,7 +139,10 @@ async fn a_private_gitlab_is_reached_through_one_agent() {
     let payload = sim
         .merge_request_payload(project, iid, "open", None)
         .expect("payload");
-    assert_eq!(sim.deliver(project, "Merge Request Hook", &payload).await[0].status, 200);
+    assert_eq!(
+        sim.deliver(project, "Merge Request Hook", &payload).await[0].status,
+        200
+    );
     until("the MR comment", async || {
         sim.notes(project, iid)
             .iter()
@@ -131,21 +153,45 @@ async fn a_private_gitlab_is_reached_through_one_agent() {
 
     // Every call GitLab saw came through the agent.
     let requests = sim.requests();
-    assert!(requests.iter().any(|r| r.path.ends_with("/git-upload-pack")), "a git fetch");
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.path.ends_with("/git-upload-pack")),
+        "a git fetch"
+    );
     for request in &requests {
-        assert_eq!(request.via.as_deref(), Some("1.1 gantry-vcs-agent"), "{request:?}");
+        assert_eq!(
+            request.via.as_deref(),
+            Some("1.1 gantry-vcs-agent"),
+            "{request:?}"
+        );
     }
     let said = std::fs::read_to_string(&log).expect("log");
-    assert!(said.contains("forwarded") && said.contains("git upload-pack"), "{said}");
-    assert!(!said.contains(&bot.token) && !said.contains(&token), "no secret in the agent's log");
+    assert!(
+        said.contains("forwarded") && said.contains("git upload-pack"),
+        "{said}"
+    );
+    assert!(
+        !said.contains(&bot.token) && !said.contains(&token),
+        "no secret in the agent's log"
+    );
 
     // Kill the agent: no agent, and the next push's writes wait.
     running.start_kill().expect("kill -9");
     running.wait().await.expect("dead");
-    until("no agent listed", async || (agents(&api).await == 0).then_some(())).await;
+    until("no agent listed", async || {
+        (agents(&api).await == 0).then_some(())
+    })
+    .await;
     let shown = api.get("/api/v1/integrations/gitlab/main").await;
     assert_eq!(shown["health"]["status"], "no_agent", "{shown}");
-    assert!(shown["health"]["reason"].as_str().unwrap_or_default().contains("\"corp\""), "{shown}");
+    assert!(
+        shown["health"]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("\"corp\""),
+        "{shown}"
+    );
     let second = push("v2").await;
     let pending = until("a write waits", async || {
         let health: Value = api.get("/api/v1/integrations/gitlab/main").await["health"].clone();
@@ -157,7 +203,12 @@ async fn a_private_gitlab_is_reached_through_one_agent() {
     assert!(status_of(&second).is_empty(), "nothing reached GitLab");
 
     // Start it again: the writes go out, each once.
-    let _again = agent(&server.base, &token, sim.listen_url(), &dir.path().join("again.log"));
+    let _again = agent(
+        &server.base,
+        &token,
+        sim.listen_url(),
+        &dir.path().join("again.log"),
+    );
     let history = until("the second push's run succeeds in GitLab", async || {
         let history = status_of(&second);
         (history.last().map(String::as_str) == Some("success")).then_some(history)

@@ -77,7 +77,12 @@ impl PathClass {
 pub fn forwardable(method: &http::Method, path: &str, query: Option<&str>) -> Option<PathClass> {
     // A dot segment, plain or percent-encoded, could climb out of what
     // the list allows once the target resolves it.
-    let dots = |segment: &str| matches!(segment.to_ascii_lowercase().replace("%2e", ".").as_str(), "." | "..");
+    let dots = |segment: &str| {
+        matches!(
+            segment.to_ascii_lowercase().replace("%2e", ".").as_str(),
+            "." | ".."
+        )
+    };
     if path.split('/').any(dots) {
         return None;
     }
@@ -114,11 +119,19 @@ mod tests {
             Some(PathClass::Api)
         );
         assert_eq!(
-            forwardable(&post, "/api/v4/projects/1/statuses/abc", Some("state=running")),
+            forwardable(
+                &post,
+                "/api/v4/projects/1/statuses/abc",
+                Some("state=running")
+            ),
             Some(PathClass::Api)
         );
         assert_eq!(
-            forwardable(&get, "/group/infra.git/info/refs", Some("service=git-upload-pack")),
+            forwardable(
+                &get,
+                "/group/infra.git/info/refs",
+                Some("service=git-upload-pack")
+            ),
             Some(PathClass::GitRefs)
         );
         assert_eq!(
@@ -127,7 +140,11 @@ mod tests {
         );
         for (method, path, query) in [
             (&get, "/users/sign_in", None),
-            (&get, "/group/infra.git/info/refs", Some("service=git-receive-pack")),
+            (
+                &get,
+                "/group/infra.git/info/refs",
+                Some("service=git-receive-pack"),
+            ),
             (&post, "/group/infra.git/git-receive-pack", None),
             (&get, "/group/infra.git/git-upload-pack", None),
             (&get, "/info/refs", Some("service=git-upload-pack")),

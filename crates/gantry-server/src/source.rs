@@ -15,8 +15,8 @@ use gantry_store::integrations::Integration;
 
 use crate::blobs::ByteStream;
 use crate::gitlab::AccessError;
-use crate::vcs_agents::git_proxy::GitProxy;
 use crate::state::AppState;
+use crate::vcs_agents::git_proxy::GitProxy;
 
 /// The blob key of a commit's source: one per integration, project and
 /// commit.
@@ -167,7 +167,9 @@ async fn fetch(
 
 /// The path of `url` below `api_host_url` (GitLab may live under a path).
 fn relative_path(url: &str, api_host_url: &str) -> String {
-    let path = url::Url::parse(url).map(|url| url.path().to_owned()).unwrap_or_default();
+    let path = url::Url::parse(url)
+        .map(|url| url.path().to_owned())
+        .unwrap_or_default();
     let base = url::Url::parse(api_host_url)
         .map(|api| api.path().trim_end_matches('/').to_owned())
         .unwrap_or_default();

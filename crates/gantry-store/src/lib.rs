@@ -25,11 +25,11 @@ pub mod runs;
 pub mod sessions;
 pub mod spaces;
 pub mod stacks;
-pub mod vcs_agent_pools;
 mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod time;
+pub mod vcs_agent_pools;
 
 pub use page::{Cursor, CursorError, Page};
 pub use store::{Backend, Store, StoreError, Tx};

@@ -39,8 +39,7 @@ pub struct Connection {
 }
 
 const COLUMNS: &str = "id, name, space_id, created_at";
-const CONNECTION_COLUMNS: &str =
-    "id, pool_id, agent_id, name, version, connected_at, last_seen_at";
+const CONNECTION_COLUMNS: &str = "id, pool_id, agent_id, name, version, connected_at, last_seen_at";
 
 /// Creates a pool and returns its token, which is not stored.
 pub async fn insert(conn: &mut Conn, pool: &Pool) -> Result<SecretString, StoreError> {
@@ -60,12 +59,12 @@ pub async fn insert(conn: &mut Conn, pool: &Pool) -> Result<SecretString, StoreE
 }
 
 pub async fn get(conn: &mut Conn, id: &str) -> Result<Option<Pool>, StoreError> {
-    Ok(
-        sqlx::query_as(&format!("SELECT {COLUMNS} FROM vcs_agent_pools WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(conn)
-            .await?,
-    )
+    Ok(sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM vcs_agent_pools WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(conn)
+    .await?)
 }
 
 /// The pool whose token this is.
@@ -108,7 +107,11 @@ pub async fn delete(conn: &mut Conn, id: &str) -> Result<bool, StoreError> {
 /// Records a new connection; stale rows of dead servers go at the same time.
 pub async fn connected(conn: &mut Conn, connection: &Connection) -> Result<(), StoreError> {
     sqlx::query("DELETE FROM vcs_agent_connections WHERE last_seen_at < $1")
-        .bind(Millis(connection.connected_at).minus(std::time::Duration::from_secs(3600)).0)
+        .bind(
+            Millis(connection.connected_at)
+                .minus(std::time::Duration::from_secs(3600))
+                .0,
+        )
         .execute(&mut *conn)
         .await?;
     sqlx::query(&format!(

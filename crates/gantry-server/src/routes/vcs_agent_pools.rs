@@ -137,7 +137,9 @@ pub async fn create(
     let (name, id) = named(&body.name)?;
     let space = space_or_root(body.space.as_deref());
     let mut tx = state.store.begin().await?;
-    principal.may_create_in(&mut tx, &space, Role::Admin).await?;
+    principal
+        .may_create_in(&mut tx, &space, Role::Admin)
+        .await?;
     let conflict = || {
         ApiError::conflict(format!(
             "a VCS agent pool with id {:?} already exists; choose another name",

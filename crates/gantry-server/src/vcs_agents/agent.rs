@@ -166,7 +166,9 @@ impl Connector {
                 message,
             }));
         }
-        Err(Dial::Failed(format!("the server answered {status}: {message}")))
+        Err(Dial::Failed(format!(
+            "the server answered {status}: {message}"
+        )))
     }
 
     /// Serves the server's requests until the connection ends or the agent
@@ -220,9 +222,10 @@ fn end_to_end(headers: &HeaderMap) -> HeaderMap {
 fn plain(status: StatusCode, message: String) -> Response<TunnelBody> {
     let mut response = Response::new(tunnel::full(message));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     response
 }
 
@@ -252,7 +255,10 @@ async fn forward(
     let started = Instant::now();
     let (parts, body) = request.into_parts();
     let mut headers = end_to_end(&parts.headers);
-    headers.append(header::VIA, HeaderValue::from_static("1.1 gantry-vcs-agent"));
+    headers.append(
+        header::VIA,
+        HeaderValue::from_static("1.1 gantry-vcs-agent"),
+    );
     let sent = http
         .request(method.clone(), url)
         .headers(headers)

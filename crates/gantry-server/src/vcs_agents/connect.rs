@@ -14,7 +14,9 @@ use gantry_store::Millis;
 use gantry_store::vcs_agent_pools::{self, Connection, Pool};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use super::{AGENT_ID, AGENT_NAME, AGENT_VERSION, HEARTBEAT, HEARTBEAT_TIMEOUT, Hub, Link, PROTOCOL};
+use super::{
+    AGENT_ID, AGENT_NAME, AGENT_VERSION, HEARTBEAT, HEARTBEAT_TIMEOUT, Hub, Link, PROTOCOL,
+};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -24,7 +26,9 @@ fn introduced(headers: &HeaderMap, name: &str, default: &str) -> Result<String, 
         return Ok(default.to_owned());
     };
     match value.to_str() {
-        Ok(text) if !text.is_empty() && text.len() <= 100 && !text.chars().any(char::is_control) => {
+        Ok(text)
+            if !text.is_empty() && text.len() <= 100 && !text.chars().any(char::is_control) =>
+        {
             Ok(text.to_owned())
         }
         _ => Err(ApiError::bad_request(format!(
@@ -35,19 +39,26 @@ fn introduced(headers: &HeaderMap, name: &str, default: &str) -> Result<String, 
 
 /// An agent of a pool connects. Authenticated by the pool's token as
 /// bearer; `Upgrade: gantry-vcs-agent` required.
-pub async fn connect(State(state): State<AppState>, mut request: Request) -> Result<Response, ApiError> {
+pub async fn connect(
+    State(state): State<AppState>,
+    mut request: Request,
+) -> Result<Response, ApiError> {
     let headers = request.headers();
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "))
-        .ok_or_else(|| ApiError::unauthorized("connect with the pool token as `Authorization: Bearer <token>`"))?;
+        .ok_or_else(|| {
+            ApiError::unauthorized("connect with the pool token as `Authorization: Bearer <token>`")
+        })?;
     let pool = {
         let mut conn = state.store.conn().await?;
         vcs_agent_pools::authenticate(&mut conn, token.trim())
             .await?
             .ok_or_else(|| {
-                ApiError::unauthorized("the pool token is not one of a VCS agent pool; it may have been revoked")
+                ApiError::unauthorized(
+                    "the pool token is not one of a VCS agent pool; it may have been revoked",
+                )
             })?
     };
     let upgrade = headers

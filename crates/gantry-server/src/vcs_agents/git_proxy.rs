@@ -29,7 +29,11 @@ impl GitProxy {
     pub async fn start(tunnel: Arc<dyn Tunnel>) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let prefix: String = (0..24)
-            .map(|_| char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[rand::thread_rng().gen_range(0..36)]))
+            .map(|_| {
+                char::from(
+                    b"abcdefghijklmnopqrstuvwxyz0123456789"[rand::thread_rng().gen_range(0..36)],
+                )
+            })
             .collect();
         let base = format!("http://{}/{prefix}", listener.local_addr()?);
         let app = axum::Router::new()

@@ -83,9 +83,9 @@ impl Hub {
 
     /// Agents of `pool` connected to this server.
     pub fn connected(&self, pool: &str) -> usize {
-        self.pools()
-            .get(pool)
-            .map_or(0, |links| links.iter().filter(|l| !l.sender.is_closed()).count())
+        self.pools().get(pool).map_or(0, |links| {
+            links.iter().filter(|l| !l.sender.is_closed()).count()
+        })
     }
 
     /// Hangs up on every agent of `pool` (its token was revoked).

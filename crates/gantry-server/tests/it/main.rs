@@ -14,7 +14,7 @@ mod roles;
 mod runs;
 mod spaces;
 mod stacks;
-mod vcs_agents;
 mod startup;
+mod vcs_agents;
 mod web;
 mod webhooks;

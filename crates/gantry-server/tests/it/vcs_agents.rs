@@ -65,7 +65,11 @@ async fn pools_show_their_agents_refuse_what_is_not_gitlab_and_revoke(db: Db) {
     let app = TestApp::start(&db).await;
     let sim = Sim::start().await.expect("sim");
     let (status, pool) = app
-        .post("/api/v1/vcs-agent-pools", &app.admin, json!({ "name": "Corp" }))
+        .post(
+            "/api/v1/vcs-agent-pools",
+            &app.admin,
+            json!({ "name": "Corp" }),
+        )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{pool}");
     assert_eq!(pool["id"], "corp");
@@ -73,7 +77,11 @@ async fn pools_show_their_agents_refuse_what_is_not_gitlab_and_revoke(db: Db) {
     let token = pool["token"].as_str().expect("token once").to_owned();
     assert!(token.starts_with("gantry_pool_"));
     let (status, again) = app
-        .post("/api/v1/vcs-agent-pools", &app.admin, json!({ "name": "Corp" }))
+        .post(
+            "/api/v1/vcs-agent-pools",
+            &app.admin,
+            json!({ "name": "Corp" }),
+        )
         .await;
     assert_eq!(status, StatusCode::CONFLICT, "{again}");
     let (_, shown) = app.get("/api/v1/vcs-agent-pools/corp", &app.admin).await;
@@ -82,24 +90,45 @@ async fn pools_show_their_agents_refuse_what_is_not_gitlab_and_revoke(db: Db) {
 
     // A wrong token is refused, and the agent says so and stops.
     let (_, never) = tokio::sync::watch::channel(false);
-    let refused = run(agent(&app, "gantry_pool_wrong", sim.listen_url()), never.clone())
-        .await
-        .expect_err("refused");
-    assert!(matches!(refused, AgentError::Refused { status: 401, .. }), "{refused}");
-    assert!(refused.to_string().contains("refused the pool token"), "{refused}");
+    let refused = run(
+        agent(&app, "gantry_pool_wrong", sim.listen_url()),
+        never.clone(),
+    )
+    .await
+    .expect_err("refused");
+    assert!(
+        matches!(refused, AgentError::Refused { status: 401, .. }),
+        "{refused}"
+    );
+    assert!(
+        refused.to_string().contains("refused the pool token"),
+        "{refused}"
+    );
 
     // An integration of a pool that does not exist is refused before
     // GitLab is asked.
     let mut body = json!({ "name": "Private", "api_host_url": "http://gitlab.internal",
         "user_facing_host_url": "private://nope", "api_token": "glpat-x" });
-    let (status, error) = app.post("/api/v1/integrations/gitlab", &app.admin, body.clone()).await;
+    let (status, error) = app
+        .post("/api/v1/integrations/gitlab", &app.admin, body.clone())
+        .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{error}");
-    assert!(error.to_string().contains("no VCS agent pool \\\"nope\\\""), "{error}");
+    assert!(
+        error.to_string().contains("no VCS agent pool \\\"nope\\\""),
+        "{error}"
+    );
     // With no agent connected, the call fails naming the pool.
     body["user_facing_host_url"] = json!("private://corp");
-    let (status, error) = app.post("/api/v1/integrations/gitlab", &app.admin, body).await;
+    let (status, error) = app
+        .post("/api/v1/integrations/gitlab", &app.admin, body)
+        .await;
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{error}");
-    assert!(error.to_string().contains("no agent of VCS agent pool \\\"corp\\\""), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("no agent of VCS agent pool \\\"corp\\\""),
+        "{error}"
+    );
 
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let running = tokio::spawn(run(agent(&app, &token, sim.listen_url()), stopping));
@@ -115,8 +144,15 @@ async fn pools_show_their_agents_refuse_what_is_not_gitlab_and_revoke(db: Db) {
     assert_eq!(signed_in.location.as_deref(), Some("/vcs-agent-pools"));
     let page = browser.get("/vcs-agent-pools").await;
     assert_eq!(page.status, StatusCode::OK, "{}", page.body);
-    assert!(page.body.contains("Corp") && page.body.contains("agent-1"), "{}", page.body);
-    assert!(!page.body.contains(&token), "the token is never shown again");
+    assert!(
+        page.body.contains("Corp") && page.body.contains("agent-1"),
+        "{}",
+        page.body
+    );
+    assert!(
+        !page.body.contains(&token),
+        "the token is never shown again"
+    );
 
     // Only the GitLab API and git fetches go through.
     let (status, body) = through(&app, "GET", "/users/sign_in").await;
@@ -125,8 +161,15 @@ async fn pools_show_their_agents_refuse_what_is_not_gitlab_and_revoke(db: Db) {
     let (status, _) = through(&app, "GET", "/api/v4/user").await;
     assert_eq!(status, 401, "the simulator answered, without a token");
     let seen: Vec<String> = sim.requests().iter().map(|r| r.path.clone()).collect();
-    assert_eq!(seen, ["/api/v4/user"], "the refused request never left the agent");
-    assert_eq!(sim.requests()[0].via.as_deref(), Some("1.1 gantry-vcs-agent"));
+    assert_eq!(
+        seen,
+        ["/api/v4/user"],
+        "the refused request never left the agent"
+    );
+    assert_eq!(
+        sim.requests()[0].via.as_deref(),
+        Some("1.1 gantry-vcs-agent")
+    );
 
     // Revoking the pool disconnects its agents; the agent then stops,
     // saying its token was refused.
@@ -136,7 +179,10 @@ async fn pools_show_their_agents_refuse_what_is_not_gitlab_and_revoke(db: Db) {
         .await
         .expect("the agent stops")
         .expect("joined");
-    assert!(matches!(ended, Err(AgentError::Refused { .. })), "{ended:?}");
+    assert!(
+        matches!(ended, Err(AgentError::Refused { .. })),
+        "{ended:?}"
+    );
     assert_eq!(app.vcs_agents().connected("corp"), 0);
     let page = browser.get("/vcs-agent-pools").await;
     assert!(!page.body.contains("Corp"), "{}", page.body);

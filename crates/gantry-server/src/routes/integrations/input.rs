@@ -221,7 +221,10 @@ pub async fn known_pool(state: &AppState, user_facing_host_url: &str) -> Result<
         return Ok(());
     };
     let mut conn = state.store.conn().await?;
-    if gantry_store::vcs_agent_pools::get(&mut conn, pool).await?.is_none() {
+    if gantry_store::vcs_agent_pools::get(&mut conn, pool)
+        .await?
+        .is_none()
+    {
         return Err(ApiError::invalid(format!(
             "`user_facing_host_url` {user_facing_host_url:?}: there is no VCS agent pool {pool:?}; \
              create it first (POST /api/v1/vcs-agent-pools)"

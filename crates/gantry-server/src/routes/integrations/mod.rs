@@ -138,7 +138,8 @@ pub async fn create(
             return Err(SaveIntegrationError::DefaultTaken(format!("{:?}", existing.id)).into());
         }
     }
-    let (token_facts, warnings) = facts(check_token(&state, &api_host_url, &user_facing_host_url, token.clone()).await?)?;
+    let (token_facts, warnings) =
+        facts(check_token(&state, &api_host_url, &user_facing_host_url, token.clone()).await?)?;
 
     let now = Millis::now();
     let secret = crypto::random_secret("");
