@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
 use crate::api::{Api, admin_token};
-use crate::process::{free_port, serve};
+use crate::process::{free_port, serve, terminate};
 
 fn agent(base: &str, token: &str, target: &str, log: &std::path::Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_gantry"))
@@ -203,7 +203,7 @@ async fn a_private_gitlab_is_reached_through_one_agent() {
     assert!(status_of(&second).is_empty(), "nothing reached GitLab");
 
     // Start it again: the writes go out, each once.
-    let _again = agent(
+    let mut again = agent(
         &server.base,
         &token,
         sim.listen_url(),
@@ -219,5 +219,8 @@ async fn a_private_gitlab_is_reached_through_one_agent() {
     assert_eq!(unique, history, "no state delivered twice");
     let health = api.get("/api/v1/integrations/gitlab/main").await["health"].clone();
     assert_eq!(health["status"], "ok", "{health}");
+    // SIGTERM: the agent says goodbye and exits cleanly.
+    assert!(terminate(&mut again).await.success());
+    until("no agent listed", async || (agents(&api).await == 0).then_some(())).await;
     drop(server);
 }

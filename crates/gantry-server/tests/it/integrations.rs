@@ -264,23 +264,18 @@ async fn the_rules_of_names_defaults_and_urls(db: Db) {
         "bad requests never reach GitLab"
     );
 
-    // A private user-facing URL is kept as given.
+    // A private user-facing URL names a VCS agent pool, which must exist
+    // (the whole story is in `vcs_agents.rs`).
     let mut private = new_integration("Behind the agent", &gitlab, &gitlab.token);
     private["user_facing_host_url"] = json!("private://pool-1");
-    assert_eq!(
-        create(&app, private).await["user_facing_host_url"],
-        "private://pool-1"
+    let (status, refused) = app.post(BASE, &app.admin, private).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+    assert!(
+        refused.to_string().contains("no VCS agent pool"),
+        "{refused}"
     );
     let (_, list) = app.get(BASE, &app.admin).await;
-    assert_eq!(
-        ids(&list),
-        [
-            "behind-the-agent",
-            "team-a-gitlab-infra",
-            "team-a-gitlab",
-            "main"
-        ]
-    );
+    assert_eq!(ids(&list), ["team-a-gitlab-infra", "team-a-gitlab", "main"]);
     app.stop().await;
 }
 

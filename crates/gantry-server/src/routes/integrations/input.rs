@@ -11,6 +11,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
+use crate::auth::{Guard, Principal};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -189,7 +190,6 @@ pub async fn check_token(
     user_facing_host_url: &str,
     token: SecretString,
 ) -> Result<gantry_gitlab::token::TokenFacts, ApiError> {
-    known_pool(state, user_facing_host_url).await?;
     let client = state
         .gitlab
         .unsaved(api_host_url, user_facing_host_url, token)
@@ -215,21 +215,31 @@ pub async fn check_token(
         })
 }
 
-/// A `private://<pool>` URL must name a VCS agent pool that exists.
-pub async fn known_pool(state: &AppState, user_facing_host_url: &str) -> Result<(), ApiError> {
+/// A `private://<pool>` URL must name a VCS agent pool the caller can
+/// see: its agents will carry the integration's token.
+pub async fn known_pool(
+    state: &AppState,
+    principal: &Principal,
+    user_facing_host_url: &str,
+) -> Result<(), ApiError> {
     let Some(pool) = crate::vcs_agents::pool_of(user_facing_host_url) else {
         return Ok(());
     };
+    let missing = || {
+        ApiError::invalid(format!(
+            "`user_facing_host_url` {user_facing_host_url:?}: there is no VCS agent pool {pool:?} \
+             that you can see; create it first (POST /api/v1/vcs-agent-pools)"
+        ))
+    };
     let mut conn = state.store.conn().await?;
-    if gantry_store::vcs_agent_pools::get(&mut conn, pool)
+    let found = gantry_store::vcs_agent_pools::get(&mut conn, pool)
         .await?
-        .is_none()
-    {
-        return Err(ApiError::invalid(format!(
-            "`user_facing_host_url` {user_facing_host_url:?}: there is no VCS agent pool {pool:?}; \
-             create it first (POST /api/v1/vcs-agent-pools)"
-        )));
-    }
+        .ok_or_else(missing)?;
+    let guard = Guard {
+        space: &found.space_id,
+        listed_to_all: false,
+    };
+    principal.authorize(&mut conn, guard, None, missing).await?;
     Ok(())
 }
 

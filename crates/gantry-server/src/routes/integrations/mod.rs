@@ -138,6 +138,7 @@ pub async fn create(
             return Err(SaveIntegrationError::DefaultTaken(format!("{:?}", existing.id)).into());
         }
     }
+    input::known_pool(&state, &principal, &user_facing_host_url).await?;
     let (token_facts, warnings) =
         facts(check_token(&state, &api_host_url, &user_facing_host_url, token.clone()).await?)?;
 
@@ -272,7 +273,7 @@ pub async fn update(
     let (planned, _) = changes(&mut conn, &principal, &current, &body).await?;
     let new_token = body.api_token.as_ref().map(api_token).transpose()?;
     drop(conn);
-    input::known_pool(&state, &planned.user_facing_host_url).await?;
+    input::known_pool(&state, &principal, &planned.user_facing_host_url).await?;
     // A new host comes with a new token (`changes`), so only a new token
     // is checked, on the host it is for. This may take seconds.
     let checked = match new_token {
