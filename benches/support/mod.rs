@@ -49,6 +49,7 @@ pub async fn start(flags: &[&str], name: &str, default: bool) -> Bench {
         .args(flags)
         .env("GANTRY_LOG", "warn")
         .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
         .kill_on_drop(true)
         .spawn()
         .expect("gantry serve");

@@ -221,6 +221,9 @@ async fn a_private_gitlab_is_reached_through_one_agent() {
     assert_eq!(health["status"], "ok", "{health}");
     // SIGTERM: the agent says goodbye and exits cleanly.
     assert!(terminate(&mut again).await.success());
-    until("no agent listed", async || (agents(&api).await == 0).then_some(())).await;
+    until("no agent listed", async || {
+        (agents(&api).await == 0).then_some(())
+    })
+    .await;
     drop(server);
 }

@@ -299,44 +299,61 @@ async fn enact(
     let mut runs_of_delivery = Vec::new();
     let mut canceled = Vec::new();
     let mut skipped = Vec::new();
-    for decision in &decided.decisions {
-        match decision {
-            Decision::Run {
-                stack,
-                kind,
-                commit,
+    // The runs are created together (a push to a repository of many
+    // stacks makes many), in the order of the decisions around them.
+    let mut pending: Vec<NewRun<'_>> = Vec::new();
+    for decision in decided.decisions.iter().map(Some).chain([None]) {
+        if let Some(Decision::Run {
+            stack,
+            kind,
+            commit,
+            branch,
+            merge_request_iid,
+        }) = decision
+        {
+            pending.push(NewRun {
+                stack_id: stack,
+                kind: *kind,
+                commit_sha: commit,
                 branch,
-                merge_request_iid,
-            } => {
-                let new = NewRun {
-                    stack_id: stack,
-                    kind: *kind,
-                    commit_sha: commit,
-                    branch,
-                    merge_request_iid: *merge_request_iid,
-                    trigger: &decided.trigger,
-                };
-                let (run, how, superseded) = runs::create(tx, &new, now).await?;
-                if how == Created::New {
-                    created.push(format!("{} run {} for {stack}", kind.as_str(), run.id));
-                }
-                runs_of_delivery.push(run.id);
-                canceled.extend(superseded);
+                merge_request_iid: *merge_request_iid,
+                trigger: &decided.trigger,
+            });
+            continue;
+        }
+        if let Some(Decision::Nothing { stack, why }) = decision {
+            // Touches nothing: no need to create the runs before it.
+            skipped.push(format!("{stack}: {why}"));
+            continue;
+        }
+        for (run, how, superseded) in runs::create_all(tx, &pending, now).await? {
+            if how == Created::New {
+                created.push(format!(
+                    "{} run {} for {}",
+                    run.kind.as_str(),
+                    run.id,
+                    run.stack_id
+                ));
             }
-            Decision::CancelBranch { stack, branch } => {
+            runs_of_delivery.push(run.id);
+            canceled.extend(superseded);
+        }
+        pending.clear();
+        match decision {
+            None | Some(Decision::Run { .. } | Decision::Nothing { .. }) => {}
+            Some(Decision::CancelBranch { stack, branch }) => {
                 let cause = format!("branch {branch} was deleted");
                 canceled.extend(
                     runs::cancel_queued_proposed(tx, stack, Some(branch), None, &cause, now)
                         .await?,
                 );
             }
-            Decision::CancelMergeRequest { stack, iid } => {
+            Some(Decision::CancelMergeRequest { stack, iid }) => {
                 let cause = format!("merge request !{iid} was closed");
                 canceled.extend(
                     runs::cancel_queued_proposed(tx, stack, None, Some(*iid), &cause, now).await?,
                 );
             }
-            Decision::Nothing { stack, why } => skipped.push(format!("{stack}: {why}")),
         }
     }
     let mut outcome = decided.outcome.clone();

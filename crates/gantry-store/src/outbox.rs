@@ -108,6 +108,93 @@ pub async fn record(
     Ok(())
 }
 
+/// [`record`] for runs just created (queued), many at once: one lookup of
+/// their stacks and one multi-row insert of their writes.
+pub async fn record_queued(
+    tx: &mut crate::Tx,
+    runs: &[&Run],
+    now: Millis,
+) -> Result<(), StoreError> {
+    let backend = tx.backend();
+    let conn: &mut Conn = tx;
+    let mut stack_ids: Vec<&str> = runs.iter().map(|run| run.stack_id.as_str()).collect();
+    stack_ids.sort_unstable();
+    stack_ids.dedup();
+    let list = crate::runs::values(backend, stack_ids.len(), "?");
+    // The runs of one event are of one project: ask for its integration
+    // and project once (rows come back from SQLite one message each), and
+    // per stack only when they differ.
+    let sql = format!(
+        "SELECT integration_id, project_id, COUNT(*) FROM stacks WHERE id IN ({list}) \
+         GROUP BY integration_id, project_id"
+    );
+    let mut query = sqlx::query_as::<_, (Option<String>, i64, i64)>(&sql);
+    for id in &stack_ids {
+        query = query.bind(*id);
+    }
+    let groups = query.fetch_all(&mut *conn).await?;
+    let targets: std::collections::HashMap<String, (String, i64)> = match groups.as_slice() {
+        [(Some(integration), project, count)]
+            if usize::try_from(*count).ok() == Some(stack_ids.len()) =>
+        {
+            stack_ids
+                .iter()
+                .map(|id| ((*id).to_owned(), (integration.clone(), *project)))
+                .collect()
+        }
+        _ => {
+            let sql =
+                format!("SELECT id, integration_id, project_id FROM stacks WHERE id IN ({list})");
+            let mut query = sqlx::query_as::<_, (String, Option<String>, i64)>(&sql);
+            for id in &stack_ids {
+                query = query.bind(*id);
+            }
+            query
+                .fetch_all(&mut *conn)
+                .await?
+                .into_iter()
+                .filter_map(|(id, integration, project)| Some((id, (integration?, project))))
+                .collect()
+        }
+    };
+    let mut rows = Vec::new();
+    for run in runs {
+        let Some((integration_id, project_id)) = targets.get(&run.stack_id) else {
+            continue;
+        };
+        for write in writes(run.kind, None, run.state, run.merge_request_iid.is_some()) {
+            rows.push((
+                integration_id.as_str(),
+                *project_id,
+                key(write, *project_id, &run.stack_id, run),
+                write,
+                run,
+            ));
+        }
+    }
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let sql = format!(
+        "INSERT INTO outbox (integration_id, project_id, key, kind, run_id, state, next_attempt_at, created_at) VALUES {}",
+        crate::runs::values(backend, rows.len(), "(?, ?, ?, ?, ?, ?, ?, ?)")
+    );
+    let mut insert = sqlx::query(&sql);
+    for (integration_id, project_id, key, write, run) in rows {
+        insert = insert
+            .bind(integration_id)
+            .bind(project_id)
+            .bind(key)
+            .bind(write.as_str())
+            .bind(&run.id)
+            .bind(run.state.as_str())
+            .bind(now.0)
+            .bind(now.0);
+    }
+    insert.execute(conn).await?;
+    Ok(())
+}
+
 /// Leases up to `limit` writes to deliver: per key, the newest pending
 /// one whose time has come, when no write of its key is leased and its
 /// integration is healthy. The older pending writes of those keys are

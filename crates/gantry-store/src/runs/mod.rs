@@ -13,7 +13,10 @@ use sqlx::{FromRow, Row as _};
 use crate::row::{Fields, to_json};
 use crate::{Conn, Cursor, Millis, Page, StoreError};
 
+mod batch;
 mod logs;
+pub use batch::create_all;
+pub(crate) use batch::values;
 pub use logs::{append_log, log, log_since, log_tail};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -196,29 +199,42 @@ async fn create_in(
     record(conn, &id, 0, State::Queued, new.trigger, now).await?;
     let queued = get(conn, &id).await?.ok_or_else(|| missing(&id))?;
     crate::outbox::record(conn, &queued, None, None, now).await?;
-    let mut canceled = Vec::new();
-    if new.kind == Kind::Proposed {
-        let older: Vec<(String,)> = sqlx::query_as(
-            "SELECT id FROM runs WHERE stack_id = $1 AND kind = 'proposed' AND branch = $2 AND state = 'queued' \
-             AND id <> $3 ORDER BY id",
-        )
-        .bind(new.stack_id)
-        .bind(new.branch)
-        .bind(&id)
-        .fetch_all(&mut *conn)
-        .await?;
-        for (older,) in older {
-            let cause = format!("superseded by run {id}");
-            if advance_in(conn, &older, Command::Cancel, &cause, false, now)
-                .await?
-                .is_ok()
-            {
-                canceled.push(older);
-            }
-        }
-    }
+    let canceled = supersede(conn, new, &id, now).await?;
     let run = get(conn, &id).await?.ok_or_else(|| missing(&id))?;
     Ok((run, Created::New, canceled))
+}
+
+/// A new proposed run cancels the older queued proposed runs of its stack
+/// and branch; their ids.
+async fn supersede(
+    conn: &mut Conn,
+    new: &NewRun<'_>,
+    id: &str,
+    now: Millis,
+) -> Result<Vec<String>, StoreError> {
+    let mut canceled = Vec::new();
+    if new.kind != Kind::Proposed {
+        return Ok(canceled);
+    }
+    let older: Vec<(String,)> = sqlx::query_as(
+        "SELECT id FROM runs WHERE stack_id = $1 AND kind = 'proposed' AND branch = $2 AND state = 'queued' \
+         AND id <> $3 ORDER BY id",
+    )
+    .bind(new.stack_id)
+    .bind(new.branch)
+    .bind(id)
+    .fetch_all(&mut *conn)
+    .await?;
+    for (older,) in older {
+        let cause = format!("superseded by run {id}");
+        if advance_in(conn, &older, Command::Cancel, &cause, false, now)
+            .await?
+            .is_ok()
+        {
+            canceled.push(older);
+        }
+    }
+    Ok(canceled)
 }
 
 async fn record(

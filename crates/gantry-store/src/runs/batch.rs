@@ -1,0 +1,155 @@
+//! Many runs at once: what one event of a repository used by many stacks
+//! creates. The runs, their first transitions and their outbox writes go
+//! in as multi-row inserts, a few statements per few hundred runs instead
+//! of several per run; a run that already exists takes the path of
+//! [`super::create`] one by one.
+
+use std::collections::HashSet;
+
+use gantry_domain::run::State;
+
+use super::{Created, NewRun, Run, create_in, iid_column, supersede, wakes_outbox};
+use crate::{Backend, Millis, StoreError};
+
+/// Rows per statement: within every database's limit on parameters.
+const CHUNK: usize = 400;
+
+/// `rows` copies of `shape` (such as `(?, ?, 'queued')`), joined by commas,
+/// its `?`s numbered `$1, $2, …` on PostgreSQL. SQLite keeps the bare
+/// `?`s: it looks a named parameter up by a linear search, which makes a
+/// statement of thousands of `$n` parameters quadratic to bind.
+pub(crate) fn values(backend: Backend, rows: usize, shape: &str) -> String {
+    let all = vec![shape; rows].join(", ");
+    if backend == Backend::Sqlite {
+        return all;
+    }
+    let mut numbered = String::with_capacity(all.len() * 2);
+    let mut n = 0;
+    for c in all.chars() {
+        if c == '?' {
+            n += 1;
+            numbered.push('$');
+            numbered.push_str(&n.to_string());
+        } else {
+            numbered.push(c);
+        }
+    }
+    numbered
+}
+
+/// [`super::create`] for each of `news`, in one transaction, answering in
+/// their order.
+pub async fn create_all(
+    tx: &mut crate::Tx,
+    news: &[NewRun<'_>],
+    now: Millis,
+) -> Result<Vec<(Run, Created, Vec<String>)>, StoreError> {
+    if news.is_empty() {
+        return Ok(Vec::new());
+    }
+    wakes_outbox(tx).await?;
+    let mut keys = HashSet::with_capacity(news.len());
+    if !news
+        .iter()
+        .all(|new| keys.insert((new.stack_id, new.commit_sha, new.kind)))
+    {
+        // The same run twice: one by one, so the second finds the first.
+        let mut created = Vec::with_capacity(news.len());
+        for new in news {
+            created.push(create_in(tx, new, now).await?);
+        }
+        return Ok(created);
+    }
+    let mut created = Vec::with_capacity(news.len());
+    for chunk in news.chunks(CHUNK) {
+        created.extend(create_chunk(tx, chunk, now).await?);
+    }
+    Ok(created)
+}
+
+async fn create_chunk(
+    tx: &mut crate::Tx,
+    news: &[NewRun<'_>],
+    now: Millis,
+) -> Result<Vec<(Run, Created, Vec<String>)>, StoreError> {
+    let backend = tx.backend();
+    let mut runs = Vec::with_capacity(news.len());
+    for new in news {
+        runs.push(Run {
+            id: uuid::Uuid::now_v7().to_string(),
+            stack_id: new.stack_id.to_owned(),
+            kind: new.kind,
+            state: State::Queued,
+            reason: None,
+            commit_sha: new.commit_sha.to_owned(),
+            branch: new.branch.to_owned(),
+            merge_request_iid: new.merge_request_iid.map(iid_column).transpose()?,
+            trigger: new.trigger.to_owned(),
+            summary: None,
+            created_at: now.0,
+            updated_at: now.0,
+        });
+    }
+    let sql = format!(
+        "INSERT INTO runs (id, stack_id, kind, state, commit_sha, branch, merge_request_iid, trigger, created_at, updated_at) \
+         VALUES {} ON CONFLICT (stack_id, commit_sha, kind) DO NOTHING",
+        values(backend, runs.len(), "(?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)")
+    );
+    let mut insert = sqlx::query(&sql);
+    for run in &runs {
+        insert = insert
+            .bind(&run.id)
+            .bind(&run.stack_id)
+            .bind(run.kind.as_str())
+            .bind(&run.commit_sha)
+            .bind(&run.branch)
+            .bind(run.merge_request_iid)
+            .bind(&run.trigger)
+            .bind(now.0)
+            .bind(now.0);
+    }
+    // Rows come back from SQLite one channel message each: ask which were
+    // new only when some were not (the run existed).
+    let count = insert.execute(&mut **tx).await?.rows_affected();
+    let inserted: HashSet<String> = if usize::try_from(count).ok() == Some(runs.len()) {
+        runs.iter().map(|run| run.id.clone()).collect()
+    } else {
+        let sql = format!(
+            "SELECT id FROM runs WHERE id IN ({})",
+            values(backend, runs.len(), "?")
+        );
+        let mut query = sqlx::query_as::<_, (String,)>(&sql);
+        for run in &runs {
+            query = query.bind(&run.id);
+        }
+        query
+            .fetch_all(&mut **tx)
+            .await?
+            .into_iter()
+            .map(|(id,)| id)
+            .collect()
+    };
+    let new_runs: Vec<&Run> = runs.iter().filter(|r| inserted.contains(&r.id)).collect();
+    if !new_runs.is_empty() {
+        let sql = format!(
+            "INSERT INTO run_transitions (run_id, seq, state, at, cause) VALUES {}",
+            values(backend, new_runs.len(), "(?, 0, 'queued', ?, ?)")
+        );
+        let mut transitions = sqlx::query(&sql);
+        for run in &new_runs {
+            transitions = transitions.bind(&run.id).bind(now.0).bind(&run.trigger);
+        }
+        transitions.execute(&mut **tx).await?;
+        crate::outbox::record_queued(tx, &new_runs, now).await?;
+    }
+    let mut created = Vec::with_capacity(news.len());
+    for (new, run) in news.iter().zip(runs) {
+        if inserted.contains(&run.id) {
+            let canceled = supersede(tx, new, &run.id, now).await?;
+            created.push((run, Created::New, canceled));
+        } else {
+            created.push(create_in(tx, new, now).await?);
+        }
+    }
+    Ok(created)
+}
