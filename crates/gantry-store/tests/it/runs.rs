@@ -24,6 +24,7 @@ on_both_databases!(
     housekeeping_prunes_what_aged_and_keeps_what_is_live,
     the_tail_of_a_log_is_its_end,
     a_commit_that_records_writes_wakes_every_outbox,
+    many_runs_at_once_are_what_one_at_a_time_makes,
 );
 
 async fn setup(db: &TestStore) {
@@ -574,4 +575,139 @@ async fn a_commit_that_records_writes_wakes_every_outbox(db: TestStore) {
             .await
             .expect("the outbox is woken");
     }
+}
+
+fn new_run<'a>(
+    stack: &'a str,
+    kind: Kind,
+    commit: &'a str,
+    branch: &'a str,
+    iid: Option<u64>,
+) -> NewRun<'a> {
+    NewRun {
+        stack_id: stack,
+        kind,
+        commit_sha: commit,
+        branch,
+        merge_request_iid: iid,
+        trigger: "test",
+    }
+}
+
+async fn writes_of(db: &TestStore, run: &str) -> Vec<String> {
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT kind, key FROM outbox WHERE run_id = $1 ORDER BY kind")
+            .bind(run)
+            .fetch_all(db.store.pool())
+            .await
+            .expect("outbox");
+    rows.into_iter()
+        .map(|(kind, key)| format!("{kind} {key}"))
+        .collect()
+}
+
+async fn many_runs_at_once_are_what_one_at_a_time_makes(db: TestStore) {
+    let db = &db;
+    setup(db).await;
+    let older = create(db, "net", Kind::Proposed, "c1").await;
+    let now = Millis::now();
+    let mut tx = db.store.begin().await.expect("tx");
+    let made = runs::create_all(
+        &mut tx,
+        &[
+            new_run("net", Kind::Tracked, "a1", "main", None),
+            new_run("dns", Kind::Tracked, "a1", "main", None),
+            new_run("net", Kind::Proposed, "c2", "c1", Some(7)),
+        ],
+        now,
+    )
+    .await
+    .expect("create all");
+    tx.commit().await.expect("commit");
+    assert_eq!(made.len(), 3);
+    let ids: Vec<String> = made.iter().map(|(run, _, _)| run.id.clone()).collect();
+    for ((run, created, _), (stack, commit)) in
+        made.iter()
+            .zip([("net", "a1"), ("dns", "a1"), ("net", "c2")])
+    {
+        assert_eq!(*created, Created::New);
+        assert_eq!(
+            (run.stack_id.as_str(), run.commit_sha.as_str()),
+            (stack, commit)
+        );
+        let mut conn = db.store.conn().await.expect("conn");
+        let stored = runs::get(&mut conn, &run.id)
+            .await
+            .expect("get")
+            .expect("stored");
+        assert_eq!(&stored, run, "what it answers is what it stored");
+        let transitions = runs::transitions(&mut conn, &run.id)
+            .await
+            .expect("transitions");
+        assert_eq!(transitions.len(), 1);
+        assert_eq!(transitions[0].state, State::Queued);
+    }
+    assert_eq!(
+        made[2].2,
+        [older.clone()],
+        "the new proposed run supersedes the older one"
+    );
+    assert_eq!(
+        writes_of(db, &ids[0]).await,
+        ["status status:42:a1:main:net"]
+    );
+    assert_eq!(
+        writes_of(db, &ids[2]).await,
+        ["note note:42:7:net", "status status:42:c2:c1:net"]
+    );
+
+    // Existing runs come back as they are, new ones are made, in order,
+    // also when the same run is asked for twice.
+    let mut tx = db.store.begin().await.expect("tx");
+    let again = runs::create_all(
+        &mut tx,
+        &[
+            new_run("dns", Kind::Tracked, "a1", "main", None),
+            new_run("net", Kind::Tracked, "a2", "main", None),
+            new_run("net", Kind::Tracked, "a2", "main", None),
+        ],
+        Millis::now(),
+    )
+    .await
+    .expect("create all");
+    tx.commit().await.expect("commit");
+    let summary: Vec<(Created, &str)> = again
+        .iter()
+        .map(|(run, how, _)| (*how, run.commit_sha.as_str()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (Created::Existing, "a1"),
+            (Created::New, "a2"),
+            (Created::Existing, "a2")
+        ]
+    );
+    assert_eq!(again[0].0.id, ids[1]);
+    assert_eq!(again[1].0.id, again[2].0.id);
+    let mut tx = db.store.begin().await.expect("tx");
+    let mixed = runs::create_all(
+        &mut tx,
+        &[
+            new_run("dns", Kind::Tracked, "a1", "main", None),
+            new_run("dns", Kind::Tracked, "a3", "main", None),
+        ],
+        Millis::now(),
+    )
+    .await
+    .expect("create all");
+    tx.commit().await.expect("commit");
+    assert_eq!(mixed[0].1, Created::Existing);
+    assert_eq!(mixed[0].0.id, ids[1]);
+    assert_eq!(mixed[1].1, Created::New);
+    assert_eq!(
+        writes_of(db, &ids[1]).await.len(),
+        1,
+        "an existing run writes nothing again"
+    );
 }
