@@ -199,7 +199,8 @@ async fn write_batches(store: Store, mut receiver: mpsc::Receiver<(NewDelivery, 
 /// Writes a batch in one transaction. On PostgreSQL each delivery sits in a
 /// savepoint, so that one failure (such as losing a race with another
 /// server on the unique index) does not undo the others; on SQLite the
-/// writers of this process take turns, so no such race exists.
+/// writers of this process take turns, so no such race exists, and the
+/// whole batch is a few statements (`group_commit`).
 async fn write_batch(
     store: &Store,
     batch: &[(NewDelivery, Reply)],
@@ -217,38 +218,44 @@ async fn write_batch(
     let savepoints = tx.backend() == Backend::Postgres;
     // In the order of the advisory locks taken on PostgreSQL, so that two
     // servers' batches never wait on each other in a cycle.
+    let shas: Vec<String> = batch
+        .iter()
+        .map(|(new, _)| hex(&Sha256::digest(&new.body)))
+        .collect();
     let mut order: Vec<(String, usize)> = batch
         .iter()
+        .zip(&shas)
         .enumerate()
-        .map(|(index, (new, _))| {
-            (
-                format!("{}:{}", new.integration_id, hex(&Sha256::digest(&new.body))),
-                index,
-            )
-        })
+        .map(|(index, ((new, _), sha))| (format!("{}:{sha}", new.integration_id), index))
         .collect();
     order.sort();
+    if !savepoints {
+        let news: Vec<&NewDelivery> = batch.iter().map(|(new, _)| new).collect();
+        let order: Vec<usize> = order.iter().map(|(_, index)| *index).collect();
+        let written = match crate::group_commit::write(&mut tx, &news, &shas, &order).await {
+            Ok(written) => written,
+            Err(err) => return failed(&err),
+        };
+        return match tx.commit().await {
+            Ok(()) => written.into_iter().map(Ok).collect(),
+            Err(err) => failed(&err),
+        };
+    }
     let mut outcomes: Vec<Option<Result<(String, Status), StoreError>>> =
         batch.iter().map(|_| None).collect();
     for (_, index) in order {
         let new = &batch[index].0;
-        if savepoints && let Err(err) = crate::execute(&mut tx, "SAVEPOINT delivery").await {
+        if let Err(err) = crate::execute(&mut tx, "SAVEPOINT delivery").await {
             return failed(&err);
         }
         let outcome = receive_in(&mut tx, new).await;
-        if savepoints {
-            let end = if outcome.is_ok() {
-                "RELEASE SAVEPOINT delivery"
-            } else {
-                "ROLLBACK TO SAVEPOINT delivery"
-            };
-            if let Err(err) = crate::execute(&mut tx, end).await {
-                return failed(&err);
-            }
-        } else if let Err(err) = &outcome {
-            // On SQLite a failed statement leaves the transaction usable,
-            // but this delivery may be half-written: fail the batch.
-            return failed(err);
+        let end = if outcome.is_ok() {
+            "RELEASE SAVEPOINT delivery"
+        } else {
+            "ROLLBACK TO SAVEPOINT delivery"
+        };
+        if let Err(err) = crate::execute(&mut tx, end).await {
+            return failed(&err);
         }
         outcomes[index] = Some(outcome);
     }

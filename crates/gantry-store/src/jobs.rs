@@ -53,13 +53,16 @@ pub struct NewJob<'a> {
     pub run_at: Option<Millis>,
 }
 
+/// Tries of a job unless it says otherwise.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 10;
+
 impl<'a> NewJob<'a> {
     pub fn new(kind: &'a str, payload: serde_json::Value) -> Self {
         Self {
             kind,
             payload,
             idempotency_key: None,
-            max_attempts: 10,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
             run_at: None,
         }
     }

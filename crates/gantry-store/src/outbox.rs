@@ -120,7 +120,7 @@ pub async fn record_queued(
     let mut stack_ids: Vec<&str> = runs.iter().map(|run| run.stack_id.as_str()).collect();
     stack_ids.sort_unstable();
     stack_ids.dedup();
-    let list = crate::runs::values(backend, stack_ids.len(), "?");
+    let list = crate::params::values(backend, stack_ids.len(), "?");
     // The runs of one event are of one project: ask for its integration
     // and project once (rows come back from SQLite one message each), and
     // per stack only when they differ.
@@ -177,7 +177,7 @@ pub async fn record_queued(
     }
     let sql = format!(
         "INSERT INTO outbox (integration_id, project_id, key, kind, run_id, state, next_attempt_at, created_at) VALUES {}",
-        crate::runs::values(backend, rows.len(), "(?, ?, ?, ?, ?, ?, ?, ?)")
+        crate::params::values(backend, rows.len(), "(?, ?, ?, ?, ?, ?, ?, ?)")
     );
     let mut insert = sqlx::query(&sql);
     for (integration_id, project_id, key, write, run) in rows {

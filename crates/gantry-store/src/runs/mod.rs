@@ -16,7 +16,6 @@ use crate::{Conn, Cursor, Millis, Page, StoreError};
 mod batch;
 mod logs;
 pub use batch::create_all;
-pub(crate) use batch::values;
 pub use logs::{append_log, log, log_since, log_tail};
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -4,6 +4,7 @@ use gantry_store::Store;
 use gantry_store::testing::TestStore;
 
 mod api_keys;
+mod inbox;
 mod jobs;
 mod migrations;
 mod runs;

@@ -27,7 +27,7 @@ on_both_databases!(
     many_runs_at_once_are_what_one_at_a_time_makes,
 );
 
-async fn setup(db: &TestStore) {
+pub async fn setup(db: &TestStore) {
     let now = Millis::now();
     let mut tx = db.store.begin().await.expect("tx");
     spaces::insert(&mut tx, "root", "root", None, now)

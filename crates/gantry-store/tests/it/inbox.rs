@@ -1,0 +1,134 @@
+//! The inbox's group commit: deliveries sent at once are written together
+//! (on SQLite as a few multi-row statements) and decided as one by one:
+//! a repeat within the batch is a duplicate of the one before it, as a
+//! repeat of an older delivery is, and each accepted delivery has exactly
+//! one processing job.
+
+use gantry_store::Millis;
+use gantry_store::deliveries::{Inbox, NewDelivery, Status, Verdict};
+use gantry_store::testing::TestStore;
+
+use gantry_store::on_both_databases;
+
+on_both_databases!(TestStore; a_group_commit_decides_as_one_by_one);
+
+fn delivery(key: Option<&str>, body: &str, verdict: Verdict) -> NewDelivery {
+    NewDelivery {
+        integration_id: "main".into(),
+        event: "Push Hook".into(),
+        verdict,
+        body: body.as_bytes().to_vec(),
+        idempotency_key: key.map(str::to_owned),
+        event_uuid: None,
+        webhook_uuid: None,
+        instance: None,
+        user_agent: None,
+        received_at: Millis::now(),
+    }
+}
+
+async fn row(db: &TestStore, id: &str) -> (String, Option<String>) {
+    sqlx::query_as("SELECT status, duplicate_of FROM deliveries WHERE id = $1")
+        .bind(id)
+        .fetch_one(db.store.pool())
+        .await
+        .expect("row")
+}
+
+async fn jobs_of(db: &TestStore, id: &str) -> i64 {
+    let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM jobs WHERE idempotency_key = $1")
+        .bind(format!("process_delivery:{id}"))
+        .fetch_one(db.store.pool())
+        .await
+        .expect("jobs");
+    count
+}
+
+async fn a_group_commit_decides_as_one_by_one(db: TestStore) {
+    crate::runs::setup(&db).await;
+    let inbox = Inbox::spawn(db.store.clone());
+    let sent = [
+        delivery(Some("k1"), "body x", Verdict::Supported),
+        delivery(Some("k1"), "body y", Verdict::Supported),
+        delivery(None, "body x", Verdict::Supported),
+        delivery(Some("k2"), "body z", Verdict::Supported),
+        delivery(
+            None,
+            "body i",
+            Verdict::Ignored {
+                outcome: "not for us".into(),
+            },
+        ),
+        delivery(
+            None,
+            "body r",
+            Verdict::Rejected {
+                error: "bad".into(),
+            },
+        ),
+    ];
+    // Sent at once: they wait for the writer together.
+    let waiting: Vec<_> = sent
+        .into_iter()
+        .map(|new| {
+            let inbox = inbox.clone();
+            tokio::spawn(async move { inbox.receive(new).await })
+        })
+        .collect();
+    let mut answers: Vec<(String, Status)> = Vec::new();
+    for waiting in waiting {
+        answers.push(waiting.await.expect("joined").expect("stored"));
+    }
+    let statuses: Vec<Status> = answers.iter().map(|(_, s)| *s).collect();
+    assert_eq!(statuses[3], Status::Accepted);
+    assert_eq!(statuses[4], Status::Ignored);
+    assert_eq!(statuses[5], Status::Rejected);
+    // Of the two with key k1 one is accepted and the other repeats it; the
+    // repeat of body x repeats an accepted delivery.
+    let k1: Vec<usize> = (0..2)
+        .filter(|&i| statuses[i] == Status::Accepted)
+        .collect();
+    assert_eq!(k1.len(), 1, "{statuses:?}");
+    let (original, repeat) = (k1[0], 1 - k1[0]);
+    assert_eq!(
+        row(&db, &answers[repeat].0).await,
+        ("duplicate".to_owned(), Some(answers[original].0.clone()))
+    );
+    if statuses[2] == Status::Duplicate {
+        let (_, of) = row(&db, &answers[2].0).await;
+        assert_eq!(
+            of.as_deref(),
+            Some(answers[0].0.as_str()),
+            "body x was accepted as the first"
+        );
+        assert_eq!(original, 0);
+    } else {
+        assert_eq!(
+            original, 1,
+            "body x is new only when its k1 twin was the duplicate"
+        );
+    }
+    for (id, status) in &answers {
+        let expected = i64::from(*status == Status::Accepted);
+        assert_eq!(jobs_of(&db, id).await, expected, "{id} {status:?}");
+    }
+    // Later deliveries repeat the stored ones, by key and by body.
+    let again = inbox
+        .receive(delivery(Some("k2"), "other", Verdict::Supported))
+        .await
+        .expect("stored");
+    assert_eq!(
+        row(&db, &again.0).await,
+        ("duplicate".to_owned(), Some(answers[3].0.clone()))
+    );
+    let same_body = inbox
+        .receive(delivery(None, "body z", Verdict::Supported))
+        .await
+        .expect("stored");
+    assert_eq!(row(&db, &same_body.0).await.1, Some(answers[3].0.clone()));
+    let fresh = inbox
+        .receive(delivery(Some("k3"), "body new", Verdict::Supported))
+        .await
+        .expect("stored");
+    assert_eq!(fresh.1, Status::Accepted);
+}
