@@ -79,7 +79,7 @@ where
 
 fn report(name: &str, phase: &Phase) {
     println!(
-        "{name:<10} {:>9.0} req/s   p50 {:>7.2} ms   p99 {:>7.2} ms   ({} requests)",
+        "  {name:<10} {:>9.0} req/s   p50 {:>7.2} ms   p99 {:>7.2} ms   ({} requests)",
         phase.per_second(),
         phase.percentile(0.50).as_secs_f64() * 1000.0,
         phase.percentile(0.99).as_secs_f64() * 1000.0,
@@ -102,11 +102,36 @@ async fn main() {
         &std::fs::read(corpus.join("webhooks/push-goscm-single-commit.json")).expect("payload"),
     )
     .expect("json");
-
-    let bench = support::start(&[], "Bench", false).await;
-    let (base, data, secret) = (bench.base.clone(), bench.data.clone(), bench.secret.clone());
     let duration = Duration::from_secs(seconds);
-    println!("{connections} connections, {seconds} s per phase, SQLite (WAL, synchronous=FULL)");
+    println!("{connections} connections, {seconds} s per phase");
+    measure(
+        "SQLite (WAL, synchronous=FULL)",
+        None,
+        &template,
+        connections,
+        duration,
+    )
+    .await;
+    match gantry_store::testing::postgres_url().await {
+        Some(url) => measure("PostgreSQL", Some(url), &template, connections, duration).await,
+        None => println!("PostgreSQL: skipped, no throwaway cluster could be started"),
+    }
+}
+
+async fn measure(
+    label: &str,
+    database: Option<String>,
+    template: &Value,
+    connections: usize,
+    duration: Duration,
+) {
+    let flags: Vec<&str> = match &database {
+        Some(url) => vec!["--database-url", url],
+        None => Vec::new(),
+    };
+    let bench = support::start(&flags, "Bench", false).await;
+    let (base, data, secret) = (bench.base.clone(), bench.data.clone(), bench.secret.clone());
+    println!("{label}:");
 
     let healthz = format!("{base}/healthz");
     let baseline = load(connections, duration, move |http, _| {
@@ -124,6 +149,8 @@ async fn main() {
     let url = format!("{base}/webhooks/gitlab/bench");
     let accepted = Arc::new(AtomicUsize::new(0));
     let counted = accepted.clone();
+    let template = template.clone();
+    let started = Instant::now();
     let webhooks = load(connections, duration, move |http, n| {
         let mut payload = template.clone();
         payload["after"] = json!(format!("{n:040x}"));
@@ -157,25 +184,38 @@ async fn main() {
     .await;
     report("webhooks", &webhooks);
     println!(
-        "ratio      {:.2} of the no-op throughput; p99 {:.2} ms",
+        "  ratio      {:.2} of the no-op throughput; p99 {:.1}x the no-op's",
         webhooks.per_second() / baseline.per_second(),
-        webhooks.percentile(0.99).as_secs_f64() * 1000.0
+        webhooks.percentile(0.99).as_secs_f64() / baseline.percentile(0.99).as_secs_f64()
     );
 
-    let store =
-        gantry_store::Store::connect(&format!("sqlite://{}", data.join("gantry.db").display()))
-            .await
-            .expect("open");
-    let (stored,): (i64,) =
-        sqlx::query_as("SELECT COUNT(*) FROM deliveries WHERE status = 'accepted'")
+    let url = database.unwrap_or_else(|| format!("sqlite://{}", data.join("gantry.db").display()));
+    let store = gantry_store::Store::connect(&url).await.expect("open");
+    let count = async |sql: &str| -> i64 {
+        let (n,): (i64,) = sqlx::query_as(sql)
             .fetch_one(store.pool())
             .await
             .expect("count");
+        n
+    };
+    let stored = count("SELECT COUNT(*) FROM deliveries WHERE status = 'accepted'").await;
     let acknowledged = accepted.load(Ordering::Relaxed);
     assert_eq!(
         stored as usize, acknowledged,
         "every acknowledged delivery is stored"
     );
-    println!("durable    {stored} of {acknowledged} acknowledged deliveries are in the database");
+    println!("  durable    {stored} of {acknowledged} acknowledged deliveries are in the database");
+    let pending =
+        "SELECT COUNT(*) FROM deliveries WHERE status = 'accepted' AND processed_at IS NULL";
+    let backlog = count(pending).await;
+    while count(pending).await > 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let processing = started.elapsed();
+    println!(
+        "  processing {:.0} deliveries/s: all {stored} processed {:.2} s after the burst began ({backlog} left when it ended)",
+        stored as f64 / processing.as_secs_f64(),
+        processing.as_secs_f64()
+    );
     drop(bench);
 }

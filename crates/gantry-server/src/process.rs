@@ -402,7 +402,7 @@ async fn enact(
 }
 
 /// The most delivery jobs one worker claims and commits together.
-const BATCH: u32 = 16;
+const BATCH: u32 = 64;
 
 /// Claims and processes delivery jobs until the task is dropped: a batch
 /// at a time, decided one by one, enacted in one transaction.

@@ -196,11 +196,11 @@ async fn write_batches(store: Store, mut receiver: mpsc::Receiver<(NewDelivery, 
     }
 }
 
-/// Writes a batch in one transaction. On PostgreSQL each delivery sits in a
-/// savepoint, so that one failure (such as losing a race with another
-/// server on the unique index) does not undo the others; on SQLite the
-/// writers of this process take turns, so no such race exists, and the
-/// whole batch is a few statements (`group_commit`).
+/// Writes a batch in one transaction, in a few statements
+/// (`group_commit`). When that fails on the unique index (another server
+/// stored the same `Idempotency-Key` meanwhile, on PostgreSQL), the batch
+/// is written again one delivery at a time, each in a savepoint, so that
+/// the one that lost the race does not undo the others.
 async fn write_batch(
     store: &Store,
     batch: &[(NewDelivery, Reply)],
@@ -211,11 +211,6 @@ async fn write_batch(
             .map(|_| Err(StoreError::GroupCommit(err.to_string())))
             .collect()
     };
-    let mut tx = match store.begin().await {
-        Ok(tx) => tx,
-        Err(err) => return failed(&err),
-    };
-    let savepoints = tx.backend() == Backend::Postgres;
     // In the order of the advisory locks taken on PostgreSQL, so that two
     // servers' batches never wait on each other in a cycle.
     let shas: Vec<String> = batch
@@ -229,21 +224,26 @@ async fn write_batch(
         .map(|(index, ((new, _), sha))| (format!("{}:{sha}", new.integration_id), index))
         .collect();
     order.sort();
-    if !savepoints {
-        let news: Vec<&NewDelivery> = batch.iter().map(|(new, _)| new).collect();
-        let order: Vec<usize> = order.iter().map(|(_, index)| *index).collect();
-        let written = match crate::group_commit::write(&mut tx, &news, &shas, &order).await {
-            Ok(written) => written,
-            Err(err) => return failed(&err),
-        };
-        return match tx.commit().await {
-            Ok(()) => written.into_iter().map(Ok).collect(),
-            Err(err) => failed(&err),
-        };
+    let news: Vec<&NewDelivery> = batch.iter().map(|(new, _)| new).collect();
+    let indexes: Vec<usize> = order.iter().map(|(_, index)| *index).collect();
+    let together = async {
+        let mut tx = store.begin().await?;
+        let written = crate::group_commit::write(&mut tx, &news, &shas, &indexes).await?;
+        tx.commit().await?;
+        Ok::<_, StoreError>(written)
+    };
+    match together.await {
+        Ok(written) => return written.into_iter().map(Ok).collect(),
+        Err(StoreError::Database(err)) if is_unique_violation(&err) => {}
+        Err(err) => return failed(&err),
     }
+    let mut tx = match store.begin().await {
+        Ok(tx) => tx,
+        Err(err) => return failed(&err),
+    };
     let mut outcomes: Vec<Option<Result<(String, Status), StoreError>>> =
         batch.iter().map(|_| None).collect();
-    for (_, index) in order {
+    for index in indexes {
         let new = &batch[index].0;
         if let Err(err) = crate::execute(&mut tx, "SAVEPOINT delivery").await {
             return failed(&err);

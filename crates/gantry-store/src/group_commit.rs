@@ -1,18 +1,20 @@
-//! The inbox's group commit on SQLite: a batch of deliveries in three
-//! statements, whatever its size (the duplicates of all of them looked up
-//! at once, the deliveries and their jobs inserted as multi-row inserts),
-//! instead of three or four per delivery, each a round trip to SQLite's
-//! thread. It decides exactly as [`crate::deliveries::receive`] does, one
-//! delivery after another in the batch's order, so a delivery repeats an
-//! earlier one of the same batch as it would an older one. (PostgreSQL
-//! keeps the one-by-one path: other servers write at the same time, and
-//! each delivery sits in a savepoint.)
+//! The inbox's group commit: a batch of deliveries in a few statements,
+//! whatever its size (the duplicates of all of them looked up at once, the
+//! deliveries and their jobs inserted as multi-row inserts), instead of
+//! three to six per delivery, each a round trip. It decides exactly as
+//! [`crate::deliveries::receive`] does, one delivery after another in the
+//! batch's order, so a delivery repeats an earlier one of the same batch
+//! as it would an older one. On PostgreSQL the batch first takes the
+//! advisory locks of its bodies (in one order, as the one-by-one path
+//! does), so identical deliveries at two servers are decided one after
+//! the other; a key that another server stored meanwhile fails the batch
+//! on the unique index, and the caller writes it again one by one.
 
 use std::collections::HashMap;
 
 use crate::deliveries::{NewDelivery, PROCESS_JOB, SAME_BODY_WINDOW, Status, Verdict};
 use crate::jobs::DEFAULT_MAX_ATTEMPTS;
-use crate::params::values;
+use crate::params::{numbered, values};
 use crate::{Backend, StoreError, Tx};
 
 /// An accepted delivery a new one may repeat.
@@ -31,6 +33,20 @@ pub(crate) async fn write(
     shas: &[String],
     order: &[usize],
 ) -> Result<Vec<(String, Status)>, StoreError> {
+    let backend = tx.backend();
+    if backend == Backend::Postgres {
+        // Serialises identical bodies across servers, in one order.
+        let sql = format!(
+            "SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM (VALUES {}) AS v (k)",
+            values(order.len(), "(?)")
+        );
+        let sql = numbered(backend, &sql);
+        let mut lock = sqlx::query(&sql);
+        for &index in order {
+            lock = lock.bind(format!("{}:{}", batch[index].integration_id, shas[index]));
+        }
+        lock.execute(&mut **tx).await?;
+    }
     let mut known = earlier(tx, batch, shas).await?;
     let mut decided: Vec<
         Option<(
@@ -97,11 +113,11 @@ pub(crate) async fn write(
              event_uuid, webhook_uuid, instance, user_agent, duplicate_of, outcome, error, received_at, processed_at) \
          VALUES {}",
         values(
-            Backend::Sqlite,
             batch.len(),
             "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         )
     );
+    let sql = numbered(backend, &sql);
     let mut insert = sqlx::query(&sql);
     for ((new, sha), (id, status, duplicate_of, outcome, error)) in
         batch.iter().zip(shas).zip(&decided)
@@ -134,15 +150,16 @@ pub(crate) async fn write(
         .map(|(new, (id, ..))| (*new, id))
         .collect();
     if !jobs.is_empty() {
+        if backend == Backend::Postgres && !tx.enqueued {
+            // Delivered to listeners when the transaction commits.
+            crate::execute(tx, &format!("NOTIFY {}", crate::store::JOBS_CHANNEL)).await?;
+        }
         let sql = format!(
             "INSERT INTO jobs (kind, payload, idempotency_key, state, attempts, max_attempts, run_at, created_at, updated_at) \
              VALUES {} ON CONFLICT (idempotency_key) DO NOTHING",
-            values(
-                Backend::Sqlite,
-                jobs.len(),
-                "(?, ?, ?, 'queued', 0, ?, ?, ?, ?)"
-            )
+            values(jobs.len(), "(?, ?, ?, 'queued', 0, ?, ?, ?, ?)")
         );
+        let sql = numbered(backend, &sql);
         let mut insert = sqlx::query(&sql);
         for (new, id) in &jobs {
             let at = new.received_at.0;
@@ -192,29 +209,34 @@ async fn earlier(
             .min()
             .unwrap_or_default()
             - SAME_BODY_WINDOW.as_millis() as i64;
-        let by_key = if keys.is_empty() {
-            String::new()
-        } else {
-            format!(
-                "idempotency_key IN ({}) OR ",
-                values(Backend::Sqlite, keys.len(), "?")
-            )
-        };
-        let sql = format!(
+        // One select per rule, so that each uses its index.
+        let mut sql = format!(
             "SELECT id, idempotency_key, body_sha256, received_at FROM deliveries \
-             WHERE integration_id = ? AND status = 'accepted' \
-               AND ({by_key}(body_sha256 IN ({}) AND received_at > ?))",
-            values(Backend::Sqlite, indexes.len(), "?")
+             WHERE integration_id = ? AND body_sha256 IN ({}) AND status = 'accepted' AND received_at > ?",
+            values(indexes.len(), "?")
         );
+        if !keys.is_empty() {
+            sql.push_str(&format!(
+                " UNION ALL SELECT id, idempotency_key, body_sha256, received_at FROM deliveries \
+                 WHERE integration_id = ? AND idempotency_key IN ({}) AND status = 'accepted' \
+                   AND idempotency_key IS NOT NULL",
+                values(keys.len(), "?")
+            ));
+        }
+        let sql = numbered(tx.backend(), &sql);
         let mut query =
             sqlx::query_as::<_, (String, Option<String>, String, i64)>(&sql).bind(integration);
-        for key in &keys {
-            query = query.bind(*key);
-        }
         for &i in &indexes {
             query = query.bind(&shas[i]);
         }
-        let rows = query.bind(since).fetch_all(&mut **tx).await?;
+        query = query.bind(since);
+        if !keys.is_empty() {
+            query = query.bind(integration);
+            for key in &keys {
+                query = query.bind(*key);
+            }
+        }
+        let rows = query.fetch_all(&mut **tx).await?;
         known.insert(
             integration.to_owned(),
             rows.into_iter()

@@ -9,6 +9,7 @@ use gantry_domain::run::State;
 use sqlx::any::AnyRow;
 use sqlx::{FromRow, Row as _};
 
+use crate::params::numbered;
 use crate::row::Fields;
 use crate::runs::Run;
 use crate::{Backend, Conn, Millis, StoreError};
@@ -120,7 +121,7 @@ pub async fn record_queued(
     let mut stack_ids: Vec<&str> = runs.iter().map(|run| run.stack_id.as_str()).collect();
     stack_ids.sort_unstable();
     stack_ids.dedup();
-    let list = crate::params::values(backend, stack_ids.len(), "?");
+    let list = crate::params::values(stack_ids.len(), "?");
     // The runs of one event are of one project: ask for its integration
     // and project once (rows come back from SQLite one message each), and
     // per stack only when they differ.
@@ -128,6 +129,7 @@ pub async fn record_queued(
         "SELECT integration_id, project_id, COUNT(*) FROM stacks WHERE id IN ({list}) \
          GROUP BY integration_id, project_id"
     );
+    let sql = numbered(backend, &sql);
     let mut query = sqlx::query_as::<_, (Option<String>, i64, i64)>(&sql);
     for id in &stack_ids {
         query = query.bind(*id);
@@ -143,8 +145,10 @@ pub async fn record_queued(
                 .collect()
         }
         _ => {
-            let sql =
-                format!("SELECT id, integration_id, project_id FROM stacks WHERE id IN ({list})");
+            let sql = numbered(
+                backend,
+                &format!("SELECT id, integration_id, project_id FROM stacks WHERE id IN ({list})"),
+            );
             let mut query = sqlx::query_as::<_, (String, Option<String>, i64)>(&sql);
             for id in &stack_ids {
                 query = query.bind(*id);
@@ -177,8 +181,9 @@ pub async fn record_queued(
     }
     let sql = format!(
         "INSERT INTO outbox (integration_id, project_id, key, kind, run_id, state, next_attempt_at, created_at) VALUES {}",
-        crate::params::values(backend, rows.len(), "(?, ?, ?, ?, ?, ?, ?, ?)")
+        crate::params::values(rows.len(), "(?, ?, ?, ?, ?, ?, ?, ?)")
     );
+    let sql = numbered(backend, &sql);
     let mut insert = sqlx::query(&sql);
     for (integration_id, project_id, key, write, run) in rows {
         insert = insert

@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use gantry_domain::run::State;
 
 use super::{Created, NewRun, Run, create_in, iid_column, supersede, wakes_outbox};
-use crate::params::values;
+use crate::params::{numbered, values};
 use crate::{Millis, StoreError};
 
 /// Rows per statement: within every database's limit on parameters.
@@ -71,8 +71,9 @@ async fn create_chunk(
     let sql = format!(
         "INSERT INTO runs (id, stack_id, kind, state, commit_sha, branch, merge_request_iid, trigger, created_at, updated_at) \
          VALUES {} ON CONFLICT (stack_id, commit_sha, kind) DO NOTHING",
-        values(backend, runs.len(), "(?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)")
+        values(runs.len(), "(?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)")
     );
+    let sql = numbered(backend, &sql);
     let mut insert = sqlx::query(&sql);
     for run in &runs {
         insert = insert
@@ -94,8 +95,9 @@ async fn create_chunk(
     } else {
         let sql = format!(
             "SELECT id FROM runs WHERE id IN ({})",
-            values(backend, runs.len(), "?")
+            values(runs.len(), "?")
         );
+        let sql = numbered(backend, &sql);
         let mut query = sqlx::query_as::<_, (String,)>(&sql);
         for run in &runs {
             query = query.bind(&run.id);
@@ -111,8 +113,9 @@ async fn create_chunk(
     if !new_runs.is_empty() {
         let sql = format!(
             "INSERT INTO run_transitions (run_id, seq, state, at, cause) VALUES {}",
-            values(backend, new_runs.len(), "(?, 0, 'queued', ?, ?)")
+            values(new_runs.len(), "(?, 0, 'queued', ?, ?)")
         );
+        let sql = numbered(backend, &sql);
         let mut transitions = sqlx::query(&sql);
         for run in &new_runs {
             transitions = transitions.bind(&run.id).bind(now.0).bind(&run.trigger);
