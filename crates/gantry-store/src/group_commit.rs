@@ -25,6 +25,15 @@ struct Accepted {
     received_at: i64,
 }
 
+/// What becomes of one delivery of the batch.
+struct Decided {
+    id: String,
+    status: Status,
+    duplicate_of: Option<String>,
+    outcome: Option<String>,
+    error: Option<String>,
+}
+
 /// Writes `batch` (with each body's SHA-256, hex) in `tx`; each delivery's
 /// id and status, in the batch's order.
 pub(crate) async fn write(
@@ -48,15 +57,7 @@ pub(crate) async fn write(
         lock.execute(&mut **tx).await?;
     }
     let mut known = earlier(tx, batch, shas).await?;
-    let mut decided: Vec<
-        Option<(
-            String,
-            Status,
-            Option<String>,
-            Option<String>,
-            Option<String>,
-        )>,
-    > = batch.iter().map(|_| None).collect();
+    let mut decided: Vec<Option<Decided>> = batch.iter().map(|_| None).collect();
     for &index in order {
         let new = batch[index];
         let sha = &shas[index];
@@ -104,7 +105,13 @@ pub(crate) async fn write(
                 }
             }
         };
-        decided[index] = Some((id, status, duplicate_of, outcome, error));
+        decided[index] = Some(Decided {
+            id,
+            status,
+            duplicate_of,
+            outcome,
+            error,
+        });
     }
     let decided: Vec<_> = decided.into_iter().flatten().collect();
 
@@ -119,15 +126,13 @@ pub(crate) async fn write(
     );
     let sql = numbered(backend, &sql);
     let mut insert = sqlx::query(&sql);
-    for ((new, sha), (id, status, duplicate_of, outcome, error)) in
-        batch.iter().zip(shas).zip(&decided)
-    {
-        let processed_at = (*status != Status::Accepted).then_some(new.received_at.0);
+    for ((new, sha), one) in batch.iter().zip(shas).zip(&decided) {
+        let processed_at = (one.status != Status::Accepted).then_some(new.received_at.0);
         insert = insert
-            .bind(id)
+            .bind(&one.id)
             .bind(&new.integration_id)
             .bind(&new.event)
-            .bind(status.as_str())
+            .bind(one.status.as_str())
             .bind(new.body.as_slice())
             .bind(sha)
             .bind(&new.idempotency_key)
@@ -135,9 +140,9 @@ pub(crate) async fn write(
             .bind(&new.webhook_uuid)
             .bind(&new.instance)
             .bind(&new.user_agent)
-            .bind(duplicate_of)
-            .bind(outcome)
-            .bind(error)
+            .bind(&one.duplicate_of)
+            .bind(&one.outcome)
+            .bind(&one.error)
             .bind(new.received_at.0)
             .bind(processed_at);
     }
@@ -146,8 +151,8 @@ pub(crate) async fn write(
     let jobs: Vec<(&NewDelivery, &String)> = batch
         .iter()
         .zip(&decided)
-        .filter(|(_, (_, status, ..))| *status == Status::Accepted)
-        .map(|(new, (id, ..))| (*new, id))
+        .filter(|(_, one)| one.status == Status::Accepted)
+        .map(|(new, one)| (*new, &one.id))
         .collect();
     if !jobs.is_empty() {
         if backend == Backend::Postgres && !tx.enqueued {
@@ -177,7 +182,7 @@ pub(crate) async fn write(
     }
     Ok(decided
         .into_iter()
-        .map(|(id, status, ..)| (id, status))
+        .map(|one| (one.id, one.status))
         .collect())
 }
 
