@@ -649,7 +649,7 @@ async fn many_runs_at_once_are_what_one_at_a_time_makes(db: TestStore) {
     }
     assert_eq!(
         made[2].2,
-        [older.clone()],
+        [older],
         "the new proposed run supersedes the older one"
     );
     assert_eq!(
