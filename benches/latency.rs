@@ -1,7 +1,8 @@
 //! From a push to GitLab hearing about it: the time from posting a push
 //! webhook to its acknowledgement, beside the time until the run's first
 //! commit status (`pending`) reaches the simulated GitLab, over the same
-//! pushes, one after another, on `gantry serve` (release) with SQLite.
+//! pushes, one after another, on `gantry serve` (release) with SQLite,
+//! then with PostgreSQL (a throwaway cluster).
 //! The outbox wakes on the commit that records a write, so the status
 //! follows within a few acknowledgement times.
 //!
@@ -26,7 +27,18 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(200);
-    let bench = support::start(&["--embedded-workers", "0"], "Main", true).await;
+    println!("{pushes} pushes, one after another:");
+    measure("SQLite", &[], pushes).await;
+    match gantry_store::testing::postgres_url().await {
+        Some(url) => measure("PostgreSQL", &["--database-url", &url], pushes).await,
+        None => println!("PostgreSQL: skipped, no throwaway cluster could be started"),
+    }
+}
+
+async fn measure(label: &str, flags: &[&str], pushes: usize) {
+    let mut flags = flags.to_vec();
+    flags.extend(["--embedded-workers", "0"]);
+    let bench = support::start(&flags, "Main", true).await;
     let sim = &bench.sim;
     let project = sim.add_project("infra/net", "main").expect("project");
     sim.add_member(project, bench.user, AccessLevel::Maintainer);
@@ -86,7 +98,7 @@ async fn main() {
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let (ack50, ack99) = (percentile(&mut acks, 0.5), percentile(&mut acks, 0.99));
     let (first50, first99) = (percentile(&mut firsts, 0.5), percentile(&mut firsts, 0.99));
-    println!("{pushes} pushes, one after another:");
+    println!("{label}:");
     println!(
         "  webhook acknowledged:       p50 {:7.2} ms   p99 {:7.2} ms",
         ms(ack50),
