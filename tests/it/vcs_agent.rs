@@ -227,3 +227,77 @@ async fn a_private_gitlab_is_reached_through_one_agent() {
     .await;
     drop(server);
 }
+
+/// With several servers an agent connects to each (`--server` repeats), so
+/// every server reaches GitLab through it, and each lists it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_agent_connects_to_every_server() {
+    let Some(url) = gantry_store::testing::postgres_url().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("dir");
+    let key = gantry_store::crypto::MasterKey::generate();
+    let env = [(
+        "GANTRY_MASTER_KEY",
+        secrecy::ExposeSecret::expose_secret(&key.to_base64()).to_owned(),
+    )];
+    let flags = ["--database-url", &url, "--embedded-workers", "0"];
+    let (data_a, data_b) = (dir.path().join("a"), dir.path().join("b"));
+    let a = crate::process::serve_with(&data_a, free_port(), &flags, &env).await;
+    let b = crate::process::serve_with(&data_b, free_port(), &flags, &env).await;
+    let admin = admin_token(&data_a);
+    let (api_a, api_b) = (Api::new(&a.base, &admin), Api::new(&b.base, &admin));
+    let sim = Sim::start_as("http://gitlab.internal").await.expect("sim");
+    let bot = sim.add_bot("bot");
+    sim.add_maintained_project(&bot, "infra/network", "main")
+        .expect("project");
+    let pool = api_a
+        .post("/api/v1/vcs-agent-pools", json!({ "name": "Corp" }))
+        .await;
+    let token = pool["token"].as_str().expect("token");
+    let both = format!("{},{}", a.base, b.base);
+    let mut running = agent(
+        &both,
+        token,
+        sim.listen_url(),
+        &dir.path().join("agent.log"),
+    );
+    let listed = until("the agent holds both servers", async || {
+        let shown = api_b.get("/api/v1/vcs-agent-pools/corp").await;
+        (shown["agents"][0]["servers"] == 2).then_some(shown)
+    })
+    .await;
+    assert_eq!(
+        listed["agents"].as_array().map(Vec::len),
+        Some(1),
+        "one agent: {listed}"
+    );
+
+    // The token check through server B, the project lookup through A.
+    let mut body = sim.integration_body(&bot, "Main", true);
+    body["user_facing_host_url"] = json!("private://corp");
+    api_b.post("/api/v1/integrations/gitlab", body).await;
+    api_a
+        .post(
+            "/api/v1/stacks",
+            json!({ "name": "Net", "repository": "infra/network", "branch": "main",
+                    "vendor": { "kind": "shell", "plan": "true", "apply": "true" } }),
+        )
+        .await;
+    for request in sim.requests() {
+        assert_eq!(
+            request.via.as_deref(),
+            Some("1.1 gantry-vcs-agent"),
+            "{request:?}"
+        );
+    }
+    running.start_kill().expect("kill");
+    running.wait().await.expect("dead");
+    for api in [&api_a, &api_b] {
+        until("no agent on either server", async || {
+            (api.get("/api/v1/integrations/gitlab/main").await["health"]["status"] == "no_agent")
+                .then_some(())
+        })
+        .await;
+    }
+}
