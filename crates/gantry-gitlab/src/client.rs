@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use gitlab::api::{Endpoint, UrlBase};
-use http_body_util::BodyExt;
 use rand::Rng;
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
@@ -533,35 +532,22 @@ impl GitLab {
         let request = request
             .body(payload)
             .map_err(|error| NoAnswer::Transport(format!("cannot build the request: {error}")))?;
-        let exchange = async {
-            let response = tunnel.send(request).await.map_err(|error| match error {
-                TunnelError::NoAgent(_) => NoAnswer::NoAgent(error.to_string()),
-                TunnelError::Broken { .. } => NoAnswer::Transport(error.to_string()),
-            })?;
-            let (parts, mut body) = response.into_parts();
-            let mut bytes = Vec::new();
-            let mut too_large = false;
-            while let Some(frame) = body.frame().await {
-                let frame = frame.map_err(|error| {
-                    NoAnswer::Transport(format!(
-                        "the answer broke off through VCS agent pool {:?}: {error}",
-                        tunnel.pool()
-                    ))
-                })?;
-                if let Ok(data) = frame.into_data() {
-                    if bytes.len() + data.len() > MAX_BODY {
-                        too_large = true;
-                        break;
-                    }
-                    bytes.extend_from_slice(&data);
-                }
-            }
-            let body = (!too_large).then(|| Bytes::from(bytes));
-            Ok((parts.status, parts.headers, body))
-        };
-        tokio::time::timeout(self.http.inner.config.request_timeout, exchange)
-            .await
-            .unwrap_or_else(|_| Err(NoAnswer::Transport("timed out".to_owned())))
+        let timeout = self.http.inner.config.request_timeout;
+        tokio::time::timeout(
+            timeout,
+            tunnel::exchange(tunnel.as_ref(), request, MAX_BODY),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(TunnelError::Broken {
+                pool: tunnel.pool().to_owned(),
+                message: "timed out".to_owned(),
+            })
+        })
+        .map_err(|error| match error {
+            TunnelError::NoAgent(_) => NoAnswer::NoAgent(error.to_string()),
+            TunnelError::Broken { .. } => NoAnswer::Transport(error.to_string()),
+        })
     }
 
     /// `initial_backoff · 2^(attempt-1)`, capped, with up to 25 % jitter so

@@ -50,6 +50,30 @@ where
     body.map_err(Into::into).boxed_unsync()
 }
 
+/// Sends `request` and reads the answer's body, `None` past `limit`.
+pub(crate) async fn exchange(
+    tunnel: &dyn Tunnel,
+    request: http::Request<TunnelBody>,
+    limit: usize,
+) -> Result<(http::StatusCode, http::HeaderMap, Option<Bytes>), TunnelError> {
+    let response = tunnel.send(request).await?;
+    let (parts, mut body) = response.into_parts();
+    let mut bytes = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|error| TunnelError::Broken {
+            pool: tunnel.pool().to_owned(),
+            message: format!("the answer broke off: {error}"),
+        })?;
+        if let Ok(data) = frame.into_data() {
+            if bytes.len() + data.len() > limit {
+                return Ok((parts.status, parts.headers, None));
+            }
+            bytes.extend_from_slice(&data);
+        }
+    }
+    Ok((parts.status, parts.headers, Some(Bytes::from(bytes))))
+}
+
 /// What a tunnelled request is, as the agent logs it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PathClass {

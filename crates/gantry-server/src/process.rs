@@ -328,12 +328,8 @@ async fn enact(
         }
         for (run, how, superseded) in runs::create_all(tx, &pending, now).await? {
             if how == Created::New {
-                created.push(format!(
-                    "{} run {} for {}",
-                    run.kind.as_str(),
-                    run.id,
-                    run.stack_id
-                ));
+                let kind = run.kind.as_str();
+                created.push(format!("{kind} run {} for {}", run.id, run.stack_id));
             }
             runs_of_delivery.push(run.id);
             canceled.extend(superseded);
