@@ -74,7 +74,9 @@ impl Processor {
     pub async fn process(&self, id: &str) -> Result<Delivery, ProcessError> {
         let decided = self.decide(id).await?;
         let mut tx = self.store.begin().await?;
-        enact(&mut tx, decided, None).await?;
+        if let Some(finished) = enact(&mut tx, decided, None).await? {
+            deliveries::finish_all(&mut tx, &[finished.processed()], Millis::now()).await?;
+        }
         tx.commit().await?;
         self.runs_signal.notify_waiters();
         let mut conn = self.store.conn().await?;
@@ -281,11 +283,34 @@ enum Unread {
 
 /// Creates and cancels the runs decided, records the outcome and, with a
 /// lease, completes the job: all in `tx`.
+/// What processing records of a delivery, once its effects are enacted.
+struct Finished {
+    delivery: String,
+    status: Status,
+    outcome: String,
+    error: Option<String>,
+    runs: Vec<String>,
+}
+
+impl Finished {
+    fn processed(&self) -> (&str, Processed<'_>) {
+        let processed = Processed {
+            status: self.status,
+            outcome: &self.outcome,
+            error: self.error.as_deref(),
+            runs: &self.runs,
+        };
+        (&self.delivery, processed)
+    }
+}
+
+/// Enacts what was decided of a delivery (its job completed first when
+/// `lease` is given) and says what to record of it.
 async fn enact(
     tx: &mut Tx,
     decided: Option<Decided>,
     lease: Option<&Lease>,
-) -> Result<(), ProcessError> {
+) -> Result<Option<Finished>, ProcessError> {
     let now = Millis::now();
     // The lease first: a job another worker took over changes nothing here.
     if let Some(lease) = lease {
@@ -293,7 +318,7 @@ async fn enact(
     }
     // Deleted with its integration: nothing left to do.
     let Some(decided) = decided else {
-        return Ok(());
+        return Ok(None);
     };
     let mut created = Vec::new();
     let mut runs_of_delivery = Vec::new();
@@ -386,15 +411,14 @@ async fn enact(
         }
         outcome = format!("{outcome}: {}", parts.join("; "));
     }
-    let processed = Processed {
-        status: decided.status,
-        outcome: &outcome,
-        error: decided.error.as_deref(),
-        runs: &runs_of_delivery,
-    };
-    deliveries::finish(tx, &decided.delivery, &processed, now).await?;
     tracing::debug!(delivery.id = %decided.delivery, outcome, "delivery processed");
-    Ok(())
+    Ok(Some(Finished {
+        delivery: decided.delivery,
+        status: decided.status,
+        outcome,
+        error: decided.error,
+        runs: runs_of_delivery,
+    }))
 }
 
 /// The most delivery jobs one worker claims and commits together.
@@ -563,9 +587,17 @@ async fn enact_batch(
         return Ok(());
     }
     let mut tx = store.begin().await?;
+    // Every job completed in one statement when all leases are held (the
+    // usual case); else each on its own, skipping the ones another worker
+    // took over.
+    let leases: Vec<&Lease> = decided.iter().map(|(job, _)| &job.lease).collect();
+    let all_held = jobs::complete_all_in(&mut tx, &leases, Millis::now()).await?;
+    let mut finished = Vec::with_capacity(decided.len());
     for (job, one) in decided {
-        match enact(&mut tx, one, Some(&job.lease)).await {
-            Ok(()) => {}
+        let lease = (!all_held).then_some(&job.lease);
+        match enact(&mut tx, one, lease).await {
+            Ok(Some(one)) => finished.push(one),
+            Ok(None) => {}
             Err(ProcessError::Store(error) | ProcessError::Lease(LeaseError::Store(error))) => {
                 return Err(error);
             }
@@ -573,6 +605,8 @@ async fn enact_batch(
             Err(error) => tracing::warn!(%error, "skipped a delivery job"),
         }
     }
+    let processed: Vec<_> = finished.iter().map(Finished::processed).collect();
+    deliveries::finish_all(&mut tx, &processed, Millis::now()).await?;
     tx.commit().await
 }
 

@@ -479,6 +479,37 @@ pub async fn finish(
     Ok(())
 }
 
+/// [`finish`] for many deliveries in one statement.
+pub async fn finish_all(
+    tx: &mut Tx,
+    processed: &[(&str, Processed<'_>)],
+    now: Millis,
+) -> Result<(), StoreError> {
+    if processed.is_empty() {
+        return Ok(());
+    }
+    let sql = crate::params::numbered(
+        tx.backend(),
+        &format!(
+            "UPDATE deliveries SET status = v.column2, outcome = v.column3, error = v.column4, runs = v.column5, \
+                 processed_at = ?, times_processed = times_processed + 1 \
+             FROM (VALUES {}) AS v WHERE deliveries.id = v.column1",
+            crate::params::values(processed.len(), "(?, ?, ?, ?, ?)")
+        ),
+    );
+    let mut query = sqlx::query(&sql).bind(now.0);
+    for (id, one) in processed {
+        query = query
+            .bind(*id)
+            .bind(one.status.as_str())
+            .bind(one.outcome)
+            .bind(one.error)
+            .bind(to_json(&one.runs));
+    }
+    query.execute(&mut **tx).await?;
+    Ok(())
+}
+
 /// Drops the bodies of deliveries processed before `before`, keeping their
 /// summary. Returns how many were pruned.
 pub async fn prune_bodies(store: &Store, before: Millis) -> Result<u64, StoreError> {

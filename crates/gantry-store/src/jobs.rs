@@ -263,6 +263,61 @@ pub async fn complete_in(conn: &mut Conn, lease: &Lease, now: Millis) -> Result<
     lease_held(done.rows_affected(), lease)
 }
 
+/// [`complete_in`] for every one of `leases` at once, when every one is
+/// still held; `false`, changing nothing, when any was lost (then each
+/// goes by [`complete_in`]).
+pub async fn complete_all_in(
+    tx: &mut Tx,
+    leases: &[&Lease],
+    now: Millis,
+) -> Result<bool, StoreError> {
+    if leases.is_empty() {
+        return Ok(true);
+    }
+    let backend = tx.backend();
+    let pairs = crate::params::values(leases.len(), "(?, ?)");
+    let held = format!("state = 'running' AND (id, lease_token) IN (VALUES {pairs})");
+    // Locked (PostgreSQL) or counted inside the write transaction (SQLite),
+    // so that the update below takes all of them or none.
+    let check = match backend {
+        Backend::Postgres => format!("SELECT id FROM jobs WHERE {held} FOR UPDATE"),
+        Backend::Sqlite => format!("SELECT COUNT(*) FROM jobs WHERE {held}"),
+    };
+    let check = crate::params::numbered(backend, &check);
+    let count = match backend {
+        Backend::Postgres => {
+            let mut query = sqlx::query_as::<_, (i64,)>(&check);
+            for lease in leases {
+                query = query.bind(lease.job_id).bind(&lease.token);
+            }
+            query.fetch_all(&mut **tx).await?.len()
+        }
+        Backend::Sqlite => {
+            let mut query = sqlx::query_as::<_, (i64,)>(&check);
+            for lease in leases {
+                query = query.bind(lease.job_id).bind(&lease.token);
+            }
+            usize::try_from(query.fetch_one(&mut **tx).await?.0).unwrap_or(0)
+        }
+    };
+    if count != leases.len() {
+        return Ok(false);
+    }
+    let update = crate::params::numbered(
+        backend,
+        &format!(
+            "UPDATE jobs SET state = 'done', lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, \
+                 updated_at = ? WHERE {held}"
+        ),
+    );
+    let mut query = sqlx::query(&update).bind(now.0);
+    for lease in leases {
+        query = query.bind(lease.job_id).bind(&lease.token);
+    }
+    query.execute(&mut **tx).await?;
+    Ok(true)
+}
+
 /// Records a failed attempt: the job is queued again after [`backoff`], or
 /// becomes `dead` when it has used all its attempts.
 pub async fn fail(

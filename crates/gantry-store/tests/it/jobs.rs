@@ -18,6 +18,7 @@ on_both_databases!(
     duplicate_idempotency_keys_are_refused,
     jobs_enqueued_in_a_rolled_back_transaction_vanish,
     a_waiting_claimer_wakes_on_commit_from_another_server,
+    a_batch_completes_together_or_not_at_all,
 );
 
 const LEASE: Duration = Duration::from_secs(30);
@@ -292,4 +293,61 @@ async fn a_waiting_claimer_wakes_on_commit_from_another_server(db: TestStore) {
         .expect("woken by the commit")
         .expect("task");
     assert!(job.is_some());
+}
+
+async fn state_of(store: &Store, id: i64) -> String {
+    let (state,): (String,) = sqlx::query_as("SELECT state FROM jobs WHERE id = $1")
+        .bind(id)
+        .fetch_one(store.pool())
+        .await
+        .expect("state");
+    state
+}
+
+async fn a_batch_completes_together_or_not_at_all(db: TestStore) {
+    let store = &db.store;
+    enqueue(store, "work", 3).await;
+    let t0 = Millis::now();
+    let batch = jobs::claim_many(store, &["work"], "w1", LEASE, t0, 3)
+        .await
+        .expect("claim");
+    assert_eq!(batch.len(), 3);
+    let leases: Vec<&jobs::Lease> = batch.iter().map(|job| &job.lease).collect();
+
+    // One lease lapsed and went to another worker: nothing is completed.
+    sqlx::query("UPDATE jobs SET lease_token = 'someone else' WHERE id = $1")
+        .bind(leases[1].job_id)
+        .execute(store.pool())
+        .await
+        .expect("take over");
+    let mut tx = store.begin().await.expect("tx");
+    assert!(
+        !jobs::complete_all_in(&mut tx, &leases, t0)
+            .await
+            .expect("complete")
+    );
+    tx.commit().await.expect("commit");
+    for lease in &leases {
+        assert_eq!(state_of(store, lease.job_id).await, "running");
+    }
+
+    let held = [leases[0], leases[2]];
+    let mut tx = store.begin().await.expect("tx");
+    assert!(
+        jobs::complete_all_in(&mut tx, &held, t0)
+            .await
+            .expect("complete")
+    );
+    tx.commit().await.expect("commit");
+    for lease in held {
+        assert_eq!(state_of(store, lease.job_id).await, "done");
+    }
+    assert_eq!(state_of(store, leases[1].job_id).await, "running");
+    // Completed leases are spent.
+    let mut tx = store.begin().await.expect("tx");
+    assert!(
+        !jobs::complete_all_in(&mut tx, &leases[..1], t0)
+            .await
+            .expect("complete")
+    );
 }
