@@ -128,7 +128,11 @@ async fn a_private_gitlab_is_reached_through_one_agent() {
         (status_of(&first).last().map(String::as_str) == Some("success")).then_some(())
     })
     .await;
-    assert!(!sim.deployments(project).is_empty(), "a deployment");
+    // The deployment is its own write, which may land just after.
+    until("a deployment", async || {
+        (!sim.deployments(project).is_empty()).then_some(())
+    })
+    .await;
 
     // A merge request: its preview's comment goes through the agent too.
     sim.commit(project, "feature", &[("main.tf", Some("mr"))], "mr")
