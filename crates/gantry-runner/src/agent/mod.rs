@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use secrecy::ExposeSecret;
@@ -28,8 +28,11 @@ pub use protocol::*;
 /// How a worker behaves.
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// Runs' workspaces go in `<work_dir>/<run id>` and are removed after
-    /// each phase (the server keeps the archive a confirmed apply needs).
+    /// Runs' workspaces go in `<work_dir>/<run id>.<pid>.<n>`, one per
+    /// phase, and are removed after it (the server keeps the archive a
+    /// confirmed apply needs). A phase never shares its directory with the
+    /// next one, which may start elsewhere in this worker while the last is
+    /// still being removed.
     pub work_dir: PathBuf,
     /// On shutdown, how long a run may go on before it is stopped and
     /// handed back (or failed, when it was applying).
@@ -98,6 +101,9 @@ pub async fn work<C: Control>(control: Arc<C>, options: Options, shutdown: signa
     }
 }
 
+/// Phases this process has begun, which name their workspaces.
+static PHASES: AtomicU64 = AtomicU64::new(0);
+
 /// Executes one phase of a run and reports it. Never fails: what goes
 /// wrong ends the run `failed` with the reason in its log.
 pub async fn execute<C: Control>(
@@ -117,7 +123,11 @@ pub async fn execute<C: Control>(
         options.shutdown_grace,
         cause.clone(),
     );
-    let dir = options.work_dir.join(&run);
+    let dir = options.work_dir.join(format!(
+        "{run}.{}.{}",
+        std::process::id(),
+        PHASES.fetch_add(1, Ordering::Relaxed)
+    ));
     let outcome = phases(&**control, &assignment, &dir, options, &log, cancel).await;
     watcher.abort();
     if let Err(reason) = outcome {
