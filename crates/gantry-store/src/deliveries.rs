@@ -265,29 +265,73 @@ async fn write_batch(
     }
 }
 
+/// How a delivery is stored: its status and, unless it is accepted, the
+/// delivery it repeats, its outcome and error.
+pub(crate) struct Stored {
+    pub status: Status,
+    pub duplicate_of: Option<String>,
+    pub outcome: Option<String>,
+    pub error: Option<String>,
+}
+
+impl Stored {
+    /// What the verdict alone decides; `None` for a supported event, which
+    /// is accepted unless it repeats an accepted delivery.
+    pub fn of_verdict(verdict: &Verdict) -> Option<Self> {
+        match verdict {
+            Verdict::Supported => None,
+            Verdict::Ignored { outcome } => Some(Self {
+                status: Status::Ignored,
+                duplicate_of: None,
+                outcome: Some(outcome.clone()),
+                error: None,
+            }),
+            Verdict::Rejected { error } => Some(Self {
+                status: Status::Rejected,
+                duplicate_of: None,
+                outcome: Some("the payload could not be read; replay it after a fix".to_owned()),
+                error: Some(error.clone()),
+            }),
+        }
+    }
+
+    pub fn duplicate(original: String, why: &str) -> Self {
+        Self {
+            status: Status::Duplicate,
+            outcome: Some(format!(
+                "duplicate of delivery {original} ({why}); nothing done"
+            )),
+            duplicate_of: Some(original),
+            error: None,
+        }
+    }
+
+    pub fn accepted() -> Self {
+        Self {
+            status: Status::Accepted,
+            duplicate_of: None,
+            outcome: None,
+            error: None,
+        }
+    }
+}
+
 async fn receive_in(tx: &mut Tx, new: &NewDelivery) -> Result<(String, Status), StoreError> {
     let body_sha256 = hex(&Sha256::digest(&new.body));
     let id = uuid::Uuid::now_v7().to_string();
-    let (status, duplicate_of, outcome, error) = match &new.verdict {
-        Verdict::Ignored { outcome } => (Status::Ignored, None, Some(outcome.clone()), None),
-        Verdict::Rejected { error } => (
-            Status::Rejected,
-            None,
-            Some("the payload could not be read; replay it after a fix".to_owned()),
-            Some(error.clone()),
-        ),
-        Verdict::Supported => match find_original(tx, new, &body_sha256).await? {
-            Some((original, why)) => (
-                Status::Duplicate,
-                Some(original.clone()),
-                Some(format!(
-                    "duplicate of delivery {original} ({why}); nothing done"
-                )),
-                None,
-            ),
-            None => (Status::Accepted, None, None, None),
+    let stored = match Stored::of_verdict(&new.verdict) {
+        Some(stored) => stored,
+        None => match find_original(tx, new, &body_sha256).await? {
+            Some((original, why)) => Stored::duplicate(original, why),
+            None => Stored::accepted(),
         },
     };
+    let Stored {
+        status,
+        duplicate_of,
+        outcome,
+        error,
+    } = stored;
     let processed_at = (status != Status::Accepted).then_some(new.received_at.0);
     sqlx::query(
         "INSERT INTO deliveries (id, integration_id, event, status, body, body_sha256, idempotency_key, \
@@ -464,19 +508,7 @@ pub async fn finish(
     processed: &Processed<'_>,
     now: Millis,
 ) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE deliveries SET status = $2, outcome = $3, error = $4, runs = $5, processed_at = $6, \
-             times_processed = times_processed + 1 WHERE id = $1",
-    )
-    .bind(id)
-    .bind(processed.status.as_str())
-    .bind(processed.outcome)
-    .bind(processed.error)
-    .bind(to_json(&processed.runs))
-    .bind(now.0)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+    finish_all(tx, &[(id, processed.clone())], now).await
 }
 
 /// [`finish`] for many deliveries in one statement.

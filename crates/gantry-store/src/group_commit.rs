@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 
-use crate::deliveries::{NewDelivery, PROCESS_JOB, SAME_BODY_WINDOW, Status, Verdict};
+use crate::deliveries::{NewDelivery, PROCESS_JOB, SAME_BODY_WINDOW, Status, Stored, Verdict};
 use crate::jobs::DEFAULT_MAX_ATTEMPTS;
 use crate::params::{numbered, values};
 use crate::{Backend, StoreError, Tx};
@@ -28,10 +28,7 @@ struct Accepted {
 /// What becomes of one delivery of the batch.
 struct Decided {
     id: String,
-    status: Status,
-    duplicate_of: Option<String>,
-    outcome: Option<String>,
-    error: Option<String>,
+    stored: Stored,
 }
 
 /// Writes `batch` (with each body's SHA-256, hex) in `tx`; each delivery's
@@ -62,15 +59,9 @@ pub(crate) async fn write(
         let new = batch[index];
         let sha = &shas[index];
         let id = uuid::Uuid::now_v7().to_string();
-        let (status, duplicate_of, outcome, error) = match &new.verdict {
-            Verdict::Ignored { outcome } => (Status::Ignored, None, Some(outcome.clone()), None),
-            Verdict::Rejected { error } => (
-                Status::Rejected,
-                None,
-                Some("the payload could not be read; replay it after a fix".to_owned()),
-                Some(error.clone()),
-            ),
-            Verdict::Supported => {
+        let stored = match Stored::of_verdict(&new.verdict) {
+            Some(stored) => stored,
+            None => {
                 let accepted = known.entry(new.integration_id.clone()).or_default();
                 let since = new.received_at.0 - SAME_BODY_WINDOW.as_millis() as i64;
                 let by_key = new
@@ -85,14 +76,7 @@ pub(crate) async fn write(
                         .map(|a| (a.id.clone(), "same body within 24 hours")),
                 };
                 match original {
-                    Some((original, why)) => (
-                        Status::Duplicate,
-                        Some(original.clone()),
-                        Some(format!(
-                            "duplicate of delivery {original} ({why}); nothing done"
-                        )),
-                        None,
-                    ),
+                    Some((original, why)) => Stored::duplicate(original, why),
                     None => {
                         accepted.push(Accepted {
                             id: id.clone(),
@@ -100,18 +84,12 @@ pub(crate) async fn write(
                             sha: sha.clone(),
                             received_at: new.received_at.0,
                         });
-                        (Status::Accepted, None, None, None)
+                        Stored::accepted()
                     }
                 }
             }
         };
-        decided[index] = Some(Decided {
-            id,
-            status,
-            duplicate_of,
-            outcome,
-            error,
-        });
+        decided[index] = Some(Decided { id, stored });
     }
     let decided: Vec<_> = decided.into_iter().flatten().collect();
 
@@ -127,12 +105,12 @@ pub(crate) async fn write(
     let sql = numbered(backend, &sql);
     let mut insert = sqlx::query(&sql);
     for ((new, sha), one) in batch.iter().zip(shas).zip(&decided) {
-        let processed_at = (one.status != Status::Accepted).then_some(new.received_at.0);
+        let processed_at = (one.stored.status != Status::Accepted).then_some(new.received_at.0);
         insert = insert
             .bind(&one.id)
             .bind(&new.integration_id)
             .bind(&new.event)
-            .bind(one.status.as_str())
+            .bind(one.stored.status.as_str())
             .bind(new.body.as_slice())
             .bind(sha)
             .bind(&new.idempotency_key)
@@ -140,9 +118,9 @@ pub(crate) async fn write(
             .bind(&new.webhook_uuid)
             .bind(&new.instance)
             .bind(&new.user_agent)
-            .bind(&one.duplicate_of)
-            .bind(&one.outcome)
-            .bind(&one.error)
+            .bind(&one.stored.duplicate_of)
+            .bind(&one.stored.outcome)
+            .bind(&one.stored.error)
             .bind(new.received_at.0)
             .bind(processed_at);
     }
@@ -151,7 +129,7 @@ pub(crate) async fn write(
     let jobs: Vec<(&NewDelivery, &String)> = batch
         .iter()
         .zip(&decided)
-        .filter(|(_, one)| one.status == Status::Accepted)
+        .filter(|(_, one)| one.stored.status == Status::Accepted)
         .map(|(new, one)| (*new, &one.id))
         .collect();
     if !jobs.is_empty() {
@@ -182,7 +160,7 @@ pub(crate) async fn write(
     }
     Ok(decided
         .into_iter()
-        .map(|one| (one.id, one.status))
+        .map(|one| (one.id, one.stored.status))
         .collect())
 }
 

@@ -284,21 +284,17 @@ pub async fn complete_all_in(
         Backend::Sqlite => format!("SELECT COUNT(*) FROM jobs WHERE {held}"),
     };
     let check = crate::params::numbered(backend, &check);
+    let mut query = sqlx::query_as::<_, (i64,)>(&check);
+    for lease in leases {
+        query = query.bind(lease.job_id).bind(&lease.token);
+    }
+    let rows = query.fetch_all(&mut **tx).await?;
+    // The locked rows' ids, or one row with their count.
     let count = match backend {
-        Backend::Postgres => {
-            let mut query = sqlx::query_as::<_, (i64,)>(&check);
-            for lease in leases {
-                query = query.bind(lease.job_id).bind(&lease.token);
-            }
-            query.fetch_all(&mut **tx).await?.len()
-        }
-        Backend::Sqlite => {
-            let mut query = sqlx::query_as::<_, (i64,)>(&check);
-            for lease in leases {
-                query = query.bind(lease.job_id).bind(&lease.token);
-            }
-            usize::try_from(query.fetch_one(&mut **tx).await?.0).unwrap_or(0)
-        }
+        Backend::Postgres => rows.len(),
+        Backend::Sqlite => rows
+            .first()
+            .map_or(0, |(n,)| usize::try_from(*n).unwrap_or(0)),
     };
     if count != leases.len() {
         return Ok(false);
