@@ -26,6 +26,7 @@ mod upkeep;
 pub mod vcs_agents;
 mod views;
 mod web;
+mod webhook_secrets;
 mod worker;
 
 pub use bootstrap::{INITIAL_ADMIN_TOKEN_FILE, MASTER_KEY_ENV, MASTER_KEY_FILE, load_master_key};

@@ -25,6 +25,8 @@ pub struct AppState {
     pub blobs: Arc<dyn crate::blobs::Blobs>,
     /// Group commit of webhook deliveries.
     pub inbox: gantry_store::deliveries::Inbox,
+    /// The integrations' webhook secrets, opened, for checking deliveries.
+    pub webhook_secrets: Arc<crate::webhook_secrets::WebhookSecrets>,
     /// Note creations per integration in the last minute.
     pub note_throttle: Arc<crate::outbox::NoteThrottle>,
     /// Sources being fetched from GitLab, one fetch per commit at a time.

@@ -110,8 +110,11 @@ impl Store {
             .log_statements(tracing::log::LevelFilter::Trace)
             .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1));
         let pool_options = match backend {
+            // A connection to a local file does not go stale: no ping (a
+            // round trip to the connection's thread) before each use.
             Backend::Sqlite => AnyPoolOptions::new()
                 .max_connections(8)
+                .test_before_acquire(false)
                 .after_connect(|conn, _| {
                     Box::pin(async move {
                         conn.execute(

@@ -9,15 +9,13 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use gantry_gitlab::webhook::{self, DeliveryHeaders};
 use gantry_store::deliveries::{NewDelivery, Status, Verdict};
-use gantry_store::{Millis, integrations};
+use gantry_store::{Millis, StoreError};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 use utoipa::ToSchema;
 
 use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
-use gantry_store::integrations::webhook_secret_context;
+use crate::webhook_secrets::Verdict as Authenticity;
 
 /// The answer GitLab gets.
 #[derive(Serialize, ToSchema)]
@@ -36,14 +34,6 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .filter(|value| !value.is_empty())
 }
 
-/// Constant-time equality of two secrets of any length: their SHA-256
-/// digests are compared.
-fn same_secret(given: &str, expected: &str) -> bool {
-    Sha256::digest(given.as_bytes())
-        .ct_eq(&Sha256::digest(expected.as_bytes()))
-        .into()
-}
-
 /// Receives a GitLab webhook delivery.
 #[utoipa::path(post, path = "/webhooks/gitlab/{id}", tag = "webhooks",
     params(("id" = String, Path, description = "the integration id"),
@@ -59,43 +49,34 @@ pub async fn receive(
     let received_at = Millis::now();
     let (parts, body) = request.into_parts();
     let headers = &parts.headers;
-    let integration = {
-        let mut conn = state.store.conn().await.map_err(error)?;
-        integrations::get(&mut conn, &id).await.map_err(error)?
-    }
-    .ok_or_else(|| {
-        ApiError::not_found(format!(
-            "no GitLab integration {id:?}; check the hook's URL"
-        ))
-        .into_response()
-    })?;
-
     let gitlab = DeliveryHeaders::read(headers);
-    let Some(token) = gitlab.token else {
-        return Err(ApiError::unauthorized(
-            "no X-Gitlab-Token: set the hook's secret token to the integration's webhook secret",
-        )
-        .into_response());
-    };
-    let mut authentic = false;
-    for sealed in integration.accepted_secrets(received_at) {
-        let secret = state
-            .keyring
-            .decrypt(&webhook_secret_context(&integration.id), sealed)
-            .map_err(|err| {
-                tracing::error!(integration.id = %integration.id, error = %err, "cannot open a webhook secret");
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the server cannot check the secret")
-                    .into_response()
-            })?;
-        // Both secrets are compared, so timing says nothing of which matched.
-        authentic |= same_secret(token, secrecy::ExposeSecret::expose_secret(&secret));
-    }
-    if !authentic {
-        tracing::warn!(integration.id = %integration.id, "webhook refused: wrong X-Gitlab-Token");
-        return Err(ApiError::unauthorized(
-            "wrong X-Gitlab-Token: set the hook's secret token to the integration's current webhook secret",
-        )
-        .into_response());
+    // Without a token the check still tells an unknown integration (404).
+    let token = gitlab.token.unwrap_or_default();
+    let verdict = state
+        .webhook_secrets
+        .check(&state.store, &state.keyring, &id, token, received_at)
+        .await
+        .map_err(|err| {
+            tracing::error!(integration.id = %id, error = %err, "cannot check a webhook secret");
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the server cannot check the secret")
+                .into_response()
+        })?;
+    match verdict {
+        Authenticity::Authentic => {}
+        Authenticity::Unknown => return Err(unknown(&id)),
+        Authenticity::Wrong if gitlab.token.is_none() => {
+            return Err(ApiError::unauthorized(
+                "no X-Gitlab-Token: set the hook's secret token to the integration's webhook secret",
+            )
+            .into_response());
+        }
+        Authenticity::Wrong => {
+            tracing::warn!(integration.id = %id, "webhook refused: wrong X-Gitlab-Token");
+            return Err(ApiError::unauthorized(
+                "wrong X-Gitlab-Token: set the hook's secret token to the integration's current webhook secret",
+            )
+            .into_response());
+        }
     }
 
     if let Some(content_type) = header(headers, header::CONTENT_TYPE.as_str())
@@ -139,7 +120,7 @@ pub async fn receive(
     };
     let owned = |value: Option<&str>| value.map(str::to_owned);
     let new = NewDelivery {
-        integration_id: integration.id.clone(),
+        integration_id: id.clone(),
         event: event.to_owned(),
         verdict,
         body: body.into(),
@@ -150,10 +131,18 @@ pub async fn receive(
         user_agent: owned(gitlab.user_agent),
         received_at,
     };
-    let (delivery, status) = state.inbox.receive(new).await.map_err(error)?;
+    let (delivery, status) = match state.inbox.receive(new).await {
+        Ok(stored) => stored,
+        // Deleted since its secrets were read.
+        Err(StoreError::NotFound { .. }) => {
+            state.webhook_secrets.forget(&id);
+            return Err(unknown(&id));
+        }
+        Err(err) => return Err(error(err)),
+    };
     tracing::info!(
         delivery.id = %delivery,
-        integration.id = %integration.id,
+        integration.id = %id,
         gitlab.event = event,
         delivery.status = status.as_str(),
         "webhook delivery stored"
@@ -171,6 +160,10 @@ pub async fn receive(
     }))
 }
 
-fn error(err: gantry_store::StoreError) -> Response {
+fn unknown(id: &str) -> Response {
+    ApiError::not_found(format!("no GitLab integration {id:?}; check the hook's URL")).into_response()
+}
+
+fn error(err: StoreError) -> Response {
     ApiError::from(err).into_response()
 }

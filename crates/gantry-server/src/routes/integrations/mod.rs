@@ -331,6 +331,7 @@ pub async fn update(
         )
         .await?;
     tx.commit().await?;
+    state.webhook_secrets.forget(&id);
     tracing::info!(integration.id = %id, changed = ?changed, "GitLab integration updated");
     let secret = reveal(&state, &next)?;
     let health = health(&state, &next.id).await?;
@@ -452,6 +453,7 @@ pub async fn delete(
         )
         .await?;
     tx.commit().await?;
+    state.webhook_secrets.forget(&id);
     tracing::info!(integration.id = %id, "GitLab integration deleted");
     Ok(Json(view(
         &state,
@@ -507,6 +509,7 @@ pub async fn rotate_secret(
         )
         .await?;
     tx.commit().await?;
+    state.webhook_secrets.forget(&id);
     tracing::info!(integration.id = %id, grace_seconds = grace.as_secs(), "webhook secret rotated");
     let health = health(&state, &integration.id).await?;
     Ok(Json(view(
