@@ -86,10 +86,26 @@ impl Processor {
     }
 
     async fn decide(&self, id: &str) -> Result<Option<Decided>, ProcessError> {
-        let mut conn = self.store.conn().await?;
-        let Some((delivery, body)) = deliveries::with_body(&mut conn, id).await? else {
+        let read = {
+            let mut conn = self.store.conn().await?;
+            deliveries::with_body(&mut conn, id).await?
+        };
+        let Some((delivery, body)) = read else {
             return Ok(None);
         };
+        self.decide_read(delivery, body, &ProjectStacks::default())
+            .await
+    }
+
+    /// Decides a delivery already read, with its body; `stacks` keeps the
+    /// stacks of each project that a batch's deliveries name.
+    async fn decide_read(
+        &self,
+        delivery: Delivery,
+        body: Option<Vec<u8>>,
+        stacks: &ProjectStacks,
+    ) -> Result<Option<Decided>, ProcessError> {
+        let id = delivery.id.as_str();
         let trigger = format!("delivery:{id}");
         let simple = |status, outcome: String, error: Option<String>| Decided {
             delivery: id.to_owned(),
@@ -135,7 +151,9 @@ impl Processor {
         // GitLab's ids fit a database integer; one that does not matches no stack.
         let found = match i64::try_from(project.id) {
             Ok(project_id) => {
-                stacks::for_project(&mut conn, &delivery.integration_id, project_id).await?
+                stacks
+                    .for_project(&self.store, &delivery.integration_id, project_id)
+                    .await?
             }
             Err(_) => Vec::new(),
         };
@@ -146,6 +164,7 @@ impl Processor {
         };
         let module_decisions = match &event {
             Event::TagPush(tag) => {
+                let mut conn = self.store.conn().await?;
                 match crate::publish::decide(&self.gitlab, &mut conn, &delivery.integration_id, tag)
                     .await
                 {
@@ -179,8 +198,10 @@ impl Processor {
             );
             return Ok(Some(simple(Status::Accepted, outcome, None)));
         }
-        let integration = integrations::get(&mut conn, &delivery.integration_id).await?;
-        drop(conn);
+        let integration = {
+            let mut conn = self.store.conn().await?;
+            integrations::get(&mut conn, &delivery.integration_id).await?
+        };
         let files = match integration {
             Some(integration) => self.changed_files(&integration, &event, &found).await,
             None => Ok(Vec::new()),
@@ -496,7 +517,26 @@ async fn process_batch(processor: &Processor, batch: &[ClaimedJob], lease_for: D
             }
         }
     };
-    let deciding: Vec<_> = batch.iter().map(|job| decide_one(processor, job)).collect();
+    // The batch's deliveries in one read, and each project's stacks once.
+    let ids: Vec<&str> = batch.iter().filter_map(|job| delivery_of(job).ok()).collect();
+    let mut read = match read_all(&processor.store, &ids).await {
+        Ok(read) => read,
+        Err(error) => {
+            // Nothing was done; the leases lapse and the jobs run again.
+            tracing::warn!(%error, jobs = batch.len(), "cannot read a batch of deliveries");
+            return;
+        }
+    };
+    let stacks = ProjectStacks::default();
+    let deciding: Vec<_> = batch
+        .iter()
+        .map(|job| {
+            let delivery = delivery_of(job)
+                .ok()
+                .and_then(|id| read.remove(id));
+            decide_one(processor, job, delivery, &stacks)
+        })
+        .collect();
     let decide_all = futures_util::stream::iter(deciding)
         .buffered(DECIDING_AT_ONCE)
         .collect::<Vec<_>>();
@@ -520,18 +560,69 @@ async fn process_batch(processor: &Processor, batch: &[ClaimedJob], lease_for: D
     }
 }
 
-/// Decides one job's delivery, within [`DECIDE_DEADLINE`].
+type Read = (Delivery, Option<Vec<u8>>);
+
+async fn read_all(
+    store: &Store,
+    ids: &[&str],
+) -> Result<std::collections::HashMap<String, Read>, StoreError> {
+    let mut conn = store.conn().await?;
+    Ok(deliveries::with_bodies(&mut conn, ids)
+        .await?
+        .into_iter()
+        .map(|read| (read.0.id.clone(), read))
+        .collect())
+}
+
+/// Decides one job's delivery, read with its batch (`None`: it does not
+/// exist), within [`DECIDE_DEADLINE`].
 async fn decide_one<'a>(
     processor: &Processor,
     job: &'a ClaimedJob,
+    read: Option<Read>,
+    stacks: &ProjectStacks,
 ) -> (&'a ClaimedJob, Result<Option<Decided>, ProcessError>) {
-    let outcome = match delivery_of(job) {
-        Ok(id) => tokio::time::timeout(DECIDE_DEADLINE, processor.decide(id))
-            .await
-            .unwrap_or(Err(ProcessError::TooSlow(DECIDE_DEADLINE))),
-        Err(error) => Err(error),
+    let outcome = match (delivery_of(job), read) {
+        (Err(error), _) => Err(error),
+        (Ok(_), None) => Ok(None),
+        (Ok(_), Some((delivery, body))) => tokio::time::timeout(
+            DECIDE_DEADLINE,
+            processor.decide_read(delivery, body, stacks),
+        )
+        .await
+        .unwrap_or(Err(ProcessError::TooSlow(DECIDE_DEADLINE))),
     };
     (job, outcome)
+}
+
+/// The stacks of each project, read once for a batch of deliveries.
+#[derive(Default)]
+struct ProjectStacks {
+    read: std::sync::Mutex<std::collections::HashMap<(String, i64), Vec<Stack>>>,
+}
+
+impl ProjectStacks {
+    async fn for_project(
+        &self,
+        store: &Store,
+        integration_id: &str,
+        project_id: i64,
+    ) -> Result<Vec<Stack>, StoreError> {
+        let key = (integration_id.to_owned(), project_id);
+        if let Some(found) = self.lock().get(&key) {
+            return Ok(found.clone());
+        }
+        let found = {
+            let mut conn = store.conn().await?;
+            stacks::for_project(&mut conn, integration_id, project_id).await?
+        };
+        self.lock().insert(key, found.clone());
+        Ok(found)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<(String, i64), Vec<Stack>>> {
+        self.read.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 /// The delivery a `process_delivery` job is for.

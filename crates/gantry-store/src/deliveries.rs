@@ -161,10 +161,15 @@ pub struct Inbox {
 
 impl Inbox {
     /// Starts the writer task; it ends when every `Inbox` clone is dropped.
-    pub fn spawn(store: Store) -> Self {
+    /// On SQLite the batches are written on a connection of their own.
+    pub fn spawn(store: Store) -> Result<Self, StoreError> {
+        let writer = match store.sqlite_path() {
+            Some(path) => Some(crate::sqlite_writer::Writer::open(path)?),
+            None => None,
+        };
         let (sender, receiver) = mpsc::channel(4 * BATCH);
-        tokio::spawn(write_batches(store, receiver));
-        Self { sender }
+        tokio::spawn(write_batches(store, writer, receiver));
+        Ok(Self { sender })
     }
 
     /// Stores a delivery (see [`receive`]) as part of the next group commit.
@@ -178,9 +183,21 @@ impl Inbox {
     }
 }
 
-async fn write_batches(store: Store, mut receiver: mpsc::Receiver<(NewDelivery, Reply)>) {
+async fn write_batches(
+    store: Store,
+    writer: Option<crate::sqlite_writer::Writer>,
+    mut receiver: mpsc::Receiver<(NewDelivery, Reply)>,
+) {
     let mut batch = Vec::with_capacity(BATCH);
     while receiver.recv_many(&mut batch, BATCH).await > 0 {
+        if let Some(writer) = &writer {
+            let (news, replies): (Vec<_>, Vec<_>) = batch.drain(..).unzip();
+            let outcomes = write_on_sqlite(&store, writer, news).await;
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                let _ = reply.send(outcome);
+            }
+            continue;
+        }
         let outcomes = write_batch(&store, &batch).await;
         for ((new, reply), outcome) in batch.drain(..).zip(outcomes) {
             let outcome = match outcome {
@@ -194,6 +211,58 @@ async fn write_batches(store: Store, mut receiver: mpsc::Receiver<(NewDelivery, 
             let _ = reply.send(outcome);
         }
     }
+}
+
+/// Each body's SHA-256 (hex), and the batch's order: by integration and
+/// body, the order of PostgreSQL's advisory locks, so that two servers'
+/// batches never wait on each other in a cycle.
+fn shas_and_order<'a>(batch: impl Iterator<Item = &'a NewDelivery>) -> (Vec<String>, Vec<usize>) {
+    let (shas, mut keys): (Vec<String>, Vec<(String, usize)>) = batch
+        .enumerate()
+        .map(|(index, new)| {
+            let sha = hex(&Sha256::digest(&new.body));
+            let key = format!("{}:{sha}", new.integration_id);
+            (sha, (key, index))
+        })
+        .unzip();
+    keys.sort();
+    (shas, keys.into_iter().map(|(_, index)| index).collect())
+}
+
+/// Writes a batch on SQLite's inbox connection, in this process's turn to
+/// write. SQLite has one writer at a time, so no other server can have
+/// stored a twin meanwhile: there is nothing to write again one by one.
+async fn write_on_sqlite(
+    store: &Store,
+    writer: &crate::sqlite_writer::Writer,
+    news: Vec<NewDelivery>,
+) -> Vec<Result<(String, Status), StoreError>> {
+    let count = news.len();
+    let (shas, order) = shas_and_order(news.iter());
+    let t0 = std::time::Instant::now();
+    let turn = store.lock_writes().await;
+    let t1 = std::time::Instant::now();
+    let done = writer
+        .run(move |conn| {
+            let written = crate::sqlite_writer::write(conn, &news, &shas, &order);
+            (news, written)
+        })
+        .await;
+    drop(turn);
+    if std::env::var_os("DBG_INBOX").is_some() { eprintln!("DBG n={count} wait={:?} run={:?}", t1-t0, t1.elapsed()); }
+    let error = match done {
+        Ok((news, Ok(written))) => {
+            if crate::sqlite_writer::enqueues(&written) {
+                store.jobs_signal().notify_waiters();
+            }
+            return answers(news.iter(), written);
+        }
+        Ok((_, Err(err))) => err.to_string(),
+        Err(err) => err.to_string(),
+    };
+    (0..count)
+        .map(|_| Err(StoreError::GroupCommit(error.clone())))
+        .collect()
 }
 
 /// Writes a batch in one transaction, in a few statements
@@ -211,21 +280,8 @@ async fn write_batch(
             .map(|_| Err(StoreError::GroupCommit(err.to_string())))
             .collect()
     };
-    // In the order of the advisory locks taken on PostgreSQL, so that two
-    // servers' batches never wait on each other in a cycle.
-    let shas: Vec<String> = batch
-        .iter()
-        .map(|(new, _)| hex(&Sha256::digest(&new.body)))
-        .collect();
-    let mut order: Vec<(String, usize)> = batch
-        .iter()
-        .zip(&shas)
-        .enumerate()
-        .map(|(index, ((new, _), sha))| (format!("{}:{sha}", new.integration_id), index))
-        .collect();
-    order.sort();
+    let (shas, indexes) = shas_and_order(batch.iter().map(|(new, _)| new));
     let news: Vec<&NewDelivery> = batch.iter().map(|(new, _)| new).collect();
-    let indexes: Vec<usize> = order.iter().map(|(_, index)| *index).collect();
     let together = async {
         let mut tx = store.begin().await?;
         let written = crate::group_commit::write(&mut tx, &news, &shas, &indexes).await?;
@@ -233,7 +289,7 @@ async fn write_batch(
         Ok::<_, StoreError>(written)
     };
     match together.await {
-        Ok(written) => return written.into_iter().map(Ok).collect(),
+        Ok(written) => return answers(batch.iter().map(|(new, _)| new), written),
         Err(StoreError::Database(err)) if is_unique_violation(&err) => {}
         Err(err) => return failed(&err),
     }
@@ -263,6 +319,23 @@ async fn write_batch(
         Ok(()) => outcomes.into_iter().flatten().collect(),
         Err(err) => failed(&err),
     }
+}
+
+/// Each delivery's answer from what a group commit wrote: `None` where its
+/// integration does not exist.
+pub(crate) fn answers<'a>(
+    batch: impl Iterator<Item = &'a NewDelivery>,
+    written: Vec<Option<(String, Status)>>,
+) -> Vec<Result<(String, Status), StoreError>> {
+    batch
+        .zip(written)
+        .map(|(new, one)| {
+            one.ok_or_else(|| StoreError::NotFound {
+                what: "GitLab integration",
+                id: new.integration_id.clone(),
+            })
+        })
+        .collect()
 }
 
 /// How a delivery is stored: its status and, unless it is accepted, the
@@ -487,6 +560,35 @@ pub async fn with_body(
     .fetch_optional(conn)
     .await?;
     Ok(row.map(|row| (row.delivery, row.body)))
+}
+
+/// The deliveries of `ids` that exist, with their bodies (`None` once
+/// pruned), in one statement.
+pub async fn with_bodies(
+    conn: &mut Conn,
+    ids: &[&str],
+) -> Result<Vec<(Delivery, Option<Vec<u8>>)>, StoreError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    #[derive(FromRow)]
+    struct WithBody {
+        #[sqlx(flatten)]
+        delivery: Delivery,
+        body: Option<Vec<u8>>,
+    }
+    // Numbered for both databases: a batch is a few dozen ids.
+    let list: Vec<String> = (1..=ids.len()).map(|n| format!("${n}")).collect();
+    let sql = format!(
+        "SELECT {COLUMNS}, body FROM deliveries WHERE id IN ({})",
+        list.join(", ")
+    );
+    let mut query = sqlx::query_as::<_, WithBody>(&sql);
+    for id in ids {
+        query = query.bind(*id);
+    }
+    let rows = query.fetch_all(conn).await?;
+    Ok(rows.into_iter().map(|row| (row.delivery, row.body)).collect())
 }
 
 /// What processing found.

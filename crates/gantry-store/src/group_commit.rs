@@ -10,7 +10,7 @@
 //! the other; a key that another server stored meanwhile fails the batch
 //! on the unique index, and the caller writes it again one by one.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::deliveries::{NewDelivery, PROCESS_JOB, SAME_BODY_WINDOW, Status, Stored, Verdict};
 use crate::jobs::DEFAULT_MAX_ATTEMPTS;
@@ -18,27 +18,28 @@ use crate::params::{numbered, values};
 use crate::{Backend, StoreError, Tx};
 
 /// An accepted delivery a new one may repeat.
-struct Accepted {
-    id: String,
-    key: Option<String>,
-    sha: String,
-    received_at: i64,
+pub(crate) struct Accepted {
+    pub id: String,
+    pub key: Option<String>,
+    pub sha: String,
+    pub received_at: i64,
 }
 
 /// What becomes of one delivery of the batch.
-struct Decided {
-    id: String,
-    stored: Stored,
+pub(crate) struct Decided {
+    pub id: String,
+    pub stored: Stored,
 }
 
 /// Writes `batch` (with each body's SHA-256, hex) in `tx`; each delivery's
-/// id and status, in the batch's order.
+/// id and status, in the batch's order, or `None` where its integration
+/// does not exist (it was deleted since its secret was checked).
 pub(crate) async fn write(
     tx: &mut Tx,
     batch: &[&NewDelivery],
     shas: &[String],
     order: &[usize],
-) -> Result<Vec<(String, Status)>, StoreError> {
+) -> Result<Vec<Option<(String, Status)>>, StoreError> {
     let backend = tx.backend();
     if backend == Backend::Postgres {
         // Serialises identical bodies across servers, in one order.
@@ -53,44 +54,19 @@ pub(crate) async fn write(
         }
         lock.execute(&mut **tx).await?;
     }
+    let gone = missing_integrations(tx, batch).await?;
     let mut known = earlier(tx, batch, shas).await?;
-    let mut decided: Vec<Option<Decided>> = batch.iter().map(|_| None).collect();
-    for &index in order {
-        let new = batch[index];
-        let sha = &shas[index];
-        let id = uuid::Uuid::now_v7().to_string();
-        let stored = match Stored::of_verdict(&new.verdict) {
-            Some(stored) => stored,
-            None => {
-                let accepted = known.entry(new.integration_id.clone()).or_default();
-                let since = new.received_at.0 - SAME_BODY_WINDOW.as_millis() as i64;
-                let by_key = new
-                    .idempotency_key
-                    .as_ref()
-                    .and_then(|key| accepted.iter().find(|a| a.key.as_ref() == Some(key)));
-                let original = match by_key {
-                    Some(a) => Some((a.id.clone(), "same Idempotency-Key")),
-                    None => accepted
-                        .iter()
-                        .find(|a| &a.sha == sha && a.received_at > since)
-                        .map(|a| (a.id.clone(), "same body within 24 hours")),
-                };
-                match original {
-                    Some((original, why)) => Stored::duplicate(original, why),
-                    None => {
-                        accepted.push(Accepted {
-                            id: id.clone(),
-                            key: new.idempotency_key.clone(),
-                            sha: sha.clone(),
-                            received_at: new.received_at.0,
-                        });
-                        Stored::accepted()
-                    }
-                }
-            }
-        };
-        decided[index] = Some(Decided { id, stored });
+    let decided = decide(batch, shas, order, &mut known, &gone);
+    let kept: Vec<usize> = (0..batch.len()).filter(|&i| decided[i].is_some()).collect();
+    let answers = decided
+        .iter()
+        .map(|one| one.as_ref().map(|one| (one.id.clone(), one.stored.status)))
+        .collect();
+    if kept.is_empty() {
+        return Ok(answers);
     }
+    let batch: Vec<&NewDelivery> = kept.iter().map(|&i| batch[i]).collect();
+    let shas: Vec<&String> = kept.iter().map(|&i| &shas[i]).collect();
     let decided: Vec<_> = decided.into_iter().flatten().collect();
 
     let sql = format!(
@@ -158,9 +134,90 @@ pub(crate) async fn write(
         insert.execute(&mut **tx).await?;
         tx.enqueued = true;
     }
-    Ok(decided
+    Ok(answers)
+}
+
+/// Decides each delivery of `batch`, in `order`, against the accepted
+/// deliveries `known` by integration (which it extends with the batch's
+/// own): accepted, a duplicate, or what its verdict says. `None` for a
+/// delivery whose integration is `gone`.
+pub(crate) fn decide(
+    batch: &[&NewDelivery],
+    shas: &[String],
+    order: &[usize],
+    known: &mut HashMap<String, Vec<Accepted>>,
+    gone: &HashSet<String>,
+) -> Vec<Option<Decided>> {
+    let mut decided: Vec<Option<Decided>> = batch.iter().map(|_| None).collect();
+    for &index in order {
+        let new = batch[index];
+        if gone.contains(&new.integration_id) {
+            continue;
+        }
+        let sha = &shas[index];
+        let id = uuid::Uuid::now_v7().to_string();
+        let stored = match Stored::of_verdict(&new.verdict) {
+            Some(stored) => stored,
+            None => {
+                let accepted = known.entry(new.integration_id.clone()).or_default();
+                let since = new.received_at.0 - SAME_BODY_WINDOW.as_millis() as i64;
+                let by_key = new
+                    .idempotency_key
+                    .as_ref()
+                    .and_then(|key| accepted.iter().find(|a| a.key.as_ref() == Some(key)));
+                let original = match by_key {
+                    Some(a) => Some((a.id.clone(), "same Idempotency-Key")),
+                    None => accepted
+                        .iter()
+                        .find(|a| &a.sha == sha && a.received_at > since)
+                        .map(|a| (a.id.clone(), "same body within 24 hours")),
+                };
+                match original {
+                    Some((original, why)) => Stored::duplicate(original, why),
+                    None => {
+                        accepted.push(Accepted {
+                            id: id.clone(),
+                            key: new.idempotency_key.clone(),
+                            sha: sha.clone(),
+                            received_at: new.received_at.0,
+                        });
+                        Stored::accepted()
+                    }
+                }
+            }
+        };
+        decided[index] = Some(Decided { id, stored });
+    }
+    decided
+}
+
+/// The integrations of `batch` that do not exist.
+async fn missing_integrations(
+    tx: &mut Tx,
+    batch: &[&NewDelivery],
+) -> Result<HashSet<String>, StoreError> {
+    let mut ids: Vec<&str> = batch.iter().map(|new| new.integration_id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let sql = format!(
+        "SELECT id FROM integrations WHERE id IN ({})",
+        values(ids.len(), "?")
+    );
+    let sql = numbered(tx.backend(), &sql);
+    let mut query = sqlx::query_as::<_, (String,)>(&sql);
+    for id in &ids {
+        query = query.bind(*id);
+    }
+    let present: HashSet<String> = query
+        .fetch_all(&mut **tx)
+        .await?
         .into_iter()
-        .map(|one| (one.id, one.stored.status))
+        .map(|(id,)| id)
+        .collect();
+    Ok(ids
+        .into_iter()
+        .filter(|id| !present.contains(*id))
+        .map(str::to_owned)
         .collect())
 }
 

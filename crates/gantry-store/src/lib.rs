@@ -26,6 +26,7 @@ mod row;
 pub mod runs;
 pub mod sessions;
 pub mod spaces;
+mod sqlite_writer;
 pub mod stacks;
 mod store;
 #[cfg(feature = "testing")]

@@ -76,6 +76,8 @@ pub struct Store {
 struct Inner {
     pool: AnyPool,
     backend: Backend,
+    /// The database file, on SQLite.
+    sqlite_path: Option<std::path::PathBuf>,
     /// SQLite allows one writer: transactions of this process queue here,
     /// in order, instead of meeting SQLite's busy handler, which sleeps.
     write_lock: Arc<tokio::sync::Mutex<()>>,
@@ -131,6 +133,14 @@ impl Store {
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(options)
             .await?;
+        let sqlite_path = match backend {
+            Backend::Sqlite => Some(
+                sqlx::sqlite::SqliteConnectOptions::from_str(url)?
+                    .get_filename()
+                    .to_owned(),
+            ),
+            Backend::Postgres => None,
+        };
         let jobs_signal = Arc::new(Notify::new());
         let outbox_signal = Arc::new(Notify::new());
         let listener = match backend {
@@ -143,6 +153,7 @@ impl Store {
             inner: Arc::new(Inner {
                 pool,
                 backend,
+                sqlite_path,
                 write_lock: Arc::new(tokio::sync::Mutex::new(())),
                 jobs_signal,
                 outbox_signal,
@@ -210,6 +221,17 @@ impl Store {
             outbox_signal: self.inner.outbox_signal.clone(),
             wrote_outbox: false,
         })
+    }
+
+    /// The database file, on SQLite.
+    pub(crate) fn sqlite_path(&self) -> Option<&std::path::Path> {
+        self.inner.sqlite_path.as_deref()
+    }
+
+    /// Waits for this process's turn to write to SQLite (what [`Self::begin`]
+    /// takes first); held until the guard is dropped.
+    pub(crate) async fn lock_writes(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        self.inner.write_lock.clone().lock_owned().await
     }
 
     /// Woken by every commit in this process that recorded writes to

@@ -46,7 +46,7 @@ async fn jobs_of(db: &TestStore, id: &str) -> i64 {
 
 async fn a_group_commit_decides_as_one_by_one(db: TestStore) {
     crate::runs::setup(&db).await;
-    let inbox = Inbox::spawn(db.store.clone());
+    let inbox = Inbox::spawn(db.store.clone()).expect("inbox");
     let sent = [
         delivery(Some("k1"), "body x", Verdict::Supported),
         delivery(Some("k1"), "body y", Verdict::Supported),

@@ -1,0 +1,190 @@
+//! The inbox's group commit on SQLite, on a connection and a thread of its
+//! own. sqlx runs every SQLite statement on its connection's thread and
+//! wakes the caller with each answer: a few thread hops per statement,
+//! which cost more than the statements themselves. Here the whole batch,
+//! from `BEGIN IMMEDIATE` to `COMMIT`, runs on the writer's thread with
+//! cached prepared statements, so a group commit is one hop there and one
+//! back. Its transactions still take the store's write lock first, so
+//! they queue with the other writers of this process in order.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::mpsc;
+
+use rusqlite::{Connection, OptionalExtension as _, TransactionBehavior, params};
+use tokio::sync::oneshot;
+
+use crate::StoreError;
+use crate::deliveries::{NewDelivery, PROCESS_JOB, SAME_BODY_WINDOW, Status, Verdict};
+use crate::group_commit::{Accepted, decide};
+use crate::jobs::DEFAULT_MAX_ATTEMPTS;
+
+type Work = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// A SQLite connection owned by a thread, which runs what it is sent in
+/// order. The thread ends when the writer is dropped.
+pub(crate) struct Writer {
+    work: mpsc::Sender<Work>,
+}
+
+impl Writer {
+    /// Opens `path` with the settings of the store's own connections.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let failed = |err: rusqlite::Error| {
+            StoreError::GroupCommit(format!("cannot open {} for the inbox: {err}", path.display()))
+        };
+        let mut conn = Connection::open(path).map_err(failed)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+             PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
+        )
+        .map_err(failed)?;
+        let (work, jobs) = mpsc::channel::<Work>();
+        std::thread::Builder::new()
+            .name("gantry-inbox".to_owned())
+            .spawn(move || {
+                for job in jobs {
+                    job(&mut conn);
+                }
+            })
+            .map_err(|err| StoreError::GroupCommit(format!("cannot start the inbox thread: {err}")))?;
+        Ok(Self { work })
+    }
+
+    /// Runs `f` on the writer's thread and returns what it returns.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> T + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.work
+            .send(Box::new(move |conn| {
+                let _ = reply.send(f(conn));
+            }))
+            .map_err(|_| StoreError::WriterClosed)?;
+        answer.await.map_err(|_| StoreError::WriterClosed)
+    }
+}
+
+/// Writes `batch` (with each body's SHA-256, hex) in one transaction, as
+/// [`crate::group_commit::write`] does on sqlx: each delivery's id and
+/// status in the batch's order, `None` where its integration is gone.
+pub(crate) fn write(
+    conn: &mut Connection,
+    batch: &[NewDelivery],
+    shas: &[String],
+    order: &[usize],
+) -> rusqlite::Result<Vec<Option<(String, Status)>>> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut gone = HashSet::new();
+    {
+        let mut exists = tx.prepare_cached("SELECT 1 FROM integrations WHERE id = ?1")?;
+        for new in batch {
+            let id = &new.integration_id;
+            if !gone.contains(id) && !exists.exists([id])? {
+                gone.insert(id.clone());
+            }
+        }
+    }
+    let mut known: HashMap<String, Vec<Accepted>> = HashMap::new();
+    {
+        // One indexed lookup per rule and delivery: no round trips here.
+        let mut by_key = tx.prepare_cached(
+            "SELECT id, idempotency_key, body_sha256, received_at FROM deliveries \
+             WHERE integration_id = ?1 AND idempotency_key = ?2 AND status = 'accepted' \
+               AND idempotency_key IS NOT NULL",
+        )?;
+        let mut by_body = tx.prepare_cached(
+            "SELECT id, idempotency_key, body_sha256, received_at FROM deliveries \
+             WHERE integration_id = ?1 AND body_sha256 = ?2 AND status = 'accepted' AND received_at > ?3 \
+             LIMIT 1",
+        )?;
+        let accepted = |row: &rusqlite::Row<'_>| {
+            Ok(Accepted {
+                id: row.get(0)?,
+                key: row.get(1)?,
+                sha: row.get(2)?,
+                received_at: row.get(3)?,
+            })
+        };
+        for (new, sha) in batch.iter().zip(shas) {
+            if !matches!(new.verdict, Verdict::Supported) || gone.contains(&new.integration_id) {
+                continue;
+            }
+            let since = new.received_at.0 - SAME_BODY_WINDOW.as_millis() as i64;
+            let found = [
+                match &new.idempotency_key {
+                    Some(key) => by_key
+                        .query_row(params![new.integration_id, key], accepted)
+                        .optional()?,
+                    None => None,
+                },
+                by_body
+                    .query_row(params![new.integration_id, sha, since], accepted)
+                    .optional()?,
+            ];
+            known
+                .entry(new.integration_id.clone())
+                .or_default()
+                .extend(found.into_iter().flatten());
+        }
+    }
+    let refs: Vec<&NewDelivery> = batch.iter().collect();
+    let decided = decide(&refs, shas, order, &mut known, &gone);
+    {
+        let mut delivery = tx.prepare_cached(
+            "INSERT INTO deliveries (id, integration_id, event, status, body, body_sha256, idempotency_key, \
+                 event_uuid, webhook_uuid, instance, user_agent, duplicate_of, outcome, error, received_at, processed_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+        )?;
+        let mut job = tx.prepare_cached(
+            "INSERT INTO jobs (kind, payload, idempotency_key, state, attempts, max_attempts, run_at, created_at, updated_at) \
+             VALUES (?1, ?2, ?3, 'queued', 0, ?4, ?5, ?5, ?5) ON CONFLICT (idempotency_key) DO NOTHING",
+        )?;
+        for ((new, sha), one) in batch.iter().zip(shas).zip(&decided) {
+            let Some(one) = one else { continue };
+            let accepted = one.stored.status == Status::Accepted;
+            let at = new.received_at.0;
+            delivery.execute(params![
+                one.id,
+                new.integration_id,
+                new.event,
+                one.stored.status.as_str(),
+                new.body,
+                sha,
+                new.idempotency_key,
+                new.event_uuid,
+                new.webhook_uuid,
+                new.instance,
+                new.user_agent,
+                one.stored.duplicate_of,
+                one.stored.outcome,
+                one.stored.error,
+                at,
+                (!accepted).then_some(at),
+            ])?;
+            if accepted {
+                job.execute(params![
+                    PROCESS_JOB,
+                    serde_json::json!({ "delivery": one.id }).to_string(),
+                    format!("{PROCESS_JOB}:{}", one.id),
+                    i64::from(DEFAULT_MAX_ATTEMPTS),
+                    at,
+                ])?;
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(decided
+        .into_iter()
+        .map(|one| one.map(|one| (one.id, one.stored.status)))
+        .collect())
+}
+
+/// Whether a written batch holds a delivery that became a job.
+pub(crate) fn enqueues(written: &[Option<(String, Status)>]) -> bool {
+    written
+        .iter()
+        .flatten()
+        .any(|(_, status)| *status == Status::Accepted)
+}
