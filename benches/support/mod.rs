@@ -47,7 +47,10 @@ pub async fn start(flags: &[&str], name: &str, default: bool) -> Bench {
         ])
         .arg(&data)
         .args(flags)
-        .env("GANTRY_LOG", std::env::var("BENCH_GANTRY_LOG").unwrap_or_else(|_| "warn".into()))
+        .env(
+            "GANTRY_LOG",
+            std::env::var("BENCH_GANTRY_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)

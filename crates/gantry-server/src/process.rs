@@ -518,7 +518,10 @@ async fn process_batch(processor: &Processor, batch: &[ClaimedJob], lease_for: D
         }
     };
     // The batch's deliveries in one read, and each project's stacks once.
-    let ids: Vec<&str> = batch.iter().filter_map(|job| delivery_of(job).ok()).collect();
+    let ids: Vec<&str> = batch
+        .iter()
+        .filter_map(|job| delivery_of(job).ok())
+        .collect();
     let mut read = match read_all(&processor.store, &ids).await {
         Ok(read) => read,
         Err(error) => {
@@ -531,9 +534,7 @@ async fn process_batch(processor: &Processor, batch: &[ClaimedJob], lease_for: D
     let deciding: Vec<_> = batch
         .iter()
         .map(|job| {
-            let delivery = delivery_of(job)
-                .ok()
-                .and_then(|id| read.remove(id));
+            let delivery = delivery_of(job).ok().and_then(|id| read.remove(id));
             decide_one(processor, job, delivery, &stacks)
         })
         .collect();
@@ -620,8 +621,12 @@ impl ProjectStacks {
         Ok(found)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<(String, i64), Vec<Stack>>> {
-        self.read.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<(String, i64), Vec<Stack>>> {
+        self.read
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 

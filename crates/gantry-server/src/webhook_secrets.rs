@@ -107,7 +107,10 @@ impl WebhookSecrets {
     }
 
     fn fresh(&self, id: &str) -> Option<Arc<[Accepted]>> {
-        let entries = self.entries.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let entries = self
+            .entries
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         entries
             .get(id)
             .filter(|entry| entry.read_at.elapsed() < Self::TTL)
@@ -115,7 +118,9 @@ impl WebhookSecrets {
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Entry>> {
-        self.entries.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.entries
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 

@@ -239,9 +239,7 @@ async fn write_on_sqlite(
 ) -> Vec<Result<(String, Status), StoreError>> {
     let count = news.len();
     let (shas, order) = shas_and_order(news.iter());
-    let t0 = std::time::Instant::now();
     let turn = store.lock_writes().await;
-    let t1 = std::time::Instant::now();
     let done = writer
         .run(move |conn| {
             let written = crate::sqlite_writer::write(conn, &news, &shas, &order);
@@ -249,7 +247,6 @@ async fn write_on_sqlite(
         })
         .await;
     drop(turn);
-    if std::env::var_os("DBG_INBOX").is_some() { eprintln!("DBG n={count} wait={:?} run={:?}", t1-t0, t1.elapsed()); }
     let error = match done {
         Ok((news, Ok(written))) => {
             if crate::sqlite_writer::enqueues(&written) {
@@ -588,7 +585,10 @@ pub async fn with_bodies(
         query = query.bind(*id);
     }
     let rows = query.fetch_all(conn).await?;
-    Ok(rows.into_iter().map(|row| (row.delivery, row.body)).collect())
+    Ok(rows
+        .into_iter()
+        .map(|row| (row.delivery, row.body))
+        .collect())
 }
 
 /// What processing found.

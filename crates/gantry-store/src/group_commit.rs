@@ -196,7 +196,10 @@ async fn missing_integrations(
     tx: &mut Tx,
     batch: &[&NewDelivery],
 ) -> Result<HashSet<String>, StoreError> {
-    let mut ids: Vec<&str> = batch.iter().map(|new| new.integration_id.as_str()).collect();
+    let mut ids: Vec<&str> = batch
+        .iter()
+        .map(|new| new.integration_id.as_str())
+        .collect();
     ids.sort_unstable();
     ids.dedup();
     let sql = format!(

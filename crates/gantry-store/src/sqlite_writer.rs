@@ -31,7 +31,10 @@ impl Writer {
     /// Opens `path` with the settings of the store's own connections.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let failed = |err: rusqlite::Error| {
-            StoreError::GroupCommit(format!("cannot open {} for the inbox: {err}", path.display()))
+            StoreError::GroupCommit(format!(
+                "cannot open {} for the inbox: {err}",
+                path.display()
+            ))
         };
         let mut conn = Connection::open(path).map_err(failed)?;
         conn.execute_batch(
@@ -47,7 +50,9 @@ impl Writer {
                     job(&mut conn);
                 }
             })
-            .map_err(|err| StoreError::GroupCommit(format!("cannot start the inbox thread: {err}")))?;
+            .map_err(|err| {
+                StoreError::GroupCommit(format!("cannot start the inbox thread: {err}"))
+            })?;
         Ok(Self { work })
     }
 

@@ -58,8 +58,12 @@ pub async fn receive(
         .await
         .map_err(|err| {
             tracing::error!(integration.id = %id, error = %err, "cannot check a webhook secret");
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the server cannot check the secret")
-                .into_response()
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the server cannot check the secret",
+            )
+            .into_response()
         })?;
     match verdict {
         Authenticity::Authentic => {}
@@ -161,7 +165,10 @@ pub async fn receive(
 }
 
 fn unknown(id: &str) -> Response {
-    ApiError::not_found(format!("no GitLab integration {id:?}; check the hook's URL")).into_response()
+    ApiError::not_found(format!(
+        "no GitLab integration {id:?}; check the hook's URL"
+    ))
+    .into_response()
 }
 
 fn error(err: StoreError) -> Response {

@@ -17,6 +17,7 @@ on_both_databases!(
     bad_input_gets_clear_answers_and_stores_nothing_it_should_not,
     duplicates_by_key_and_by_body,
     old_and_new_secrets_during_a_rotation,
+    secrets_kept_in_memory_follow_changes_made_by_another_server,
     the_delivery_log_filters_pages_and_replays,
     retention_prunes_bodies_and_keeps_the_summary,
 );
@@ -428,6 +429,79 @@ async fn old_and_new_secrets_during_a_rotation(db: Db) {
         StatusCode::OK
     );
     app.stop().await;
+}
+
+/// Server A checks deliveries against the secrets it keeps in memory;
+/// server B, on the same database, rotates the secret and later deletes
+/// the integration. A takes the new secret at once (a token its memory
+/// refuses is checked again against the database), and a delivery for the
+/// deleted integration is 404 and stored nowhere, though A still held its
+/// secret.
+async fn secrets_kept_in_memory_follow_changes_made_by_another_server(db: Db) {
+    let a = TestApp::start(&db).await;
+    let b = TestApp::start(&db).await;
+    let hooked = a.hooked("Main").await;
+    let send = async |secret: &str, after: &str| {
+        a.webhook(&hooked.url, &headers("Push Hook", secret), push(1, after))
+            .await
+    };
+    assert_eq!(send(&hooked.secret, "c1").await.0, StatusCode::OK);
+    let (status, rotated) = b
+        .call(
+            Method::POST,
+            &format!(
+                "/api/v1/integrations/gitlab/{}/webhook-secret/rotate",
+                hooked.id
+            ),
+            Some(&b.admin),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{rotated}");
+    let new = rotated["webhook_secret"].as_str().expect("secret");
+    assert_eq!(
+        send(new, "c2").await.0,
+        StatusCode::OK,
+        "the new secret works at once"
+    );
+    assert_eq!(
+        send(&hooked.secret, "c3").await.0,
+        StatusCode::OK,
+        "the old one in its grace period"
+    );
+    assert_eq!(
+        send("not-the-secret", "c4").await.0,
+        StatusCode::UNAUTHORIZED
+    );
+
+    let (status, deleted) = b
+        .delete(
+            &format!("/api/v1/integrations/gitlab/{}", hooked.id),
+            &b.admin,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{deleted}");
+    let answer = send(new, "c5").await;
+    assert_error(&answer, StatusCode::NOT_FOUND, "not_found", &hooked.id);
+    let (stored,): (i64,) =
+        sqlx::query_as("SELECT COUNT(*) FROM deliveries WHERE integration_id = $1")
+            .bind(&hooked.id)
+            .fetch_one(a.store().pool())
+            .await
+            .expect("count");
+    assert_eq!(stored, 0, "nothing stored for a deleted integration");
+    // A's other integrations are not held up by it.
+    let other = a.hooked("Other").await;
+    let answer = a
+        .webhook(
+            &other.url,
+            &headers("Push Hook", &other.secret),
+            push(1, "c6"),
+        )
+        .await;
+    assert_eq!(answer.0, StatusCode::OK, "{}", answer.1);
+    b.stop().await;
+    a.stop().await;
 }
 
 async fn the_delivery_log_filters_pages_and_replays(db: Db) {

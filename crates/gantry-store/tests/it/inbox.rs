@@ -10,7 +10,11 @@ use gantry_store::testing::TestStore;
 
 use gantry_store::on_both_databases;
 
-on_both_databases!(TestStore; a_group_commit_decides_as_one_by_one);
+on_both_databases!(
+    TestStore;
+    a_group_commit_decides_as_one_by_one,
+    a_delivery_for_a_missing_integration_is_refused_alone,
+);
 
 fn delivery(key: Option<&str>, body: &str, verdict: Verdict) -> NewDelivery {
     NewDelivery {
@@ -143,4 +147,46 @@ async fn a_group_commit_decides_as_one_by_one(db: TestStore) {
         .await
         .expect("stored");
     assert_eq!(fresh.1, Status::Accepted);
+}
+
+/// The webhook handler checks secrets from memory, so a delivery can reach
+/// the inbox after its integration was deleted: it is refused as not
+/// found, and the rest of its group commit is stored.
+async fn a_delivery_for_a_missing_integration_is_refused_alone(db: TestStore) {
+    crate::runs::setup(&db).await;
+    let inbox = Inbox::spawn(db.store.clone()).expect("inbox");
+    let mut gone = delivery(Some("g1"), "body g", Verdict::Supported);
+    gone.integration_id = "deleted".into();
+    let sent = [
+        delivery(Some("m1"), "body m", Verdict::Supported),
+        gone,
+        delivery(Some("m2"), "body n", Verdict::Supported),
+    ];
+    let waiting: Vec<_> = sent
+        .into_iter()
+        .map(|new| {
+            let inbox = inbox.clone();
+            tokio::spawn(async move { inbox.receive(new).await })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for waiting in waiting {
+        answers.push(waiting.await.expect("joined"));
+    }
+    assert!(
+        matches!(&answers[1], Err(gantry_store::StoreError::NotFound { id, .. }) if id == "deleted"),
+        "{:?}",
+        answers[1]
+    );
+    for answer in [&answers[0], &answers[2]] {
+        let (id, status) = answer.as_ref().expect("stored");
+        assert_eq!(*status, Status::Accepted);
+        assert_eq!(jobs_of(&db, id).await, 1);
+    }
+    let (stored,): (i64,) =
+        sqlx::query_as("SELECT COUNT(*) FROM deliveries WHERE integration_id = 'deleted'")
+            .fetch_one(db.store.pool())
+            .await
+            .expect("count");
+    assert_eq!(stored, 0);
 }
