@@ -151,7 +151,7 @@ pub async fn start(
         config: Arc::new(config),
         metrics: Arc::new(Metrics::new(&gitlab_metrics)),
         keyring: keyring.clone(),
-        inbox: gantry_store::deliveries::Inbox::spawn(store.clone())?,
+        inbox: gantry_store::deliveries::Inbox::spawn(store.clone()),
         webhook_secrets: Default::default(),
         runs_signal: Arc::new(tokio::sync::Notify::new()),
         logs_signal: Arc::new(tokio::sync::Notify::new()),

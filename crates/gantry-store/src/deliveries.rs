@@ -161,15 +161,11 @@ pub struct Inbox {
 
 impl Inbox {
     /// Starts the writer task; it ends when every `Inbox` clone is dropped.
-    /// On SQLite the batches are written on a connection of their own.
-    pub fn spawn(store: Store) -> Result<Self, StoreError> {
-        let writer = match store.sqlite_path() {
-            Some(path) => Some(crate::sqlite_writer::Writer::open(path)?),
-            None => None,
-        };
+    /// On SQLite the batches are written on the store's writer connection.
+    pub fn spawn(store: Store) -> Self {
         let (sender, receiver) = mpsc::channel(4 * BATCH);
-        tokio::spawn(write_batches(store, writer, receiver));
-        Ok(Self { sender })
+        tokio::spawn(write_batches(store, receiver));
+        Self { sender }
     }
 
     /// Stores a delivery (see [`receive`]) as part of the next group commit.
@@ -183,14 +179,10 @@ impl Inbox {
     }
 }
 
-async fn write_batches(
-    store: Store,
-    writer: Option<crate::sqlite_writer::Writer>,
-    mut receiver: mpsc::Receiver<(NewDelivery, Reply)>,
-) {
+async fn write_batches(store: Store, mut receiver: mpsc::Receiver<(NewDelivery, Reply)>) {
     let mut batch = Vec::with_capacity(BATCH);
     while receiver.recv_many(&mut batch, BATCH).await > 0 {
-        if let Some(writer) = &writer {
+        if let Some(writer) = store.sqlite_writer() {
             let (news, replies): (Vec<_>, Vec<_>) = batch.drain(..).unzip();
             let outcomes = write_on_sqlite(&store, writer, news).await;
             for (reply, outcome) in replies.into_iter().zip(outcomes) {

@@ -174,22 +174,45 @@ pub async fn claim_many(
     now: Millis,
     limit: u32,
 ) -> Result<Vec<ClaimedJob>, StoreError> {
+    let token = uuid_like_token();
+    let claimed = match store.sqlite_writer() {
+        Some(writer) => {
+            let claim = crate::sqlite_writer::Claim {
+                kinds: kinds.iter().map(|kind| (*kind).to_owned()).collect(),
+                owner: owner.to_owned(),
+                token: token.clone(),
+                expires_at: now.plus(lease_for).0,
+                now: now.0,
+                limit: i64::from(limit),
+            };
+            let _turn = store.lock_writes().await;
+            writer
+                .run(move |conn| crate::sqlite_writer::claim(conn, &claim))
+                .await??
+        }
+        None => claim_on_sqlx(store, owner, &token, lease_for, now, limit, kinds).await?,
+    };
+    claimed_jobs(claimed, &token)
+}
+
+#[expect(clippy::too_many_arguments, reason = "the claim's parts, as bound")]
+async fn claim_on_sqlx(
+    store: &Store,
+    owner: &str,
+    token: &str,
+    lease_for: Duration,
+    now: Millis,
+    limit: u32,
+    kinds: &[&str],
+) -> Result<Vec<crate::sqlite_writer::ClaimedRow>, StoreError> {
     let lock = match store.backend() {
         Backend::Postgres => "FOR UPDATE SKIP LOCKED",
         Backend::Sqlite => "",
     };
-    let sql = format!(
-        "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_owner = $1, lease_token = $2, \
-             lease_expires_at = $3, updated_at = $4 \
-         WHERE id IN (SELECT id FROM jobs WHERE state = 'queued' AND run_at <= $4 AND kind IN ({kinds}) \
-                      ORDER BY run_at, id LIMIT $5 {lock}) \
-         RETURNING id, kind, payload, attempts, max_attempts",
-        kinds = placeholders(6, kinds.len()),
-    );
-    let token = uuid_like_token();
+    let sql = claim_sql('$', kinds.len(), lock);
     let mut query = sqlx::query_as::<_, (i64, String, String, i64, i64)>(&sql)
         .bind(owner)
-        .bind(&token)
+        .bind(token)
         .bind(now.plus(lease_for).0)
         .bind(now.0)
         .bind(i64::from(limit));
@@ -198,8 +221,30 @@ pub async fn claim_many(
     }
     // In a transaction, so SQLite writers of this process take turns.
     let mut tx = store.begin().await?;
-    let mut claimed = query.fetch_all(&mut *tx).await?;
+    let claimed = query.fetch_all(&mut *tx).await?;
     tx.commit().await?;
+    Ok(claimed)
+}
+
+/// The claim: parameters 1 to 5 are owner, token, lease end, now and
+/// limit, then the kinds; numbered after `mark` (`$` for sqlx, `?` for
+/// rusqlite); `lock` locks the claimed rows where the database can.
+pub(crate) fn claim_sql(mark: char, kinds: usize, lock: &str) -> String {
+    let kinds: Vec<String> = (6..6 + kinds).map(|n| format!("{mark}{n}")).collect();
+    format!(
+        "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_owner = {mark}1, lease_token = {mark}2, \
+             lease_expires_at = {mark}3, updated_at = {mark}4 \
+         WHERE id IN (SELECT id FROM jobs WHERE state = 'queued' AND run_at <= {mark}4 AND kind IN ({kinds}) \
+                      ORDER BY run_at, id LIMIT {mark}5 {lock}) \
+         RETURNING id, kind, payload, attempts, max_attempts",
+        kinds = kinds.join(", ")
+    )
+}
+
+fn claimed_jobs(
+    mut claimed: Vec<crate::sqlite_writer::ClaimedRow>,
+    token: &str,
+) -> Result<Vec<ClaimedJob>, StoreError> {
     claimed.sort_by_key(|(job_id, ..)| *job_id);
     claimed
         .into_iter()
@@ -217,7 +262,7 @@ pub async fn claim_many(
                 payload: fields.json("payload", &payload)?,
                 lease: Lease {
                     job_id,
-                    token: token.clone(),
+                    token: token.to_owned(),
                     attempt: count("attempts", attempts)?,
                     max_attempts: count("max_attempts", max_attempts)?,
                 },

@@ -50,6 +50,9 @@ pub enum StoreError {
     /// The group commit that held a delivery failed.
     #[error("the group commit of deliveries failed: {0}")]
     GroupCommit(String),
+    /// A statement on SQLite's own writer connection failed.
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
 }
 
 /// A row that did not parse (see `row::Corrupt`) is named as such; any
@@ -76,8 +79,9 @@ pub struct Store {
 struct Inner {
     pool: AnyPool,
     backend: Backend,
-    /// The database file, on SQLite.
-    sqlite_path: Option<std::path::PathBuf>,
+    /// On SQLite, the connection of the inbox's group commits and the job
+    /// claims (`sqlite_writer`).
+    writer: Option<crate::sqlite_writer::Writer>,
     /// SQLite allows one writer: transactions of this process queue here,
     /// in order, instead of meeting SQLite's busy handler, which sleeps.
     write_lock: Arc<tokio::sync::Mutex<()>>,
@@ -133,12 +137,10 @@ impl Store {
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(options)
             .await?;
-        let sqlite_path = match backend {
-            Backend::Sqlite => Some(
-                sqlx::sqlite::SqliteConnectOptions::from_str(url)?
-                    .get_filename()
-                    .to_owned(),
-            ),
+        let writer = match backend {
+            Backend::Sqlite => Some(crate::sqlite_writer::Writer::open(
+                sqlx::sqlite::SqliteConnectOptions::from_str(url)?.get_filename(),
+            )?),
             Backend::Postgres => None,
         };
         let jobs_signal = Arc::new(Notify::new());
@@ -153,7 +155,7 @@ impl Store {
             inner: Arc::new(Inner {
                 pool,
                 backend,
-                sqlite_path,
+                writer,
                 write_lock: Arc::new(tokio::sync::Mutex::new(())),
                 jobs_signal,
                 outbox_signal,
@@ -223,9 +225,10 @@ impl Store {
         })
     }
 
-    /// The database file, on SQLite.
-    pub(crate) fn sqlite_path(&self) -> Option<&std::path::Path> {
-        self.inner.sqlite_path.as_deref()
+    /// On SQLite, the connection that writes group commits and job claims
+    /// on a thread of its own.
+    pub(crate) fn sqlite_writer(&self) -> Option<&crate::sqlite_writer::Writer> {
+        self.inner.writer.as_ref()
     }
 
     /// Waits for this process's turn to write to SQLite (what [`Self::begin`]

@@ -50,7 +50,7 @@ async fn jobs_of(db: &TestStore, id: &str) -> i64 {
 
 async fn a_group_commit_decides_as_one_by_one(db: TestStore) {
     crate::runs::setup(&db).await;
-    let inbox = Inbox::spawn(db.store.clone()).expect("inbox");
+    let inbox = Inbox::spawn(db.store.clone());
     let sent = [
         delivery(Some("k1"), "body x", Verdict::Supported),
         delivery(Some("k1"), "body y", Verdict::Supported),
@@ -154,7 +154,7 @@ async fn a_group_commit_decides_as_one_by_one(db: TestStore) {
 /// found, and the rest of its group commit is stored.
 async fn a_delivery_for_a_missing_integration_is_refused_alone(db: TestStore) {
     crate::runs::setup(&db).await;
-    let inbox = Inbox::spawn(db.store.clone()).expect("inbox");
+    let inbox = Inbox::spawn(db.store.clone());
     let mut gone = delivery(Some("g1"), "body g", Verdict::Supported);
     gone.integration_id = "deleted".into();
     let sent = [
