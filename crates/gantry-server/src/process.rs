@@ -155,7 +155,7 @@ impl Processor {
                     .for_project(&self.store, &delivery.integration_id, project_id)
                     .await?
             }
-            Err(_) => Vec::new(),
+            Err(_) => Arc::from([]),
         };
         let path = if project.path.is_empty() {
             String::new()
@@ -224,7 +224,7 @@ impl Processor {
             }
         };
         let mut affects = Vec::with_capacity(found.len());
-        for stack in &found {
+        for stack in found.iter() {
             // The store checked the globs when it read the row.
             let matcher = Affects::new(&stack.project_root, &stack.additional_project_globs)
                 .map_err(|error| StoreError::Corrupt {
@@ -599,7 +599,7 @@ async fn decide_one<'a>(
 /// The stacks of each project, read once for a batch of deliveries.
 #[derive(Default)]
 struct ProjectStacks {
-    read: std::sync::Mutex<std::collections::HashMap<(String, i64), Vec<Stack>>>,
+    read: std::sync::Mutex<std::collections::HashMap<(String, i64), Arc<[Stack]>>>,
 }
 
 impl ProjectStacks {
@@ -608,22 +608,23 @@ impl ProjectStacks {
         store: &Store,
         integration_id: &str,
         project_id: i64,
-    ) -> Result<Vec<Stack>, StoreError> {
+    ) -> Result<Arc<[Stack]>, StoreError> {
         let key = (integration_id.to_owned(), project_id);
         if let Some(found) = self.lock().get(&key) {
             return Ok(found.clone());
         }
-        let found = {
+        let found: Arc<[Stack]> = {
             let mut conn = store.conn().await?;
             stacks::for_project(&mut conn, integration_id, project_id).await?
-        };
+        }
+        .into();
         self.lock().insert(key, found.clone());
         Ok(found)
     }
 
     fn lock(
         &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<(String, i64), Vec<Stack>>> {
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<(String, i64), Arc<[Stack]>>> {
         self.read
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
