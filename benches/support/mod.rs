@@ -1,6 +1,8 @@
 //! What the benchmarks share: `gantry serve` (the release binary) on
 //! SQLite in a temporary directory, with one GitLab integration on a
-//! simulated GitLab.
+//! simulated GitLab. The server logs warnings to stderr; set
+//! `BENCH_GANTRY_LOG` to another `GANTRY_LOG` filter (e.g.
+//! `warn,sqlx::query=trace` for every statement with its time).
 
 use std::path::PathBuf;
 use std::process::Stdio;
