@@ -536,19 +536,7 @@ pub async fn with_body(
     conn: &mut Conn,
     id: &str,
 ) -> Result<Option<(Delivery, Option<Vec<u8>>)>, StoreError> {
-    #[derive(FromRow)]
-    struct WithBody {
-        #[sqlx(flatten)]
-        delivery: Delivery,
-        body: Option<Vec<u8>>,
-    }
-    let row: Option<WithBody> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS}, body FROM deliveries WHERE id = $1"
-    ))
-    .bind(id)
-    .fetch_optional(conn)
-    .await?;
-    Ok(row.map(|row| (row.delivery, row.body)))
+    Ok(with_bodies(conn, &[id]).await?.pop())
 }
 
 /// The deliveries of `ids` that exist, with their bodies (`None` once

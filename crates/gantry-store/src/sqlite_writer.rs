@@ -47,7 +47,13 @@ impl Writer {
             .name("gantry-inbox".to_owned())
             .spawn(move || {
                 for job in jobs {
-                    job(&mut conn);
+                    // A panic fails its own caller (its answer is dropped),
+                    // not the writes after it.
+                    let done =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut conn)));
+                    if done.is_err() {
+                        tracing::error!("a write on the SQLite writer connection panicked");
+                    }
                 }
             })
             .map_err(|err| {
