@@ -195,7 +195,6 @@ pub async fn claim_many(
     claimed_jobs(claimed, &token)
 }
 
-#[expect(clippy::too_many_arguments, reason = "the claim's parts, as bound")]
 async fn claim_on_sqlx(
     store: &Store,
     owner: &str,

@@ -48,6 +48,25 @@ async fn jobs_of(db: &TestStore, id: &str) -> i64 {
     count
 }
 
+/// Sends the deliveries at once, so they wait for the writer together.
+async fn at_once(
+    inbox: &Inbox,
+    sent: impl IntoIterator<Item = NewDelivery>,
+) -> Vec<Result<(String, Status), gantry_store::StoreError>> {
+    let waiting: Vec<_> = sent
+        .into_iter()
+        .map(|new| {
+            let inbox = inbox.clone();
+            tokio::spawn(async move { inbox.receive(new).await })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for waiting in waiting {
+        answers.push(waiting.await.expect("joined"));
+    }
+    answers
+}
+
 async fn a_group_commit_decides_as_one_by_one(db: TestStore) {
     crate::runs::setup(&db).await;
     let inbox = Inbox::spawn(db.store.clone());
@@ -71,18 +90,11 @@ async fn a_group_commit_decides_as_one_by_one(db: TestStore) {
             },
         ),
     ];
-    // Sent at once: they wait for the writer together.
-    let waiting: Vec<_> = sent
+    let answers: Vec<(String, Status)> = at_once(&inbox, sent)
+        .await
         .into_iter()
-        .map(|new| {
-            let inbox = inbox.clone();
-            tokio::spawn(async move { inbox.receive(new).await })
-        })
+        .map(|answer| answer.expect("stored"))
         .collect();
-    let mut answers: Vec<(String, Status)> = Vec::new();
-    for waiting in waiting {
-        answers.push(waiting.await.expect("joined").expect("stored"));
-    }
     let statuses: Vec<Status> = answers.iter().map(|(_, s)| *s).collect();
     assert_eq!(statuses[3], Status::Accepted);
     assert_eq!(statuses[4], Status::Ignored);
@@ -162,17 +174,7 @@ async fn a_delivery_for_a_missing_integration_is_refused_alone(db: TestStore) {
         gone,
         delivery(Some("m2"), "body n", Verdict::Supported),
     ];
-    let waiting: Vec<_> = sent
-        .into_iter()
-        .map(|new| {
-            let inbox = inbox.clone();
-            tokio::spawn(async move { inbox.receive(new).await })
-        })
-        .collect();
-    let mut answers = Vec::new();
-    for waiting in waiting {
-        answers.push(waiting.await.expect("joined"));
-    }
+    let answers = at_once(&inbox, sent).await;
     assert!(
         matches!(&answers[1], Err(gantry_store::StoreError::NotFound { id, .. }) if id == "deleted"),
         "{:?}",
