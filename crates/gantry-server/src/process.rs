@@ -596,10 +596,13 @@ async fn decide_one<'a>(
     (job, outcome)
 }
 
+/// Stacks by integration and project id.
+type ByProject = std::collections::HashMap<(String, i64), Arc<[Stack]>>;
+
 /// The stacks of each project, read once for a batch of deliveries.
 #[derive(Default)]
 struct ProjectStacks {
-    read: std::sync::Mutex<std::collections::HashMap<(String, i64), Arc<[Stack]>>>,
+    read: std::sync::Mutex<ByProject>,
 }
 
 impl ProjectStacks {
@@ -622,9 +625,7 @@ impl ProjectStacks {
         Ok(found)
     }
 
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<(String, i64), Arc<[Stack]>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ByProject> {
         self.read
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
