@@ -1,5 +1,4 @@
-//! The inbox's group commit on PostgreSQL (SQLite's is `sqlite_writer`,
-//! which decides with the same [`decide`]): a batch of deliveries in a few statements,
+//! The inbox's group commit: a batch of deliveries in a few statements,
 //! whatever its size (the duplicates of all of them looked up at once, the
 //! deliveries and their jobs inserted as multi-row inserts), instead of
 //! three to six per delivery, each a round trip. It decides exactly as
@@ -253,38 +252,32 @@ async fn earlier(
             .min()
             .unwrap_or_default()
             - SAME_BODY_WINDOW.as_millis() as i64;
-        // One lookup per value and rule, each its own index scan (the
-        // `LIMIT 1` keeps PostgreSQL from flattening it into a join).
-        // Planned before the table had statistics, `body_sha256 IN (…)`
-        // scanned every delivery of the integration instead (seen in
-        // `EXPLAIN ANALYZE`: 57 ms at 20,000 deliveries, against 0.1 ms).
+        // One select per rule, so that each uses its index.
         let mut sql = format!(
-            "SELECT d.id, d.idempotency_key, d.body_sha256, d.received_at FROM (VALUES {}) AS v (sha) \
-             CROSS JOIN LATERAL (SELECT id, idempotency_key, body_sha256, received_at FROM deliveries \
-                 WHERE integration_id = ? AND body_sha256 = v.sha AND status = 'accepted' AND received_at > ? \
-                 LIMIT 1) AS d",
-            values(indexes.len(), "(?)")
+            "SELECT id, idempotency_key, body_sha256, received_at FROM deliveries \
+             WHERE integration_id = ? AND body_sha256 IN ({}) AND status = 'accepted' AND received_at > ?",
+            values(indexes.len(), "?")
         );
         if !keys.is_empty() {
             sql.push_str(&format!(
-                " UNION ALL SELECT d.id, d.idempotency_key, d.body_sha256, d.received_at FROM (VALUES {}) AS v (key) \
-                 CROSS JOIN LATERAL (SELECT id, idempotency_key, body_sha256, received_at FROM deliveries \
-                     WHERE integration_id = ? AND idempotency_key = v.key AND status = 'accepted' \
-                       AND idempotency_key IS NOT NULL LIMIT 1) AS d",
-                values(keys.len(), "(?)")
+                " UNION ALL SELECT id, idempotency_key, body_sha256, received_at FROM deliveries \
+                 WHERE integration_id = ? AND idempotency_key IN ({}) AND status = 'accepted' \
+                   AND idempotency_key IS NOT NULL",
+                values(keys.len(), "?")
             ));
         }
         let sql = numbered(tx.backend(), &sql);
-        let mut query = sqlx::query_as::<_, (String, Option<String>, String, i64)>(&sql);
+        let mut query =
+            sqlx::query_as::<_, (String, Option<String>, String, i64)>(&sql).bind(integration);
         for &i in &indexes {
             query = query.bind(&shas[i]);
         }
-        query = query.bind(integration).bind(since);
+        query = query.bind(since);
         if !keys.is_empty() {
+            query = query.bind(integration);
             for key in &keys {
                 query = query.bind(*key);
             }
-            query = query.bind(integration);
         }
         let rows = query.fetch_all(&mut **tx).await?;
         known.insert(
