@@ -444,10 +444,6 @@ async fn enact(
 
 /// The most delivery jobs one worker claims and commits together.
 const BATCH: u32 = 64;
-/// How long a worker that found less than a full batch waits before it
-/// claims again (a delivery that arrives while it is idle is claimed at
-/// once).
-const LINGER: Duration = Duration::from_millis(2);
 
 /// Claims and processes delivery jobs until the task is dropped: a batch
 /// at a time, decided one by one, enacted in one transaction.
@@ -463,14 +459,7 @@ pub async fn work(processor: Processor, owner: String, lease_for: Duration) {
         )
         .await;
         match claimed {
-            Ok(batch) => {
-                process_batch(&processor, &batch, lease_for).await;
-                if batch.len() < BATCH as usize {
-                    // Lets a burst's next deliveries gather, so that they
-                    // are recorded in fewer, larger transactions.
-                    tokio::time::sleep(LINGER).await;
-                }
-            }
+            Ok(batch) => process_batch(&processor, &batch, lease_for).await,
             Err(error) => {
                 tracing::warn!(%error, "cannot claim delivery jobs; trying again");
                 tokio::time::sleep(Duration::from_secs(1)).await;
