@@ -138,14 +138,10 @@ fn open(keyring: &Keyring, integration: &Integration) -> Result<Arc<[Accepted]>,
             until,
         })
     };
-    let mut secrets = vec![opened(&integration.webhook_secret_sealed, None)?];
-    if let (Some(sealed), Some(until)) = (
-        &integration.previous_secret_sealed,
-        integration.previous_secret_expires_at,
-    ) {
-        secrets.push(opened(sealed, Some(until))?);
-    }
-    Ok(secrets.into())
+    integration
+        .webhook_secrets()
+        .map(|(sealed, until)| opened(sealed, until))
+        .collect()
 }
 
 /// Whether a secret accepted at `now` has the digest `given`. Every secret
@@ -153,7 +149,7 @@ fn open(keyring: &Keyring, integration: &Integration) -> Result<Arc<[Accepted]>,
 fn accepts(secrets: &[Accepted], given: &[u8; 32], now: Millis) -> bool {
     let mut authentic = false;
     for secret in secrets {
-        let current = secret.until.is_none_or(|until| now.0 < until);
+        let current = integrations::accepted_until(secret.until, now);
         authentic |= bool::from(secret.digest.ct_eq(given)) & current;
     }
     authentic

@@ -259,18 +259,32 @@ pub async fn list_visible(
 }
 
 impl Integration {
-    /// The sealed webhook secrets accepted at `now`: the current one, and
-    /// the previous one during its grace period.
-    pub fn accepted_secrets(&self, now: Millis) -> impl Iterator<Item = &str> {
+    /// The sealed webhook secrets with the end of their acceptance: the
+    /// current one (`None`, no end), and the previous one with the end of
+    /// its grace period.
+    pub fn webhook_secrets(&self) -> impl Iterator<Item = (&str, Option<i64>)> {
         let previous = match (
             &self.previous_secret_sealed,
             self.previous_secret_expires_at,
         ) {
-            (Some(sealed), Some(until)) if now.0 < until => Some(sealed.as_str()),
+            (Some(sealed), Some(until)) => Some((sealed.as_str(), Some(until))),
             _ => None,
         };
-        std::iter::once(self.webhook_secret_sealed.as_str()).chain(previous)
+        std::iter::once((self.webhook_secret_sealed.as_str(), None)).chain(previous)
     }
+
+    /// The sealed webhook secrets accepted at `now`.
+    pub fn accepted_secrets(&self, now: Millis) -> impl Iterator<Item = &str> {
+        self.webhook_secrets()
+            .filter(move |(_, until)| accepted_until(*until, now))
+            .map(|(sealed, _)| sealed)
+    }
+}
+
+/// Whether a webhook secret accepted until `until` (`None`: no end) is
+/// accepted at `now`.
+pub fn accepted_until(until: Option<i64>, now: Millis) -> bool {
+    until.is_none_or(|until| now.0 < until)
 }
 
 /// Every integration, oldest first (for the periodic checks).
