@@ -40,7 +40,7 @@ pub async fn start(flags: &[&str], name: &str, default: bool) -> Bench {
         .expect("addr")
         .port();
     let base = format!("http://127.0.0.1:{port}");
-    let server = tokio::process::Command::new(env!("CARGO_BIN_EXE_gantry"))
+    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_gantry"))
         .args([
             "serve",
             "--listen",
@@ -65,6 +65,10 @@ pub async fn start(flags: &[&str], name: &str, default: bool) -> Bench {
         .await
         .is_ok_and(|r| r.status().is_success())
     {
+        // A server that could not start has said why on stderr.
+        if let Some(status) = server.try_wait().expect("server status") {
+            panic!("gantry serve exited at start ({status}); its stderr says why");
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let admin = std::fs::read_to_string(data.join("initial-admin-token"))

@@ -242,7 +242,7 @@ async fn write_on_sqlite(
     let error = match done {
         Ok((news, Ok(written))) => {
             if crate::sqlite_writer::enqueues(&written) {
-                store.jobs_signal().notify_waiters();
+                store.jobs_signals().notify(PROCESS_JOB);
             }
             return answers(news.iter(), written);
         }

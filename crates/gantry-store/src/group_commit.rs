@@ -109,10 +109,7 @@ pub(crate) async fn write(
         .map(|(new, one)| (*new, &one.id))
         .collect();
     if !jobs.is_empty() {
-        if backend == Backend::Postgres && !tx.enqueued {
-            // Delivered to listeners when the transaction commits.
-            crate::execute(tx, &format!("NOTIFY {}", crate::store::JOBS_CHANNEL)).await?;
-        }
+        tx.enqueued(PROCESS_JOB).await?;
         let sql = format!(
             "INSERT INTO jobs (kind, payload, idempotency_key, state, attempts, max_attempts, run_at, created_at, updated_at) \
              VALUES {} ON CONFLICT (idempotency_key) DO NOTHING",
@@ -132,7 +129,6 @@ pub(crate) async fn write(
                 .bind(at);
         }
         insert.execute(&mut **tx).await?;
-        tx.enqueued = true;
     }
     Ok(answers)
 }

@@ -22,10 +22,9 @@
 
 use std::time::Duration;
 
-use sqlx::{Executor, FromRow};
+use sqlx::FromRow;
 
 use crate::row::Fields;
-use crate::store::JOBS_CHANNEL;
 use crate::{Backend, Conn, Millis, Store, StoreError, Tx};
 
 /// The first retry waits this long; each later one twice as long as the last.
@@ -134,7 +133,6 @@ pub struct JobRow {
 
 /// Adds a job to the queue as part of `tx`.
 pub async fn enqueue(tx: &mut Tx, job: &NewJob<'_>, now: Millis) -> Result<i64, EnqueueError> {
-    let backend = tx.backend();
     let row: Option<(i64,)> = sqlx::query_as(
         "INSERT INTO jobs (kind, payload, idempotency_key, state, attempts, max_attempts, run_at, created_at, updated_at) \
          VALUES ($1, $2, $3, 'queued', 0, $4, $5, $6, $6) \
@@ -154,13 +152,7 @@ pub async fn enqueue(tx: &mut Tx, job: &NewJob<'_>, now: Millis) -> Result<i64, 
             job.idempotency_key.unwrap_or_default().to_owned(),
         ));
     };
-    if backend == Backend::Postgres && !tx.enqueued {
-        // Delivered to listeners when the transaction commits.
-        tx.execute(format!("NOTIFY {JOBS_CHANNEL}").as_str())
-            .await
-            .map_err(StoreError::from)?;
-    }
-    tx.enqueued = true;
+    tx.enqueued(job.kind).await?;
     Ok(id)
 }
 
@@ -397,22 +389,19 @@ pub async fn fail(
 /// left. Returns how many jobs it touched.
 pub async fn reap(store: &Store, now: Millis) -> Result<u64, StoreError> {
     let mut tx = store.begin().await?;
-    let done = sqlx::query(
+    let kinds: Vec<(String,)> = sqlx::query_as(
         "UPDATE jobs SET state = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'queued' END, \
              run_at = $1, last_error = 'lease lapsed: the worker stopped heartbeating', \
              lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, updated_at = $1 \
-         WHERE state = 'running' AND lease_expires_at < $1",
+         WHERE state = 'running' AND lease_expires_at < $1 \
+         RETURNING kind",
     )
     .bind(now.0)
-    .execute(&mut *tx)
+    .fetch_all(&mut *tx)
     .await?;
-    let reaped = done.rows_affected();
-    if reaped > 0 {
-        if tx.backend() == Backend::Postgres {
-            tx.execute(format!("NOTIFY {JOBS_CHANNEL}").as_str())
-                .await?;
-        }
-        tx.enqueued = true;
+    let reaped = kinds.len() as u64;
+    for (kind,) in &kinds {
+        tx.enqueued(kind).await?;
     }
     tx.commit().await?;
     if reaped > 0 {
@@ -433,12 +422,17 @@ pub async fn claim_many_or_wait(
     limit: u32,
 ) -> Result<Vec<ClaimedJob>, StoreError> {
     let deadline = Millis::now().plus(max_wait);
+    let signals = store.jobs_signals().of(kinds);
     loop {
         // Registered before the claim, so an enqueue committed between the
         // claim and the wait is not missed.
-        let notified = store.jobs_signal().notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
+        let mut notified: Vec<_> = signals
+            .iter()
+            .map(|signal| Box::pin(signal.notified()))
+            .collect();
+        for one in &mut notified {
+            one.as_mut().enable();
+        }
 
         let now = Millis::now();
         let jobs = claim_many(store, kinds, owner, lease_for, now, limit).await?;
@@ -450,7 +444,7 @@ pub async fn claim_many_or_wait(
             None => deadline,
         };
         tokio::select! {
-            () = notified => {}
+            _ = futures_util::future::select_all(notified) => {}
             () = tokio::time::sleep(now.until(wake_at)) => {}
         }
     }

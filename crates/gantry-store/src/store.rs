@@ -85,7 +85,7 @@ struct Inner {
     /// SQLite allows one writer: transactions of this process queue here,
     /// in order, instead of meeting SQLite's busy handler, which sleeps.
     write_lock: Arc<tokio::sync::Mutex<()>>,
-    jobs_signal: Arc<Notify>,
+    jobs_signals: Arc<JobSignals>,
     /// Woken when a commit in this process recorded writes to GitLab.
     outbox_signal: Arc<Notify>,
     listener: Option<AbortHandle>,
@@ -143,11 +143,11 @@ impl Store {
             )?),
             Backend::Postgres => None,
         };
-        let jobs_signal = Arc::new(Notify::new());
+        let jobs_signals = Arc::new(JobSignals::default());
         let outbox_signal = Arc::new(Notify::new());
         let listener = match backend {
             Backend::Postgres => Some(
-                spawn_listener(url.to_owned(), jobs_signal.clone(), outbox_signal.clone()).await?,
+                spawn_listener(url.to_owned(), jobs_signals.clone(), outbox_signal.clone()).await?,
             ),
             Backend::Sqlite => None,
         };
@@ -157,7 +157,7 @@ impl Store {
                 backend,
                 writer,
                 write_lock: Arc::new(tokio::sync::Mutex::new(())),
-                jobs_signal,
+                jobs_signals,
                 outbox_signal,
                 listener,
             }),
@@ -218,8 +218,8 @@ impl Store {
             inner,
             _write_guard: write_guard,
             backend: self.backend(),
-            jobs_signal: self.inner.jobs_signal.clone(),
-            enqueued: false,
+            jobs_signals: self.inner.jobs_signals.clone(),
+            enqueued: Vec::new(),
             outbox_signal: self.inner.outbox_signal.clone(),
             wrote_outbox: false,
         })
@@ -249,8 +249,8 @@ impl Store {
         Ok(())
     }
 
-    pub(crate) fn jobs_signal(&self) -> &Notify {
-        &self.inner.jobs_signal
+    pub(crate) fn jobs_signals(&self) -> &JobSignals {
+        &self.inner.jobs_signals
     }
 
     pub async fn close(&self) {
@@ -265,8 +265,9 @@ pub struct Tx {
     /// Held until the transaction ends (declared after it, so dropped after).
     _write_guard: Option<tokio::sync::OwnedMutexGuard<()>>,
     backend: Backend,
-    jobs_signal: Arc<Notify>,
-    pub(crate) enqueued: bool,
+    jobs_signals: Arc<JobSignals>,
+    /// The kinds of job enqueued in this transaction.
+    enqueued: Vec<String>,
     outbox_signal: Arc<Notify>,
     pub(crate) wrote_outbox: bool,
 }
@@ -276,12 +277,30 @@ impl Tx {
         self.backend
     }
 
+    /// Notes that a job of `kind` is enqueued in this transaction: its
+    /// claimers wake when it commits (on PostgreSQL, at every server).
+    pub(crate) async fn enqueued(&mut self, kind: &str) -> Result<(), StoreError> {
+        if self.enqueued.iter().any(|known| known == kind) {
+            return Ok(());
+        }
+        if self.backend == Backend::Postgres {
+            // Delivered to the listeners when the transaction commits.
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(JOBS_CHANNEL)
+                .bind(kind)
+                .execute(&mut *self.inner)
+                .await?;
+        }
+        self.enqueued.push(kind.to_owned());
+        Ok(())
+    }
+
     pub async fn commit(self) -> Result<(), StoreError> {
         self.inner.commit().await?;
-        if self.enqueued {
-            // Claimers in this process; PostgreSQL's NOTIFY, sent inside the
-            // transaction, reaches the other processes.
-            self.jobs_signal.notify_waiters();
+        // Claimers in this process; PostgreSQL's notifications, sent inside
+        // the transaction, reach the other processes.
+        for kind in &self.enqueued {
+            self.jobs_signals.notify(kind);
         }
         if self.wrote_outbox {
             self.outbox_signal.notify_waiters();
@@ -304,25 +323,66 @@ impl DerefMut for Tx {
     }
 }
 
+/// Wakes the claimers of each kind of job when a commit enqueues one of
+/// that kind, and only them: a burst of deliveries wakes the delivery
+/// worker, not every claimer in the process.
+#[derive(Default)]
+pub(crate) struct JobSignals {
+    by_kind: std::sync::Mutex<std::collections::HashMap<String, Arc<Notify>>>,
+}
+
+impl JobSignals {
+    /// The signals of `kinds`, made on first use.
+    pub fn of(&self, kinds: &[&str]) -> Vec<Arc<Notify>> {
+        let mut by_kind = self.lock();
+        kinds
+            .iter()
+            .map(|kind| by_kind.entry((*kind).to_owned()).or_default().clone())
+            .collect()
+    }
+
+    /// Wakes the claimers of `kind` that wait now.
+    pub fn notify(&self, kind: &str) {
+        if let Some(signal) = self.lock().get(kind) {
+            signal.notify_waiters();
+        }
+    }
+
+    /// Wakes every claimer that waits now.
+    pub fn notify_all(&self) {
+        for signal in self.lock().values() {
+            signal.notify_waiters();
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Arc<Notify>>> {
+        self.by_kind
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
 /// Listens on [`JOBS_CHANNEL`] and [`OUTBOX_CHANNEL`] and turns each notification into a local
-/// wake-up. After a reconnect it wakes everyone once, since notifications
-/// sent while disconnected are lost.
+/// wake-up: a job notification names its kind (one without a kind wakes
+/// every claimer). After a reconnect it wakes everyone once, since
+/// notifications sent while disconnected are lost.
 async fn spawn_listener(
     url: String,
-    jobs: Arc<Notify>,
+    jobs: Arc<JobSignals>,
     outbox: Arc<Notify>,
 ) -> Result<AbortHandle, StoreError> {
     let mut listener = sqlx::postgres::PgListener::connect(&url).await?;
     listener.listen_all([JOBS_CHANNEL, OUTBOX_CHANNEL]).await?;
     let task = tokio::spawn(async move {
         let both = || {
-            jobs.notify_waiters();
+            jobs.notify_all();
             outbox.notify_waiters();
         };
         loop {
             match listener.try_recv().await {
                 Ok(Some(note)) if note.channel() == OUTBOX_CHANNEL => outbox.notify_waiters(),
-                Ok(Some(_)) => jobs.notify_waiters(),
+                Ok(Some(note)) if note.payload().is_empty() => jobs.notify_all(),
+                Ok(Some(note)) => jobs.notify(note.payload()),
                 Ok(None) => {
                     tracing::warn!("wake-up listener lost its connection; reconnecting");
                     both();
@@ -347,5 +407,44 @@ pub(crate) fn redact_url(url: &str) -> String {
             format!("{}://{}:***@{}", &url[..scheme_end], user, &url[at + 1..])
         }
         _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::FutureExt as _;
+
+    use super::JobSignals;
+
+    #[test]
+    fn a_commit_wakes_the_claimers_of_its_kinds_only() {
+        let signals = JobSignals::default();
+        let deliveries = signals.of(&["process_delivery"]).remove(0);
+        let upkeep = signals.of(&["sync_hooks", "check_token"]);
+        let mut delivery_wait = Box::pin(deliveries.notified());
+        delivery_wait.as_mut().enable();
+        let mut upkeep_waits: Vec<_> = upkeep.iter().map(|s| Box::pin(s.notified())).collect();
+        for wait in &mut upkeep_waits {
+            wait.as_mut().enable();
+        }
+
+        signals.notify("process_delivery");
+        assert!(delivery_wait.now_or_never().is_some());
+        assert!(
+            upkeep_waits
+                .iter_mut()
+                .all(|wait| wait.as_mut().now_or_never().is_none()),
+            "a delivery's job wakes no upkeep claimer"
+        );
+
+        signals.notify("check_token");
+        assert!(upkeep_waits[1].as_mut().now_or_never().is_some());
+        assert!(upkeep_waits[0].as_mut().now_or_never().is_none());
+
+        // A notification without a kind (a reconnect) wakes everyone.
+        let mut again = Box::pin(upkeep[0].notified());
+        again.as_mut().enable();
+        signals.notify_all();
+        assert!(again.now_or_never().is_some());
     }
 }
