@@ -302,8 +302,6 @@ enum Unread {
     Access(#[from] AccessError),
 }
 
-/// Creates and cancels the runs decided, records the outcome and, with a
-/// lease, completes the job: all in `tx`.
 /// What processing records of a delivery, once its effects are enacted.
 struct Finished {
     delivery: String,
@@ -344,7 +342,6 @@ async fn enact(
     let mut created = Vec::new();
     let mut runs_of_delivery = Vec::new();
     let mut canceled = Vec::new();
-    let mut skipped = Vec::new();
     // The runs are created together (a push to a repository of many
     // stacks makes many), in the order of the decisions around them.
     let mut pending: Vec<NewRun<'_>> = Vec::new();
@@ -367,9 +364,8 @@ async fn enact(
             });
             continue;
         }
-        if let Some(Decision::Nothing { stack, why }) = decision {
+        if let Some(Decision::Nothing { .. }) = decision {
             // Touches nothing: no need to create the runs before it.
-            skipped.push(format!("{stack}: {why}"));
             continue;
         }
         for (run, how, superseded) in runs::create_all(tx, &pending, now).await? {
@@ -398,7 +394,6 @@ async fn enact(
             }
         }
     }
-    let mut outcome = decided.outcome.clone();
     let published = crate::publish::enact(
         tx,
         &decided.integration_id,
@@ -407,39 +402,84 @@ async fn enact(
         now,
     )
     .await?;
-    if !published.is_empty() {
-        outcome = format!("{outcome}: {}", published.join("; "));
-    }
-    if !decided.decisions.is_empty() {
-        let mut parts = Vec::new();
-        if !created.is_empty() {
-            parts.push(format!("created {}", created.join(", ")));
-        }
-        let reused = runs_of_delivery.len() - created.len();
-        if reused > 0 {
-            parts.push(format!(
-                "{reused} run(s) for the same commit already existed"
-            ));
-        }
-        if !canceled.is_empty() {
-            parts.push(format!("canceled queued run(s) {}", canceled.join(", ")));
-        }
-        if !skipped.is_empty() {
-            parts.push(format!("no run for {}", skipped.join("; ")));
-        }
-        if parts.is_empty() {
-            parts.push("nothing to do".to_owned());
-        }
-        outcome = format!("{outcome}: {}", parts.join("; "));
-    }
-    tracing::debug!(delivery.id = %decided.delivery, outcome, "delivery processed");
-    Ok(Some(Finished {
-        delivery: decided.delivery,
-        status: decided.status,
-        outcome,
-        error: decided.error,
+    Ok(Some(decided.finished(Effects {
+        created,
         runs: runs_of_delivery,
-    }))
+        canceled,
+        published,
+    })))
+}
+
+/// What enacting a delivery did: the runs it created (described) and
+/// those it found for the same commit, the queued runs it canceled, the
+/// modules it published.
+#[derive(Default)]
+struct Effects {
+    created: Vec<String>,
+    runs: Vec<String>,
+    canceled: Vec<String>,
+    published: Vec<String>,
+}
+
+impl Decided {
+    /// Whether enacting it only records its outcome: no run to create or
+    /// cancel, no module to publish.
+    fn records_only(&self) -> bool {
+        self.modules.is_empty()
+            && self
+                .decisions
+                .iter()
+                .all(|decision| matches!(decision, Decision::Nothing { .. }))
+    }
+
+    /// What is recorded of the delivery once `effects` are enacted.
+    fn finished(&self, effects: Effects) -> Finished {
+        let mut outcome = self.outcome.clone();
+        if !effects.published.is_empty() {
+            outcome = format!("{outcome}: {}", effects.published.join("; "));
+        }
+        if !self.decisions.is_empty() {
+            let skipped: Vec<String> = self
+                .decisions
+                .iter()
+                .filter_map(|decision| match decision {
+                    Decision::Nothing { stack, why } => Some(format!("{stack}: {why}")),
+                    _ => None,
+                })
+                .collect();
+            let mut parts = Vec::new();
+            if !effects.created.is_empty() {
+                parts.push(format!("created {}", effects.created.join(", ")));
+            }
+            let reused = effects.runs.len() - effects.created.len();
+            if reused > 0 {
+                parts.push(format!(
+                    "{reused} run(s) for the same commit already existed"
+                ));
+            }
+            if !effects.canceled.is_empty() {
+                parts.push(format!(
+                    "canceled queued run(s) {}",
+                    effects.canceled.join(", ")
+                ));
+            }
+            if !skipped.is_empty() {
+                parts.push(format!("no run for {}", skipped.join("; ")));
+            }
+            if parts.is_empty() {
+                parts.push("nothing to do".to_owned());
+            }
+            outcome = format!("{outcome}: {}", parts.join("; "));
+        }
+        tracing::debug!(delivery.id = %self.delivery, outcome, "delivery processed");
+        Finished {
+            delivery: self.delivery.clone(),
+            status: self.status,
+            outcome,
+            error: self.error.clone(),
+            runs: effects.runs,
+        }
+    }
 }
 
 /// The most delivery jobs one worker claims and commits together.
@@ -684,11 +724,27 @@ async fn enact_batch(
     if decided.is_empty() {
         return Ok(());
     }
+    let leases: Vec<&Lease> = decided.iter().map(|(job, _)| &job.lease).collect();
+    if decided
+        .iter()
+        .all(|(_, one)| one.as_ref().is_none_or(Decided::records_only))
+    {
+        // The usual batch of a burst: outcomes to record and nothing else,
+        // written in one go (on SQLite on the writer connection).
+        let finished: Vec<Finished> = decided
+            .iter()
+            .filter_map(|(_, one)| one.as_ref().map(|one| one.finished(Effects::default())))
+            .collect();
+        let processed: Vec<_> = finished.iter().map(Finished::processed).collect();
+        if deliveries::complete_and_finish(store, &leases, &processed, Millis::now()).await? {
+            return Ok(());
+        }
+        // A lease was lost: each job goes on its own below.
+    }
     let mut tx = store.begin().await?;
     // Every job completed in one statement when all leases are held (the
     // usual case); else each on its own, skipping the ones another worker
     // took over.
-    let leases: Vec<&Lease> = decided.iter().map(|(job, _)| &job.lease).collect();
     let all_held = jobs::complete_all_in(&mut tx, &leases, Millis::now()).await?;
     let mut finished = Vec::with_capacity(decided.len());
     for (job, one) in decided {

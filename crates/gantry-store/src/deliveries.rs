@@ -221,9 +221,10 @@ fn shas_and_order<'a>(batch: impl Iterator<Item = &'a NewDelivery>) -> (Vec<Stri
     (shas, keys.into_iter().map(|(_, index)| index).collect())
 }
 
-/// Writes a batch on SQLite's inbox connection, in this process's turn to
-/// write. SQLite has one writer at a time, so no other server can have
-/// stored a twin meanwhile: there is nothing to write again one by one.
+/// Writes a batch on SQLite's writer connection (`sqlite_writer`), in
+/// the next group it commits. SQLite has one writer at a time, so no other
+/// server can have stored a twin meanwhile: there is nothing to write
+/// again one by one.
 async fn write_on_sqlite(
     store: &Store,
     writer: &crate::sqlite_writer::Writer,
@@ -231,27 +232,26 @@ async fn write_on_sqlite(
 ) -> Vec<Result<(String, Status), StoreError>> {
     let count = news.len();
     let (shas, order) = shas_and_order(news.iter());
-    let turn = store.lock_writes().await;
+    // Acknowledged deliveries: on disk before the answer.
     let done = writer
-        .run(move |conn| {
-            let written = crate::sqlite_writer::write(conn, &news, &shas, &order);
-            (news, written)
+        .run(true, move |conn| {
+            crate::sqlite_writer::write(conn, &news, &shas, &order).map(|written| (news, written))
         })
         .await;
-    drop(turn);
-    let error = match done {
-        Ok((news, Ok(written))) => {
+    match done {
+        Ok((news, written)) => {
             if crate::sqlite_writer::enqueues(&written) {
                 store.jobs_signals().notify(PROCESS_JOB);
             }
-            return answers(news.iter(), written);
+            answers(news.iter(), written)
         }
-        Ok((_, Err(err))) => err.to_string(),
-        Err(err) => err.to_string(),
-    };
-    (0..count)
-        .map(|_| Err(StoreError::GroupCommit(error.clone())))
-        .collect()
+        Err(err) => {
+            let error = err.to_string();
+            (0..count)
+                .map(|_| Err(StoreError::GroupCommit(error.clone())))
+                .collect()
+        }
+    }
 }
 
 /// Writes a batch in one transaction, in a few statements
@@ -602,15 +602,7 @@ pub async fn finish_all(
     if processed.is_empty() {
         return Ok(());
     }
-    let sql = crate::params::numbered(
-        tx.backend(),
-        &format!(
-            "UPDATE deliveries SET status = v.column2, outcome = v.column3, error = v.column4, runs = v.column5, \
-                 processed_at = ?, times_processed = times_processed + 1 \
-             FROM (VALUES {}) AS v WHERE deliveries.id = v.column1",
-            crate::params::values(processed.len(), "(?, ?, ?, ?, ?)")
-        ),
-    );
+    let sql = finish_all_sql(tx.backend(), processed.len());
     let mut query = sqlx::query(&sql).bind(now.0);
     for (id, one) in processed {
         query = query
@@ -622,6 +614,65 @@ pub async fn finish_all(
     }
     query.execute(&mut **tx).await?;
     Ok(())
+}
+
+/// The statement of [`finish_all`] for `deliveries` deliveries: binds the
+/// time, then each delivery's id, status, outcome, error and runs.
+pub(crate) fn finish_all_sql(backend: Backend, deliveries: usize) -> String {
+    crate::params::numbered(
+        backend,
+        &format!(
+            "UPDATE deliveries SET status = v.column2, outcome = v.column3, error = v.column4, runs = v.column5, \
+                 processed_at = ?, times_processed = times_processed + 1 \
+             FROM (VALUES {}) AS v WHERE deliveries.id = v.column1",
+            crate::params::values(deliveries, "(?, ?, ?, ?, ?)")
+        ),
+    )
+}
+
+/// Completes the jobs of `leases` and records what processing found of
+/// their deliveries, in one transaction, when every lease is still held;
+/// `false`, changing nothing, when any was lost (then the caller goes one
+/// job at a time). For batches whose processing only records outcomes (no
+/// run to create or cancel): on SQLite it runs whole on the writer
+/// connection, so it holds the write lock for less time than a
+/// transaction whose statements each cross to a connection's thread.
+pub async fn complete_and_finish(
+    store: &Store,
+    leases: &[&jobs::Lease],
+    processed: &[(&str, Processed<'_>)],
+    now: Millis,
+) -> Result<bool, StoreError> {
+    let Some(writer) = store.sqlite_writer() else {
+        let mut tx = store.begin().await?;
+        if !jobs::complete_all_in(&mut tx, leases, now).await? {
+            return Ok(false);
+        }
+        finish_all(&mut tx, processed, now).await?;
+        tx.commit().await?;
+        return Ok(true);
+    };
+    let leases: Vec<(i64, String)> = leases
+        .iter()
+        .map(|lease| (lease.job_id, lease.token.clone()))
+        .collect();
+    let processed: Vec<[rusqlite::types::Value; 5]> = processed
+        .iter()
+        .map(|(id, one)| {
+            [
+                (*id).to_owned().into(),
+                one.status.as_str().to_owned().into(),
+                one.outcome.to_owned().into(),
+                one.error.map(str::to_owned).into(),
+                to_json(&one.runs).into(),
+            ]
+        })
+        .collect();
+    writer
+        .run(true, move |conn| {
+            crate::sqlite_writer::complete_and_finish(conn, &leases, processed, now)
+        })
+        .await
 }
 
 /// Drops the bodies of deliveries processed before `before`, keeping their

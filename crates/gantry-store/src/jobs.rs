@@ -177,10 +177,10 @@ pub async fn claim_many(
                 now: now.0,
                 limit: i64::from(limit),
             };
-            let _turn = store.lock_writes().await;
+            // A lost claim only hands its jobs out again: no sync needed.
             writer
-                .run(move |conn| crate::sqlite_writer::claim(conn, &claim))
-                .await??
+                .run(false, move |conn| crate::sqlite_writer::claim(conn, &claim))
+                .await?
         }
         None => claim_on_sqlx(store, owner, &token, lease_for, now, limit, kinds).await?,
     };
@@ -311,15 +311,7 @@ pub async fn complete_all_in(
         return Ok(true);
     }
     let backend = tx.backend();
-    let pairs = crate::params::values(leases.len(), "(?, ?)");
-    let held = format!("state = 'running' AND (id, lease_token) IN (VALUES {pairs})");
-    // Locked (PostgreSQL) or counted inside the write transaction (SQLite),
-    // so that the update below takes all of them or none.
-    let check = match backend {
-        Backend::Postgres => format!("SELECT id FROM jobs WHERE {held} FOR UPDATE"),
-        Backend::Sqlite => format!("SELECT COUNT(*) FROM jobs WHERE {held}"),
-    };
-    let check = crate::params::numbered(backend, &check);
+    let (check, update) = complete_all_sql(backend, leases.len());
     let mut query = sqlx::query_as::<_, (i64,)>(&check);
     for lease in leases {
         query = query.bind(lease.job_id).bind(&lease.token);
@@ -335,19 +327,34 @@ pub async fn complete_all_in(
     if count != leases.len() {
         return Ok(false);
     }
-    let update = crate::params::numbered(
-        backend,
-        &format!(
-            "UPDATE jobs SET state = 'done', lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, \
-                 updated_at = ? WHERE {held}"
-        ),
-    );
     let mut query = sqlx::query(&update).bind(now.0);
     for lease in leases {
         query = query.bind(lease.job_id).bind(&lease.token);
     }
     query.execute(&mut **tx).await?;
     Ok(true)
+}
+
+/// The statements of [`complete_all_in`] for `leases` leases: the check
+/// that each is still held (its rows locked on PostgreSQL, counted on
+/// SQLite, where the write transaction already excludes every other
+/// writer), binding each lease's job id and token; then the update,
+/// binding the time first.
+pub(crate) fn complete_all_sql(backend: Backend, leases: usize) -> (String, String) {
+    let pairs = crate::params::values(leases, "(?, ?)");
+    let held = format!("state = 'running' AND (id, lease_token) IN (VALUES {pairs})");
+    let check = match backend {
+        Backend::Postgres => format!("SELECT id FROM jobs WHERE {held} FOR UPDATE"),
+        Backend::Sqlite => format!("SELECT COUNT(*) FROM jobs WHERE {held}"),
+    };
+    let update = format!(
+        "UPDATE jobs SET state = 'done', lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, \
+             updated_at = ? WHERE {held}"
+    );
+    (
+        crate::params::numbered(backend, &check),
+        crate::params::numbered(backend, &update),
+    )
 }
 
 /// Records a failed attempt: the job is queued again after [`backoff`], or

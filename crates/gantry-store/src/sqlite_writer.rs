@@ -1,21 +1,27 @@
-//! The hottest writes on SQLite, the inbox's group commits and the job
-//! claims, on a connection and a thread of their own. sqlx runs every
-//! SQLite statement on its connection's thread and wakes the caller with
-//! each answer: a few thread hops per statement, which cost more than the
-//! statements themselves. Here a whole transaction, from `BEGIN IMMEDIATE`
-//! to `COMMIT`, runs on the writer's thread with cached prepared
-//! statements: one hop there and one back. Its transactions still take the
-//! store's write lock first, so they queue with the other writers of this
-//! process in order.
+//! The hottest writes on SQLite, the inbox's group commits, the job
+//! claims and the outcomes of delivery batches, on a connection and a
+//! thread of their own. sqlx runs every SQLite statement on its
+//! connection's thread and wakes the caller with each answer: a few thread
+//! hops per statement, which cost more than the statements themselves.
+//! Here a whole unit of work runs on the writer's thread with cached
+//! prepared statements: one hop there and one back.
 //!
-//! A claim commits without waiting for the disk (`synchronous = NORMAL`):
-//! a claim lost to a power cut only hands its jobs out again, and every
-//! commit that depends on it (a job's outcome, a delivery) comes later in
-//! the same write-ahead log and is synced with everything before it.
+//! The writer commits in groups: the units that arrive while it waits for
+//! the store's write lock (the other writers of this process) or writes
+//! the group before are written together, each in a savepoint of its own,
+//! with one commit and one sync. A unit that fails is rolled back to its
+//! savepoint and fails alone; every unit is answered after the commit, so
+//! nothing is acknowledged before it is on disk.
+//!
+//! A group of claims only commits without waiting for the disk
+//! (`synchronous = NORMAL`): a claim lost to a power cut only hands its
+//! jobs out again, and every commit that depends on it (a job's outcome,
+//! a delivery) comes later in the same write-ahead log and is synced with
+//! everything before it.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension as _, TransactionBehavior, params, params_from_iter};
@@ -26,69 +32,183 @@ use crate::deliveries::{NewDelivery, PROCESS_JOB, SAME_BODY_WINDOW, Status, Verd
 use crate::group_commit::{Accepted, decide};
 use crate::jobs::DEFAULT_MAX_ATTEMPTS;
 
-type Work = Box<dyn FnOnce(&mut Connection) + Send>;
+/// How a unit is answered once its group's commit is known: with the
+/// commit's error, if it failed.
+type Answer = Box<dyn FnOnce(Option<&str>) + Send>;
 
-/// A SQLite connection owned by a thread, which runs what it is sent in
-/// order. The thread ends when the writer is dropped.
+/// A unit's work: run in its savepoint (or given the error that kept it
+/// from running), it says whether it succeeded (else its savepoint is
+/// rolled back) and how to answer it.
+type Run = Box<dyn FnOnce(Result<&Connection, &str>) -> (bool, Answer) + Send>;
+
+struct Unit {
+    run: Run,
+    /// Whether its commit must reach the disk before it is answered.
+    durable: bool,
+}
+
+/// The most units one commit holds.
+const GROUP: usize = 64;
+
+/// A SQLite connection owned by a thread, which writes what it is sent in
+/// groups. The thread ends when the writer is dropped.
 pub(crate) struct Writer {
-    work: mpsc::Sender<Work>,
+    units: mpsc::Sender<Unit>,
 }
 
 impl Writer {
-    /// Opens `path` with the settings of the store's own connections.
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
+    /// Opens `path` with the settings of the store's own connections; its
+    /// groups take `write_lock`, the lock of the store's transactions.
+    pub fn open(path: &Path, write_lock: Arc<tokio::sync::Mutex<()>>) -> Result<Self, StoreError> {
         let mut conn = Connection::open(path)?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-             PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
+             PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000; \
+             PRAGMA temp_store = MEMORY;",
         )?;
-        let (work, jobs) = mpsc::channel::<Work>();
+        let (units, arrived) = mpsc::channel::<Unit>();
         std::thread::Builder::new()
-            .name("gantry-inbox".to_owned())
+            .name("gantry-writer".to_owned())
             .spawn(move || {
-                for job in jobs {
-                    // A panic fails its own caller (its answer is dropped),
-                    // not the writes after it.
-                    let done =
-                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut conn)));
-                    if done.is_err() {
-                        tracing::error!("a write on the SQLite writer connection panicked");
-                    }
+                while let Ok(first) = arrived.recv() {
+                    let turn = write_lock.blocking_lock();
+                    let mut group = vec![first];
+                    group.extend(arrived.try_iter().take(GROUP - 1));
+                    commit_group(&mut conn, group);
+                    drop(turn);
                 }
             })
             .map_err(|err| {
-                StoreError::GroupCommit(format!("cannot start the inbox thread: {err}"))
+                StoreError::GroupCommit(format!("cannot start the writer thread: {err}"))
             })?;
-        Ok(Self { work })
+        Ok(Self { units })
     }
 
-    /// Runs `f` on the writer's thread and returns what it returns.
+    /// Runs `f` in the next group and returns what it returns, once the
+    /// group is committed (synced first when `durable`). An error of `f`
+    /// undoes what `f` wrote, and only that.
     pub async fn run<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Connection) -> T + Send + 'static,
+        durable: bool,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.work
-            .send(Box::new(move |conn| {
-                let _ = reply.send(f(conn));
-            }))
+        let run = Box::new(move |conn: Result<&Connection, &str>| -> (bool, Answer) {
+            let done = match conn {
+                Ok(conn) => f(conn).map_err(StoreError::from),
+                Err(error) => Err(StoreError::GroupCommit(error.to_owned())),
+            };
+            let ok = done.is_ok();
+            let answer: Answer = Box::new(move |commit_failed: Option<&str>| {
+                let done = match commit_failed {
+                    Some(error) => Err(StoreError::GroupCommit(error.to_owned())),
+                    None => done,
+                };
+                let _ = reply.send(done);
+            });
+            (ok, answer)
+        });
+        self.units
+            .send(Unit { run, durable })
             .map_err(|_| StoreError::WriterClosed)?;
-        answer.await.map_err(|_| StoreError::WriterClosed)
+        answer.await.map_err(|_| StoreError::WriterClosed)?
     }
 }
 
-/// Writes `batch` (with each body's SHA-256, hex) in one transaction, as
+/// Writes `group` in one transaction, each unit in a savepoint, and
+/// answers every unit after the commit.
+fn commit_group(conn: &mut Connection, group: Vec<Unit>) {
+    let durable = group.iter().any(|unit| unit.durable);
+    let began = conn
+        .execute_batch(if durable {
+            "PRAGMA synchronous = FULL"
+        } else {
+            "PRAGMA synchronous = NORMAL"
+        })
+        .and_then(|()| conn.transaction_with_behavior(TransactionBehavior::Immediate));
+    let tx = match began {
+        Ok(tx) => tx,
+        Err(error) => {
+            let error = error.to_string();
+            for unit in group {
+                let (_, answer) = (unit.run)(Err(&error));
+                answer(None);
+            }
+            return;
+        }
+    };
+    // A unit alone needs no savepoint (whose journal costs a copy of each
+    // page it changes): if it fails, its transaction is rolled back whole.
+    let alone = group.len() == 1;
+    let mut answers = Vec::with_capacity(group.len());
+    let mut failed = false;
+    // Set when SQLite itself rolled the transaction back (a full disk, an
+    // I/O error): the units after it are not run, and the commit fails.
+    let mut aborted: Option<String> = None;
+    for unit in group {
+        let saved = match &aborted {
+            Some(error) => Err(error.clone()),
+            None if alone => Ok(()),
+            None => tx
+                .execute_batch("SAVEPOINT unit")
+                .map_err(|error| error.to_string()),
+        };
+        if let Err(error) = saved {
+            let (_, answer) = (unit.run)(Err(&error));
+            answer(None);
+            continue;
+        }
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (unit.run)(Ok(&tx))));
+        let kept = match ran {
+            Ok((ok, answer)) => {
+                answers.push(answer);
+                ok
+            }
+            // A panic fails its own unit (its answer is dropped).
+            Err(_) => {
+                tracing::error!("a write on the SQLite writer connection panicked");
+                false
+            }
+        };
+        if tx.is_autocommit() {
+            aborted =
+                Some("SQLite rolled back the group's transaction after a failed write".into());
+        } else if alone {
+            failed = !kept;
+        } else {
+            let end = if kept {
+                "RELEASE unit"
+            } else {
+                "ROLLBACK TO unit; RELEASE unit"
+            };
+            if let Err(error) = tx.execute_batch(end) {
+                tracing::error!(%error, "cannot end a savepoint on the SQLite writer connection");
+            }
+        }
+    }
+    let committed = if failed {
+        // The unit's own error answers it.
+        if let Err(error) = tx.rollback() {
+            tracing::warn!(%error, "cannot roll back a failed write on the SQLite writer connection");
+        }
+        Ok(())
+    } else {
+        tx.commit().map_err(|error| error.to_string())
+    };
+    for answer in answers {
+        answer(committed.as_ref().err().map(String::as_str));
+    }
+}
+
+/// Writes `batch` (with each body's SHA-256, hex), as
 /// [`crate::group_commit::write`] does on sqlx: each delivery's id and
 /// status in the batch's order, `None` where its integration is gone.
 pub(crate) fn write(
-    conn: &mut Connection,
+    tx: &Connection,
     batch: &[NewDelivery],
     shas: &[String],
     order: &[usize],
 ) -> rusqlite::Result<Vec<Option<(String, Status)>>> {
-    // Acknowledged deliveries: on disk before the answer.
-    conn.execute_batch("PRAGMA synchronous = FULL")?;
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut gone = HashSet::new();
     {
         let mut exists = tx.prepare_cached("SELECT 1 FROM integrations WHERE id = ?1")?;
@@ -187,7 +307,6 @@ pub(crate) fn write(
             }
         }
     }
-    tx.commit()?;
     Ok(decided
         .into_iter()
         .map(|one| one.map(|one| (one.id, one.stored.status)))
@@ -216,10 +335,8 @@ pub(crate) struct Claim {
 }
 
 /// Claims up to `limit` of the oldest due jobs of `kinds`, as
-/// [`crate::jobs::claim_many`] does on sqlx, committed without a sync.
-pub(crate) fn claim(conn: &mut Connection, claim: &Claim) -> rusqlite::Result<Vec<ClaimedRow>> {
-    conn.execute_batch("PRAGMA synchronous = NORMAL")?;
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+/// [`crate::jobs::claim_many`] does on sqlx.
+pub(crate) fn claim(tx: &Connection, claim: &Claim) -> rusqlite::Result<Vec<ClaimedRow>> {
     let sql = crate::jobs::claim_sql('?', claim.kinds.len(), "");
     let mut values: Vec<Value> = vec![
         claim.owner.clone().into(),
@@ -242,6 +359,123 @@ pub(crate) fn claim(conn: &mut Connection, claim: &Claim) -> rusqlite::Result<Ve
         })?;
         rows.collect::<rusqlite::Result<Vec<ClaimedRow>>>()?
     };
-    tx.commit()?;
     Ok(claimed)
+}
+
+/// [`crate::deliveries::complete_and_finish`] on the writer connection:
+/// the jobs of `leases` (id, token) completed and `processed` (each
+/// delivery's id, status, outcome, error and runs) recorded; `false`,
+/// writing nothing, when a lease was lost.
+pub(crate) fn complete_and_finish(
+    tx: &Connection,
+    leases: &[(i64, String)],
+    processed: Vec<[Value; 5]>,
+    now: crate::Millis,
+) -> rusqlite::Result<bool> {
+    if !leases.is_empty() {
+        let (check, update) = crate::jobs::complete_all_sql(crate::Backend::Sqlite, leases.len());
+        let pairs = || {
+            leases
+                .iter()
+                .flat_map(|(id, token)| [Value::from(*id), Value::from(token.clone())])
+        };
+        let held: i64 = tx
+            .prepare_cached(&check)?
+            .query_row(params_from_iter(pairs()), |row| row.get(0))?;
+        if usize::try_from(held).ok() != Some(leases.len()) {
+            return Ok(false);
+        }
+        tx.prepare_cached(&update)?.execute(params_from_iter(
+            std::iter::once(Value::from(now.0)).chain(pairs()),
+        ))?;
+    }
+    if !processed.is_empty() {
+        let sql = crate::deliveries::finish_all_sql(crate::Backend::Sqlite, processed.len());
+        let values = std::iter::once(Value::from(now.0)).chain(processed.into_iter().flatten());
+        tx.prepare_cached(&sql)?.execute(params_from_iter(values))?;
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::Writer;
+
+    async fn count(db: &std::path::Path) -> i64 {
+        let conn = rusqlite::Connection::open(db).expect("open");
+        conn.query_row("SELECT COUNT(*) FROM t", [], |row| row.get(0))
+            .expect("count")
+    }
+
+    /// Units queued while the writer waits for the write lock are written in
+    /// one group: a failing one undoes only its own writes, and none is
+    /// answered before the group's commit.
+    #[tokio::test]
+    async fn a_group_commits_its_units_and_a_failing_one_alone_is_undone() {
+        let dir = tempfile::tempdir().expect("dir");
+        let db = dir.path().join("w.db");
+        rusqlite::Connection::open(&db)
+            .and_then(|conn| conn.execute_batch("CREATE TABLE t (n INTEGER PRIMARY KEY)"))
+            .expect("schema");
+        let lock = Arc::new(tokio::sync::Mutex::new(()));
+        let writer = Arc::new(Writer::open(&db, lock.clone()).expect("writer"));
+
+        // Holding the lock, as a transaction of the store would.
+        let held = lock.clone().lock_owned().await;
+        let insert = |n: i64| {
+            let writer = writer.clone();
+            tokio::spawn(async move {
+                writer
+                    .run(true, move |conn| {
+                        conn.execute("INSERT INTO t (n) VALUES (?1)", [n])?;
+                        Ok(n)
+                    })
+                    .await
+            })
+        };
+        let first = insert(1);
+        let failing = {
+            let writer = writer.clone();
+            tokio::spawn(async move {
+                writer
+                    .run(true, |conn| {
+                        conn.execute("INSERT INTO t (n) VALUES (2)", [])?;
+                        // A second row 1: the unique key refuses it.
+                        conn.execute("INSERT INTO t (n) VALUES (1)", [])
+                    })
+                    .await
+            })
+        };
+        let third = insert(3);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(
+            !first.is_finished() && !failing.is_finished() && !third.is_finished(),
+            "nothing is answered before its commit"
+        );
+        assert_eq!(count(&db).await, 0);
+        drop(held);
+
+        assert_eq!(first.await.expect("task").expect("first"), 1);
+        assert_eq!(third.await.expect("task").expect("third"), 3);
+        let refused = failing.await.expect("task").expect_err("a duplicate key");
+        assert!(refused.to_string().contains("UNIQUE"), "{refused}");
+        let conn = rusqlite::Connection::open(&db).expect("open");
+        let rows: Vec<i64> = conn
+            .prepare("SELECT n FROM t ORDER BY n")
+            .and_then(|mut s| s.query_map([], |row| row.get(0))?.collect())
+            .expect("rows");
+        assert_eq!(rows, [1, 3], "the failing unit's row 2 is undone");
+
+        // Alone, a failing unit rolls its transaction back.
+        let alone = writer
+            .run(true, |conn| {
+                conn.execute("INSERT INTO t (n) VALUES (4)", [])?;
+                conn.execute("INSERT INTO t (n) VALUES (3)", [])
+            })
+            .await;
+        assert!(alone.is_err());
+        assert_eq!(count(&db).await, 2);
+    }
 }

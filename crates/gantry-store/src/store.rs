@@ -137,9 +137,11 @@ impl Store {
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(options)
             .await?;
+        let write_lock = Arc::new(tokio::sync::Mutex::new(()));
         let writer = match backend {
             Backend::Sqlite => Some(crate::sqlite_writer::Writer::open(
                 sqlx::sqlite::SqliteConnectOptions::from_str(url)?.get_filename(),
+                write_lock.clone(),
             )?),
             Backend::Postgres => None,
         };
@@ -156,7 +158,7 @@ impl Store {
                 pool,
                 backend,
                 writer,
-                write_lock: Arc::new(tokio::sync::Mutex::new(())),
+                write_lock,
                 jobs_signals,
                 outbox_signal,
                 listener,
@@ -225,16 +227,10 @@ impl Store {
         })
     }
 
-    /// On SQLite, the connection that writes group commits and job claims
-    /// on a thread of its own.
+    /// On SQLite, the connection that writes group commits, job claims and
+    /// the outcomes of delivery batches on a thread of its own.
     pub(crate) fn sqlite_writer(&self) -> Option<&crate::sqlite_writer::Writer> {
         self.inner.writer.as_ref()
-    }
-
-    /// Waits for this process's turn to write to SQLite (what [`Self::begin`]
-    /// takes first); held until the guard is dropped.
-    pub(crate) async fn lock_writes(&self) -> tokio::sync::OwnedMutexGuard<()> {
-        self.inner.write_lock.clone().lock_owned().await
     }
 
     /// Woken by every commit in this process that recorded writes to

@@ -14,6 +14,7 @@ on_both_databases!(
     TestStore;
     a_group_commit_decides_as_one_by_one,
     a_delivery_for_a_missing_integration_is_refused_alone,
+    a_batch_is_finished_only_while_all_its_leases_are_held,
 );
 
 fn delivery(key: Option<&str>, body: &str, verdict: Verdict) -> NewDelivery {
@@ -191,4 +192,109 @@ async fn a_delivery_for_a_missing_integration_is_refused_alone(db: TestStore) {
             .await
             .expect("count");
     assert_eq!(stored, 0);
+}
+
+/// Processing records a batch's outcomes with its jobs' completion, and
+/// only while it holds every job: a job another worker took over makes it
+/// change nothing (the caller then goes one job at a time).
+async fn a_batch_is_finished_only_while_all_its_leases_are_held(db: TestStore) {
+    use gantry_store::deliveries::{self, Processed};
+    use gantry_store::jobs;
+    use std::time::Duration;
+
+    crate::runs::setup(&db).await;
+    let inbox = Inbox::spawn(db.store.clone());
+    let ids: Vec<String> = at_once(
+        &inbox,
+        [
+            delivery(Some("a"), "body a", Verdict::Supported),
+            delivery(Some("b"), "body b", Verdict::Supported),
+        ],
+    )
+    .await
+    .into_iter()
+    .map(|answer| answer.expect("stored").0)
+    .collect();
+    let lease = Duration::from_secs(30);
+    let t0 = Millis::now();
+    let claimed = jobs::claim_many(&db.store, &[deliveries::PROCESS_JOB], "w1", lease, t0, 10)
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 2);
+    let outcomes: Vec<(String, String)> = ids
+        .iter()
+        .map(|id| (id.clone(), "nothing to do".to_owned()))
+        .collect();
+    let processed: Vec<(&str, Processed<'_>)> = outcomes
+        .iter()
+        .map(|(id, outcome)| {
+            let one = Processed {
+                status: Status::Accepted,
+                outcome,
+                error: None,
+                runs: &[],
+            };
+            (id.as_str(), one)
+        })
+        .collect();
+    let processed_at = |id: &str| {
+        let id = id.to_owned();
+        let pool = db.store.pool().clone();
+        async move {
+            let (at,): (Option<i64>,) =
+                sqlx::query_as("SELECT processed_at FROM deliveries WHERE id = $1")
+                    .bind(id)
+                    .fetch_one(&pool)
+                    .await
+                    .expect("row");
+            at
+        }
+    };
+
+    // The first job's lease lapses and another worker takes it.
+    let lapsed = t0.plus(Duration::from_millis(1));
+    sqlx::query("UPDATE jobs SET lease_expires_at = $1 WHERE id = $2")
+        .bind(t0.0)
+        .bind(claimed[0].lease.job_id)
+        .execute(db.store.pool())
+        .await
+        .expect("lapse");
+    assert_eq!(jobs::reap(&db.store, lapsed).await.expect("reap"), 1);
+    let retaken = jobs::claim_many(
+        &db.store,
+        &[deliveries::PROCESS_JOB],
+        "w2",
+        lease,
+        lapsed,
+        10,
+    )
+    .await
+    .expect("claim again");
+    assert_eq!(retaken.len(), 1);
+
+    let stale: Vec<&jobs::Lease> = claimed.iter().map(|job| &job.lease).collect();
+    let done = deliveries::complete_and_finish(&db.store, &stale, &processed, lapsed)
+        .await
+        .expect("finish");
+    assert!(!done, "a lost lease: nothing is recorded");
+    for id in &ids {
+        assert_eq!(processed_at(id).await, None, "{id} is not recorded");
+    }
+
+    // The other worker holds both now (its own and, reclaimed, the rest).
+    let mut held: Vec<&jobs::Lease> = vec![&retaken[0].lease, &claimed[1].lease];
+    held.sort_by_key(|lease| lease.job_id);
+    let done = deliveries::complete_and_finish(&db.store, &held, &processed, lapsed)
+        .await
+        .expect("finish");
+    assert!(done);
+    for id in &ids {
+        assert_eq!(processed_at(id).await, Some(lapsed.0));
+        assert_eq!(row(&db, id).await.0, "accepted");
+    }
+    let (running,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM jobs WHERE state <> 'done'")
+        .fetch_one(db.store.pool())
+        .await
+        .expect("jobs");
+    assert_eq!(running, 0, "both jobs are completed");
 }
