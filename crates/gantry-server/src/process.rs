@@ -592,12 +592,15 @@ async fn process_batch(processor: &Processor, batch: &[ClaimedJob], lease_for: D
             Err(error) => fail(&processor.store, job, &error).await,
         }
     }
-    let enacted = enact_batch(&processor.store, decided).await;
-    processor.runs_signal.notify_waiters();
-    if let Err(error) = enacted {
-        // Nothing was committed; the leases lapse and the reaper queues
-        // the jobs again.
-        tracing::warn!(%error, jobs = batch.len(), "a batch of deliveries failed to commit");
+    match enact_batch(&processor.store, decided).await {
+        Ok(Runs::Touched) => processor.runs_signal.notify_waiters(),
+        // Workers have nothing new to look at.
+        Ok(Runs::Untouched) => {}
+        Err(error) => {
+            // Nothing was committed; the leases lapse and the reaper queues
+            // the jobs again.
+            tracing::warn!(%error, jobs = batch.len(), "a batch of deliveries failed to commit");
+        }
     }
 }
 
@@ -717,12 +720,18 @@ async fn give_up(
     tx.commit().await
 }
 
+/// Whether enacting a batch may have created or canceled runs.
+enum Runs {
+    Touched,
+    Untouched,
+}
+
 async fn enact_batch(
     store: &Store,
     decided: Vec<(&ClaimedJob, Option<Decided>)>,
-) -> Result<(), StoreError> {
+) -> Result<Runs, StoreError> {
     if decided.is_empty() {
-        return Ok(());
+        return Ok(Runs::Untouched);
     }
     let leases: Vec<&Lease> = decided.iter().map(|(job, _)| &job.lease).collect();
     if decided
@@ -737,7 +746,7 @@ async fn enact_batch(
             .collect();
         let processed: Vec<_> = finished.iter().map(Finished::processed).collect();
         if deliveries::complete_and_finish(store, &leases, &processed, Millis::now()).await? {
-            return Ok(());
+            return Ok(Runs::Untouched);
         }
         // A lease was lost: each job goes on its own below.
     }
@@ -761,7 +770,8 @@ async fn enact_batch(
     }
     let processed: Vec<_> = finished.iter().map(Finished::processed).collect();
     deliveries::finish_all(&mut tx, &processed, Millis::now()).await?;
-    tx.commit().await
+    tx.commit().await?;
+    Ok(Runs::Touched)
 }
 
 /// Once an hour, prunes what has aged past its retention: bodies of
