@@ -396,20 +396,21 @@ pub async fn fail(
 /// left. Returns how many jobs it touched.
 pub async fn reap(store: &Store, now: Millis) -> Result<u64, StoreError> {
     let mut tx = store.begin().await?;
-    let kinds: Vec<(String,)> = sqlx::query_as(
+    let reaped: Vec<(String, String)> = sqlx::query_as(
         "UPDATE jobs SET state = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'queued' END, \
              run_at = $1, last_error = 'lease lapsed: the worker stopped heartbeating', \
              lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, updated_at = $1 \
          WHERE state = 'running' AND lease_expires_at < $1 \
-         RETURNING kind",
+         RETURNING kind, state",
     )
     .bind(now.0)
     .fetch_all(&mut *tx)
     .await?;
-    let reaped = kinds.len() as u64;
-    for (kind,) in &kinds {
+    // Their claimers wake for the queued ones, not for the dead.
+    for (kind, _) in reaped.iter().filter(|(_, state)| state == "queued") {
         tx.enqueued(kind).await?;
     }
+    let reaped = reaped.len() as u64;
     tx.commit().await?;
     if reaped > 0 {
         tracing::warn!(jobs.reaped = reaped, "re-queued jobs whose lease lapsed");

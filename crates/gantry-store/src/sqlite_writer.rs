@@ -170,11 +170,13 @@ fn commit_group(conn: &mut Connection, group: Vec<Unit>) {
                 false
             }
         };
-        if tx.is_autocommit() {
+        if alone {
+            // Answered with its own error when it failed, even one after
+            // which SQLite rolled the transaction back itself.
+            failed = !kept;
+        } else if tx.is_autocommit() {
             aborted =
                 Some("SQLite rolled back the group's transaction after a failed write".into());
-        } else if alone {
-            failed = !kept;
         } else {
             let end = if kept {
                 "RELEASE unit"
@@ -187,8 +189,11 @@ fn commit_group(conn: &mut Connection, group: Vec<Unit>) {
         }
     }
     let committed = if failed {
-        // The unit's own error answers it.
-        if let Err(error) = tx.rollback() {
+        // The unit's own error answers it (SQLite may have rolled the
+        // transaction back already).
+        if !tx.is_autocommit()
+            && let Err(error) = tx.rollback()
+        {
             tracing::warn!(%error, "cannot roll back a failed write on the SQLite writer connection");
         }
         Ok(())
