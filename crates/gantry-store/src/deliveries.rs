@@ -593,7 +593,7 @@ pub async fn finish(
     finish_all(tx, &[(id, processed.clone())], now).await
 }
 
-/// [`finish`] for many deliveries in one statement.
+/// [`finish`] for many deliveries in two statements.
 pub async fn finish_all(
     tx: &mut Tx,
     processed: &[(&str, Processed<'_>)],
@@ -602,12 +602,16 @@ pub async fn finish_all(
     if processed.is_empty() {
         return Ok(());
     }
-    let sql = finish_all_sql(tx.backend(), processed.len());
-    let mut query = sqlx::query(&sql).bind(now.0);
+    let [statuses, records] = finish_all_sql(tx.backend(), processed.len());
+    let mut query = sqlx::query(&statuses);
+    for (id, one) in processed {
+        query = query.bind(*id).bind(one.status.as_str());
+    }
+    query.execute(&mut **tx).await?;
+    let mut query = sqlx::query(&records).bind(now.0);
     for (id, one) in processed {
         query = query
             .bind(*id)
-            .bind(one.status.as_str())
             .bind(one.outcome)
             .bind(one.error)
             .bind(to_json(&one.runs));
@@ -616,18 +620,30 @@ pub async fn finish_all(
     Ok(())
 }
 
-/// The statement of [`finish_all`] for `deliveries` deliveries: binds the
-/// time, then each delivery's id, status, outcome, error and runs.
-pub(crate) fn finish_all_sql(backend: Backend, deliveries: usize) -> String {
-    crate::params::numbered(
-        backend,
-        &format!(
-            "UPDATE deliveries SET status = v.column2, outcome = v.column3, error = v.column4, runs = v.column5, \
-                 processed_at = ?, times_processed = times_processed + 1 \
-             FROM (VALUES {}) AS v WHERE deliveries.id = v.column1",
-            crate::params::values(deliveries, "(?, ?, ?, ?, ?)")
-        ),
-    )
+/// The statements of [`finish_all`] for `deliveries` deliveries. The first
+/// sets the status of those whose status changes; it binds each delivery's
+/// id and status. The second records the rest; it binds the time, then
+/// each delivery's id, outcome, error and runs. Apart because SQLite
+/// rewrites the entries of every index whose columns an `UPDATE` sets,
+/// changed or not, and the indexes of accepted deliveries (one of them
+/// keyed by the body's hash, so a page of its own for each delivery) name
+/// the status.
+pub(crate) fn finish_all_sql(backend: Backend, deliveries: usize) -> [String; 2] {
+    let statuses = format!(
+        "UPDATE deliveries SET status = v.column2 FROM (VALUES {}) AS v \
+         WHERE deliveries.id = v.column1 AND deliveries.status <> v.column2",
+        crate::params::values(deliveries, "(?, ?)")
+    );
+    let records = format!(
+        "UPDATE deliveries SET outcome = v.column2, error = v.column3, runs = v.column4, \
+             processed_at = ?, times_processed = times_processed + 1 \
+         FROM (VALUES {}) AS v WHERE deliveries.id = v.column1",
+        crate::params::values(deliveries, "(?, ?, ?, ?)")
+    );
+    [
+        crate::params::numbered(backend, &statuses),
+        crate::params::numbered(backend, &records),
+    ]
 }
 
 /// Completes the jobs of `leases` and records what processing found of

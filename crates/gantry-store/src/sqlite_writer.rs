@@ -395,9 +395,17 @@ pub(crate) fn complete_and_finish(
         ))?;
     }
     if !processed.is_empty() {
-        let sql = crate::deliveries::finish_all_sql(crate::Backend::Sqlite, processed.len());
-        let values = std::iter::once(Value::from(now.0)).chain(processed.into_iter().flatten());
-        tx.prepare_cached(&sql)?.execute(params_from_iter(values))?;
+        let [statuses, records] =
+            crate::deliveries::finish_all_sql(crate::Backend::Sqlite, processed.len());
+        let pairs = processed.iter().flat_map(|[id, status, ..]| [id, status]);
+        tx.prepare_cached(&statuses)?
+            .execute(params_from_iter(pairs))?;
+        let records_values = processed
+            .into_iter()
+            .flat_map(|[id, _, outcome, error, runs]| [id, outcome, error, runs]);
+        let values = std::iter::once(Value::from(now.0)).chain(records_values);
+        tx.prepare_cached(&records)?
+            .execute(params_from_iter(values))?;
     }
     Ok(true)
 }

@@ -15,6 +15,7 @@ on_both_databases!(
     a_group_commit_decides_as_one_by_one,
     a_delivery_for_a_missing_integration_is_refused_alone,
     a_batch_is_finished_only_while_all_its_leases_are_held,
+    finishing_sets_a_status_only_where_it_changes,
 );
 
 fn delivery(key: Option<&str>, body: &str, verdict: Verdict) -> NewDelivery {
@@ -225,13 +226,19 @@ async fn a_batch_is_finished_only_while_all_its_leases_are_held(db: TestStore) {
         .iter()
         .map(|id| (id.clone(), "nothing to do".to_owned()))
         .collect();
+    // The second is found unreadable: its status changes too.
     let processed: Vec<(&str, Processed<'_>)> = outcomes
         .iter()
-        .map(|(id, outcome)| {
+        .enumerate()
+        .map(|(index, (id, outcome))| {
             let one = Processed {
-                status: Status::Accepted,
+                status: if index == 0 {
+                    Status::Accepted
+                } else {
+                    Status::Rejected
+                },
                 outcome,
-                error: None,
+                error: (index == 1).then_some("unreadable"),
                 runs: &[],
             };
             (id.as_str(), one)
@@ -288,13 +295,78 @@ async fn a_batch_is_finished_only_while_all_its_leases_are_held(db: TestStore) {
         .await
         .expect("finish");
     assert!(done);
-    for id in &ids {
+    for (id, status) in ids.iter().zip(["accepted", "rejected"]) {
         assert_eq!(processed_at(id).await, Some(lapsed.0));
-        assert_eq!(row(&db, id).await.0, "accepted");
+        assert_eq!(row(&db, id).await.0, status);
     }
     let (running,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM jobs WHERE state <> 'done'")
         .fetch_one(db.store.pool())
         .await
         .expect("jobs");
     assert_eq!(running, 0, "both jobs are completed");
+}
+
+/// A replayed delivery that was rejected and now reads becomes accepted;
+/// one whose status stays keeps it. Both get their outcome, once more.
+async fn finishing_sets_a_status_only_where_it_changes(db: TestStore) {
+    use gantry_store::deliveries::{self, Processed};
+
+    crate::runs::setup(&db).await;
+    let inbox = Inbox::spawn(db.store.clone());
+    let ids: Vec<String> = at_once(
+        &inbox,
+        [
+            delivery(
+                None,
+                "body a",
+                Verdict::Rejected {
+                    error: "unreadable".into(),
+                },
+            ),
+            delivery(None, "body b", Verdict::Supported),
+        ],
+    )
+    .await
+    .into_iter()
+    .map(|answer| answer.expect("stored").0)
+    .collect();
+    assert_eq!(row(&db, &ids[0]).await.0, "rejected");
+    let processed: Vec<(&str, Processed<'_>)> = ids
+        .iter()
+        .map(|id| {
+            let one = Processed {
+                status: Status::Accepted,
+                outcome: "no stack uses the project",
+                error: None,
+                runs: &[],
+            };
+            (id.as_str(), one)
+        })
+        .collect();
+    let now = Millis::now();
+    let mut tx = db.store.begin().await.expect("begin");
+    deliveries::finish_all(&mut tx, &processed, now)
+        .await
+        .expect("finish");
+    tx.commit().await.expect("commit");
+    for id in &ids {
+        let (status, outcome, error, processed_at, times): (
+            String,
+            Option<String>,
+            Option<String>,
+            Option<i64>,
+            i64,
+        ) = sqlx::query_as(
+            "SELECT status, outcome, error, processed_at, times_processed FROM deliveries WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_one(db.store.pool())
+        .await
+        .expect("row");
+        assert_eq!(status, "accepted", "{id}");
+        assert_eq!(outcome.as_deref(), Some("no stack uses the project"));
+        assert_eq!(error, None);
+        assert_eq!(processed_at, Some(now.0));
+        assert!(times >= 1, "{id} was processed {times} times");
+    }
 }
