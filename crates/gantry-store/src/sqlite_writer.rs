@@ -47,6 +47,9 @@ struct Unit {
     durable: bool,
 }
 
+/// How many prepared statements the writer keeps.
+const STATEMENTS: usize = 512;
+
 /// The most units one commit holds.
 const GROUP: usize = 64;
 
@@ -66,6 +69,10 @@ impl Writer {
              PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000; \
              PRAGMA temp_store = MEMORY;",
         )?;
+        // A multi-row statement has a text for each batch size: room for
+        // them all, so that the inbox's own statements are not prepared
+        // again after every batch of claims and outcomes.
+        conn.set_prepared_statement_cache_capacity(STATEMENTS);
         let (units, arrived) = mpsc::channel::<Unit>();
         std::thread::Builder::new()
             .name("gantry-writer".to_owned())
