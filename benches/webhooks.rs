@@ -221,10 +221,15 @@ async fn measure(
     // takes the deliveries table for a few rows and looks duplicates up
     // by scanning the integration's every delivery.
     let warm_up = load(connections, WARM_UP, webhooks(1 << 40)).await;
-    while count(pending).await > 0 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    if store.backend() == gantry_store::Backend::Postgres {
+    // Until every acknowledged delivery has its outcome.
+    let processed = async || {
+        while count(pending).await > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    processed().await;
+    let postgres = store.backend() == gantry_store::Backend::Postgres;
+    if postgres {
         sqlx::query("ANALYZE")
             .execute(store.pool())
             .await
@@ -233,11 +238,7 @@ async fn measure(
     println!(
         "  warm-up    {} deliveries, processed{}",
         warm_up.requests,
-        if store.backend() == gantry_store::Backend::Postgres {
-            ", then ANALYZE"
-        } else {
-            ""
-        }
+        if postgres { ", then ANALYZE" } else { "" }
     );
 
     let before = count("SELECT COUNT(*) FROM deliveries WHERE status = 'accepted'").await;
@@ -258,9 +259,7 @@ async fn measure(
     );
     println!("  durable    {stored} of {acknowledged} acknowledged deliveries are in the database");
     let backlog = count(pending).await;
-    while count(pending).await > 0 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    processed().await;
     let processing = started.elapsed();
     let burst = stored - before;
     println!(
