@@ -734,10 +734,10 @@ async fn enact_batch(
         return Ok(Runs::Untouched);
     }
     let leases: Vec<&Lease> = decided.iter().map(|(job, _)| &job.lease).collect();
-    if decided
+    let records_only = decided
         .iter()
-        .all(|(_, one)| one.as_ref().is_none_or(Decided::records_only))
-    {
+        .all(|(_, one)| one.as_ref().is_none_or(Decided::records_only));
+    if records_only {
         // The usual batch of a burst: outcomes to record and nothing else,
         // written in one go (on SQLite on the writer connection).
         let finished: Vec<Finished> = decided
@@ -771,7 +771,13 @@ async fn enact_batch(
     let processed: Vec<_> = finished.iter().map(Finished::processed).collect();
     deliveries::finish_all(&mut tx, &processed, Millis::now()).await?;
     tx.commit().await?;
-    Ok(Runs::Touched)
+    // A batch that only records outcomes (here after a lost lease) gives
+    // the run workers nothing new to look at.
+    Ok(if records_only {
+        Runs::Untouched
+    } else {
+        Runs::Touched
+    })
 }
 
 /// Once an hour, prunes what has aged past its retention: bodies of
