@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use gantry_store::deliveries::{NewDelivery, Status, Verdict};
 use serde_json::{Value, json};
 
 /// How long deliveries are sent before the measured phase.
@@ -138,7 +139,7 @@ async fn measure(
         Some(url) => vec!["--database-url", url],
         None => Vec::new(),
     };
-    let bench = support::start(&flags, "Bench", false).await;
+    let mut bench = support::start(&flags, "Bench", false).await;
     let (base, data, secret) = (bench.base.clone(), bench.data.clone(), bench.secret.clone());
     println!("{label}:");
 
@@ -182,7 +183,7 @@ async fn measure(
                     .header("Content-Type", "application/json")
                     .header("X-Gitlab-Event", "Push Hook")
                     .header("X-Gitlab-Token", secret)
-                    .header("Idempotency-Key", format!("bench-{n}"))
+                    .header("Idempotency-Key", uuid::Uuid::new_v4().to_string())
                     .body(payload)
                     .send()
                     .await
@@ -267,5 +268,45 @@ async fn measure(
         burst as f64 / processing.as_secs_f64(),
         processing.as_secs_f64()
     );
-    drop(bench);
+
+    // The most the endpoint could acknowledge here: the same deliveries
+    // put into the inbox of a store opened in this process, with the
+    // server stopped (no HTTP, no processing, nothing else writing).
+    bench.stop().await;
+    let (integration,): (String,) =
+        sqlx::query_as("SELECT id FROM integrations WHERE name = 'Bench'")
+            .fetch_one(store.pool())
+            .await
+            .expect("integration");
+    let inbox = gantry_store::deliveries::Inbox::spawn(store.clone());
+    let alone = load(connections, duration, move |_, n| {
+        let new = NewDelivery {
+            integration_id: integration.clone(),
+            event: "Push Hook".into(),
+            verdict: Verdict::Supported,
+            body: template
+                .replace(COMMIT_MARK, &format!("{:040x}", (1 << 41) + n))
+                .into_bytes(),
+            idempotency_key: Some(uuid::Uuid::new_v4().to_string()),
+            event_uuid: None,
+            webhook_uuid: None,
+            instance: None,
+            user_agent: None,
+            received_at: gantry_store::Millis::now(),
+        };
+        let inbox = inbox.clone();
+        async move {
+            inbox
+                .receive(new)
+                .await
+                .is_ok_and(|(_, status)| status == Status::Accepted)
+        }
+    })
+    .await;
+    report("store only", &alone);
+    println!(
+        "  ceiling    the store alone takes {:.2} of the no-op throughput; the endpoint reaches {:.2} of it",
+        alone.per_second() / baseline.per_second(),
+        webhooks.per_second() / alone.per_second()
+    );
 }

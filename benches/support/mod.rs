@@ -15,8 +15,8 @@ use serde_json::Value;
 // unfulfilled in the ones that use all of it.
 #[allow(dead_code, reason = "each bench uses part of it")]
 pub struct Bench {
-    /// Killed when the bench is dropped.
-    _server: tokio::process::Child,
+    /// Killed when the bench is dropped, or by [`Bench::stop`].
+    server: tokio::process::Child,
     pub base: String,
     pub data: PathBuf,
     /// The integration's webhook secret.
@@ -28,6 +28,14 @@ pub struct Bench {
     pub token: String,
     pub sim: Sim,
     _dir: tempfile::TempDir,
+}
+
+impl Bench {
+    /// Stops the server and waits for it to exit; its data stays.
+    #[allow(dead_code, reason = "each bench uses part of it")]
+    pub async fn stop(&mut self) {
+        self.server.kill().await.expect("stop gantry serve");
+    }
 }
 
 /// Starts the server with `flags` and creates the integration `name`.
@@ -92,7 +100,7 @@ pub async fn start(flags: &[&str], name: &str, default: bool) -> Bench {
         .expect("secret")
         .to_owned();
     Bench {
-        _server: server,
+        server,
         base,
         data,
         secret,

@@ -3,12 +3,13 @@
 //! process it, in one transaction: when it returns, the delivery survives
 //! any crash, and exactly one job exists for it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use sqlx::any::AnyRow;
 use sqlx::{FromRow, Row as _};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::jobs::{self, EnqueueError, NewJob};
 use crate::row::{Fields, to_json};
@@ -179,17 +180,16 @@ impl Inbox {
     }
 }
 
+/// How many batches the inbox has at SQLite's writer at once: while one
+/// waits for the sync of the log, the next is written.
+const IN_FLIGHT: usize = 2;
+
 async fn write_batches(store: Store, mut receiver: mpsc::Receiver<(NewDelivery, Reply)>) {
+    if store.sqlite_writer().is_some() {
+        return write_batches_on_sqlite(store, receiver).await;
+    }
     let mut batch = Vec::with_capacity(BATCH);
     while receiver.recv_many(&mut batch, BATCH).await > 0 {
-        if let Some(writer) = store.sqlite_writer() {
-            let (news, replies): (Vec<_>, Vec<_>) = batch.drain(..).unzip();
-            let outcomes = write_on_sqlite(&store, writer, news).await;
-            for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                let _ = reply.send(outcome);
-            }
-            continue;
-        }
         let outcomes = write_batch(&store, &batch).await;
         for ((new, reply), outcome) in batch.drain(..).zip(outcomes) {
             let outcome = match outcome {
@@ -202,6 +202,33 @@ async fn write_batches(store: Store, mut receiver: mpsc::Receiver<(NewDelivery, 
             };
             let _ = reply.send(outcome);
         }
+    }
+}
+
+/// [`write_batches`] on SQLite: up to [`IN_FLIGHT`] batches at the writer,
+/// each taking every delivery that arrived while the others were written.
+async fn write_batches_on_sqlite(store: Store, mut receiver: mpsc::Receiver<(NewDelivery, Reply)>) {
+    let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        let Ok(turn) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        if receiver.recv_many(&mut batch, BATCH).await == 0 {
+            return;
+        }
+        let (news, replies): (Vec<_>, Vec<_>) = batch.drain(..).unzip();
+        let store = store.clone();
+        tokio::spawn(async move {
+            let Some(writer) = store.sqlite_writer() else {
+                return;
+            };
+            let outcomes = write_on_sqlite(&store, writer, news).await;
+            drop(turn);
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                let _ = reply.send(outcome);
+            }
+        });
     }
 }
 

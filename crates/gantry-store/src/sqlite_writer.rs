@@ -9,18 +9,23 @@
 //! The writer commits in groups: the units that arrive while it waits for
 //! the store's write lock (the other writers of this process) or writes
 //! the group before are written together, each in a savepoint of its own,
-//! with one commit and one sync. A unit that fails is rolled back to its
-//! savepoint and fails alone; every unit is answered after the commit, so
-//! nothing is acknowledged before it is on disk.
+//! with one commit. A unit that fails is rolled back to its savepoint and
+//! fails alone.
 //!
-//! A group of claims only commits without waiting for the disk
-//! (`synchronous = NORMAL`): a claim lost to a power cut only hands its
-//! jobs out again, and every commit that depends on it (a job's outcome,
-//! a delivery) comes later in the same write-ahead log and is synced with
-//! everything before it.
+//! The commit does not wait for the disk (`synchronous = NORMAL`): a
+//! thread of its own syncs the write-ahead log, one sync for every group
+//! committed meanwhile, and only then answers a durable group's units, so
+//! nothing is acknowledged before it is on disk. The writer goes on with
+//! the next group while the disk works. A group of claims alone is
+//! answered at its commit: a claim lost to a power cut only hands its jobs
+//! out again, and every commit that depends on it (a job's outcome, a
+//! delivery) comes later in the same log and is synced with everything
+//! before it.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::fs::File;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, mpsc};
 
 use rusqlite::types::Value;
@@ -64,8 +69,9 @@ impl Writer {
     /// groups take `write_lock`, the lock of the store's transactions.
     pub fn open(path: &Path, write_lock: Arc<tokio::sync::Mutex<()>>) -> Result<Self, StoreError> {
         let mut conn = Connection::open(path)?;
+        // The log is synced by the syncer thread, not by the commit.
         conn.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
              PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000; \
              PRAGMA temp_store = MEMORY;",
         )?;
@@ -73,6 +79,12 @@ impl Writer {
         // them all, so that the inbox's own statements are not prepared
         // again after every batch of claims and outcomes.
         conn.set_prepared_statement_cache_capacity(STATEMENTS);
+        // Checkpoints are the checkpointer's (see `crate::store`).
+        conn.execute_batch(&format!("PRAGMA wal_autocheckpoint = {LOG_LIMIT}"))?;
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        let checkpoints = Checkpointer::spawn(Connection::open(path)?)?;
+        let syncer = Syncer::spawn(PathBuf::from(wal), checkpoints)?;
         let (units, arrived) = mpsc::channel::<Unit>();
         std::thread::Builder::new()
             .name("gantry-writer".to_owned())
@@ -81,7 +93,7 @@ impl Writer {
                     let turn = write_lock.blocking_lock();
                     let mut group = vec![first];
                     group.extend(arrived.try_iter().take(GROUP - 1));
-                    commit_group(&mut conn, group);
+                    commit_group(&mut conn, group, &syncer);
                     drop(turn);
                 }
             })
@@ -123,17 +135,11 @@ impl Writer {
 }
 
 /// Writes `group` in one transaction, each unit in a savepoint, and
-/// answers every unit after the commit.
-fn commit_group(conn: &mut Connection, group: Vec<Unit>) {
+/// answers every unit after the commit; a durable group's after the
+/// `syncer` has synced the log too.
+fn commit_group(conn: &mut Connection, group: Vec<Unit>, syncer: &Syncer) {
     let durable = group.iter().any(|unit| unit.durable);
-    let began = conn
-        .execute_batch(if durable {
-            "PRAGMA synchronous = FULL"
-        } else {
-            "PRAGMA synchronous = NORMAL"
-        })
-        .and_then(|()| conn.transaction_with_behavior(TransactionBehavior::Immediate));
-    let tx = match began {
+    let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(tx) => tx,
         Err(error) => {
             let error = error.to_string();
@@ -207,8 +213,154 @@ fn commit_group(conn: &mut Connection, group: Vec<Unit>) {
     } else {
         tx.commit().map_err(|error| error.to_string())
     };
-    for answer in answers {
-        answer(committed.as_ref().err().map(String::as_str));
+    match committed {
+        // A unit that failed alone wrote nothing: its error answers it.
+        Ok(()) if durable && !failed => syncer.answer_when_synced(answers),
+        _ => {
+            for answer in answers {
+                answer(committed.as_ref().err().map(String::as_str));
+            }
+        }
+    }
+}
+
+/// Syncs the write-ahead log on a thread of its own and answers the units
+/// of the durable groups committed before each sync.
+struct Syncer {
+    committed: mpsc::Sender<Vec<Answer>>,
+}
+
+impl Syncer {
+    /// Starts the thread that syncs `wal` and wakes the checkpointer after
+    /// each sync; it ends with the writer's.
+    fn spawn(wal: PathBuf, checkpoints: Checkpointer) -> Result<Self, StoreError> {
+        let (committed, waiting) = mpsc::channel::<Vec<Answer>>();
+        std::thread::Builder::new()
+            .name("gantry-wal-sync".to_owned())
+            .spawn(move || {
+                let mut log = Log::new(wal);
+                while let Ok(first) = waiting.recv() {
+                    // Every group committed by now is in the log: one sync
+                    // makes them all durable.
+                    let groups: Vec<Vec<Answer>> =
+                        std::iter::once(first).chain(waiting.try_iter()).collect();
+                    let failed = log.sync().err().map(|error| {
+                        let error = format!(
+                            "cannot sync the write-ahead log {}: {error}",
+                            log.path.display()
+                        );
+                        tracing::error!("{error}");
+                        error
+                    });
+                    for answer in groups.into_iter().flatten() {
+                        answer(failed.as_deref());
+                    }
+                    checkpoints.wake();
+                }
+            })
+            .map_err(|err| {
+                StoreError::GroupCommit(format!("cannot start the log sync thread: {err}"))
+            })?;
+        Ok(Self { committed })
+    }
+
+    /// Answers a committed group's units once the log is synced.
+    fn answer_when_synced(&self, answers: Vec<Answer>) {
+        if let Err(mpsc::SendError(answers)) = self.committed.send(answers) {
+            for answer in answers {
+                answer(Some("the write-ahead log sync thread has stopped"));
+            }
+        }
+    }
+}
+
+/// How many pages the log may hold before a connection that commits
+/// checkpoints it itself (SQLite's default is 1,000). The checkpointer
+/// keeps it well below that; the limit only bounds the log when the
+/// checkpointer cannot keep up.
+pub(crate) const LOG_LIMIT: u32 = 16_384;
+
+/// The least time between two checkpoints: a page written many times
+/// meanwhile is copied into the database once.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Copies the log into the database on a connection and a thread of its
+/// own (a passive checkpoint, which writers do not wait for), so that the
+/// writer never stops for a checkpoint as SQLite's automatic one does,
+/// in the connection that commits.
+struct Checkpointer {
+    wake: mpsc::SyncSender<()>,
+}
+
+impl Checkpointer {
+    /// Starts the thread; it ends when the checkpointer is dropped.
+    fn spawn(conn: Connection) -> Result<Self, StoreError> {
+        conn.execute_batch(&format!(
+            "PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = {LOG_LIMIT};"
+        ))?;
+        let (wake, woken) = mpsc::sync_channel::<()>(1);
+        std::thread::Builder::new()
+            .name("gantry-checkpoint".to_owned())
+            .spawn(move || {
+                while woken.recv().is_ok() {
+                    match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                        // Another connection's checkpoint is running.
+                        Err(rusqlite::Error::SqliteFailure(error, _))
+                            if error.code == rusqlite::ErrorCode::DatabaseBusy => {}
+                        Err(error) => {
+                            tracing::warn!(%error, "cannot checkpoint the SQLite write-ahead log");
+                        }
+                        Ok(()) => {}
+                    }
+                    std::thread::sleep(CHECKPOINT_EVERY);
+                }
+            })
+            .map_err(|err| {
+                StoreError::GroupCommit(format!("cannot start the checkpoint thread: {err}"))
+            })?;
+        Ok(Self { wake })
+    }
+
+    /// Asks for a checkpoint: the next one, if one is asked for already.
+    fn wake(&self) {
+        let _ = self.wake.try_send(());
+    }
+}
+
+/// The write-ahead log file, as the syncer syncs it.
+struct Log {
+    path: PathBuf,
+    /// The file last synced, and its inode: SQLite creates the log again
+    /// when every connection to the database has closed.
+    file: Option<(File, u64)>,
+}
+
+impl Log {
+    fn new(path: PathBuf) -> Self {
+        Self { path, file: None }
+    }
+
+    /// Syncs the log's data; the first time for a file, the directory
+    /// too, as SQLite does for a log it has created (the file is not
+    /// durable until its name is).
+    fn sync(&mut self) -> std::io::Result<()> {
+        let now = std::fs::metadata(&self.path)?.ino();
+        let (file, inode) = match self.file.take() {
+            Some((file, synced)) if synced == now => (file, synced),
+            _ => {
+                let file = File::open(&self.path)?;
+                let inode = file.metadata()?.ino();
+                let dir = match self.path.parent() {
+                    Some(dir) if !dir.as_os_str().is_empty() => dir,
+                    _ => Path::new("."),
+                };
+                File::open(dir)?.sync_all()?;
+                (file, inode)
+            }
+        };
+        file.sync_data()?;
+        self.file = Some((file, inode));
+        Ok(())
     }
 }
 
@@ -497,5 +649,69 @@ mod tests {
             .await;
         assert!(alone.is_err());
         assert_eq!(count(&db).await, 2);
+    }
+
+    /// The writer's commits reach the database file through the
+    /// checkpointer, long before the log holds `LOG_LIMIT` pages (where
+    /// the writer would checkpoint it itself).
+    #[tokio::test]
+    async fn the_checkpointer_copies_the_log_into_the_database() {
+        let dir = tempfile::tempdir().expect("dir");
+        let db = dir.path().join("w.db");
+        rusqlite::Connection::open(&db)
+            .and_then(|conn| {
+                conn.execute_batch(
+                    "PRAGMA journal_mode = WAL; CREATE TABLE t (n INTEGER PRIMARY KEY, pad BLOB)",
+                )
+            })
+            .expect("schema");
+        let before = std::fs::metadata(&db).expect("db").len();
+        let writer = Writer::open(&db, Arc::new(tokio::sync::Mutex::new(()))).expect("writer");
+        for n in 0..4 {
+            writer
+                .run(true, move |conn| {
+                    conn.execute("INSERT INTO t (n, pad) VALUES (?1, zeroblob(100000))", [n])
+                })
+                .await
+                .expect("insert");
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        // 400 kB of rows: about a hundred pages, far below the limit.
+        while std::fs::metadata(&db).expect("db").len() < before + 400_000 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the log was not checkpointed"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The syncer syncs the log that is at the path now: SQLite creates
+    /// it again once every connection has closed.
+    #[test]
+    fn the_log_synced_is_the_one_at_its_path() {
+        use std::os::unix::fs::MetadataExt as _;
+
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("w.db-wal");
+        std::fs::write(&path, b"first").expect("write");
+        let mut log = super::Log::new(path.clone());
+        log.sync().expect("sync");
+        let inode = |log: &super::Log| log.file.as_ref().map(|(_, inode)| *inode);
+        let first = inode(&log);
+        assert_eq!(first, Some(std::fs::metadata(&path).expect("log").ino()));
+
+        let again = dir.path().join("again");
+        std::fs::write(&again, b"second").expect("write");
+        std::fs::rename(&again, &path).expect("rename");
+        log.sync().expect("sync");
+        assert_ne!(inode(&log), first);
+        assert_eq!(
+            inode(&log),
+            Some(std::fs::metadata(&path).expect("log").ino())
+        );
+
+        std::fs::remove_file(&path).expect("remove");
+        assert!(log.sync().is_err(), "a missing log is an error");
     }
 }

@@ -123,9 +123,15 @@ impl Store {
                 .test_before_acquire(false)
                 .after_connect(|conn, _| {
                     Box::pin(async move {
+                        // Checkpoints are the writer's checkpointer's.
                         conn.execute(
-                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-                         PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
+                            format!(
+                                "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                                 PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000; \
+                                 PRAGMA wal_autocheckpoint = {};",
+                                crate::sqlite_writer::LOG_LIMIT
+                            )
+                            .as_str(),
                         )
                         .await?;
                         Ok(())
