@@ -115,7 +115,7 @@ async fn main() {
     let duration = Duration::from_secs(seconds);
     println!("{connections} connections, {seconds} s per phase");
     measure(
-        "SQLite (WAL, synchronous=FULL)",
+        "SQLite (WAL, the log synced before each answer)",
         None,
         &template,
         connections,
