@@ -27,6 +27,7 @@ use std::fs::File;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, mpsc};
+use std::time::Duration;
 
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension as _, TransactionBehavior, params, params_from_iter};
@@ -69,17 +70,25 @@ impl Writer {
     /// groups take `write_lock`, the lock of the store's transactions.
     pub fn open(path: &Path, write_lock: Arc<tokio::sync::Mutex<()>>) -> Result<Self, StoreError> {
         let mut conn = Connection::open(path)?;
+        // The syncer syncs the log, so a database without one would be
+        // acknowledged unsynced: refused.
+        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::GroupCommit(format!(
+                "the SQLite database {} cannot use a write-ahead log (its journal mode is {mode})",
+                path.display()
+            )));
+        }
         // The log is synced by the syncer thread, not by the commit.
         conn.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-             PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000; \
-             PRAGMA temp_store = MEMORY;",
+            "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
+             PRAGMA busy_timeout = 10000; PRAGMA temp_store = MEMORY;",
         )?;
         // A multi-row statement has a text for each batch size: room for
         // them all, so that the inbox's own statements are not prepared
         // again after every batch of claims and outcomes.
         conn.set_prepared_statement_cache_capacity(STATEMENTS);
-        // Checkpoints are the checkpointer's (see `crate::store`).
+        // Checkpoints are the checkpointer's (see [`Checkpointer`]).
         conn.execute_batch(&format!("PRAGMA wal_autocheckpoint = {LOG_LIMIT}"))?;
         let mut wal = path.as_os_str().to_owned();
         wal.push("-wal");
@@ -282,12 +291,17 @@ pub(crate) const LOG_LIMIT: u32 = 16_384;
 
 /// The least time between two checkpoints: a page written many times
 /// meanwhile is copied into the database once.
-const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+
+/// The most time between two checkpoints: the store's other connections
+/// write too, and do not wake the checkpointer.
+const CHECKPOINT_IDLE: Duration = Duration::from_secs(1);
 
 /// Copies the log into the database on a connection and a thread of its
 /// own (a passive checkpoint, which writers do not wait for), so that the
 /// writer never stops for a checkpoint as SQLite's automatic one does,
-/// in the connection that commits.
+/// in the connection that commits. Woken after each sync of the log, and
+/// at least every [`CHECKPOINT_IDLE`].
 struct Checkpointer {
     wake: mpsc::SyncSender<()>,
 }
@@ -302,7 +316,10 @@ impl Checkpointer {
         std::thread::Builder::new()
             .name("gantry-checkpoint".to_owned())
             .spawn(move || {
-                while woken.recv().is_ok() {
+                while !matches!(
+                    woken.recv_timeout(CHECKPOINT_IDLE),
+                    Err(mpsc::RecvTimeoutError::Disconnected)
+                ) {
                     match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
                         // Another connection's checkpoint is running.
                         Err(rusqlite::Error::SqliteFailure(error, _))
@@ -684,6 +701,22 @@ mod tests {
             );
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
+    }
+
+    /// A database that cannot keep a write-ahead log (here one in memory)
+    /// is refused: the syncer would have no log to sync.
+    #[test]
+    fn a_database_without_a_log_is_refused() {
+        let refused = Writer::open(
+            std::path::Path::new(":memory:"),
+            Arc::new(tokio::sync::Mutex::new(())),
+        )
+        .err()
+        .expect("refused");
+        assert!(
+            refused.to_string().contains("cannot use a write-ahead log"),
+            "{refused}"
+        );
     }
 
     /// The syncer syncs the log that is at the path now: SQLite creates
