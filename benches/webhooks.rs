@@ -6,10 +6,13 @@
 //! temporary directory, then for the same time and with the same number of
 //! concurrent connections sends (1) `GET /healthz`, the no-op baseline, and
 //! (2) real push payloads (`push-goscm-single-commit` from the corpus, made
-//! unique per request) with unique `Idempotency-Key`s to the webhook
-//! endpoint. It prints deliveries per second and p50/p99 acknowledgement
-//! latency of both, their ratio, and checks that every acknowledged
-//! delivery is in the database. Before the measured phase the server is
+//! unique per request) with random UUIDs as `Idempotency-Key`s, as GitLab
+//! sends, to the webhook endpoint. It prints deliveries per second and
+//! p50/p99 acknowledgement latency of both, their ratio, and checks that
+//! every acknowledged delivery is in the database. Last, with the server
+//! stopped, (3) the same deliveries go into the inbox of a store opened in
+//! the bench: the store alone, the ceiling of what the endpoint could
+//! acknowledge. Before the measured phase the server is
 //! warmed up (`WARM_UP` of the same deliveries, processed; on PostgreSQL
 //! then `ANALYZE`, as autovacuum does in a server's first minute), so the
 //! figures are those of a server that has been running.
