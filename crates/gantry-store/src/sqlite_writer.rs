@@ -284,9 +284,12 @@ impl Syncer {
 }
 
 /// How many pages the log may hold before a connection that commits
-/// checkpoints it itself (SQLite's default is 1,000). The checkpointer
-/// keeps it well below that; the limit only bounds the log when the
-/// checkpointer cannot keep up.
+/// checkpoints it itself (SQLite's default is 1,000). The log starts over
+/// only after a checkpoint that caught up with every commit; under
+/// sustained writes the checkpointer's passive ones rarely do, so the log
+/// grows to this limit (64 MiB), where the committing connection finishes
+/// the checkpoint (the checkpointer has copied most of it) and the log
+/// starts over.
 pub(crate) const LOG_LIMIT: u32 = 16_384;
 
 /// The least time between two checkpoints: a page written many times
